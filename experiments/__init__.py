@@ -1,0 +1,1 @@
+"""Experiments: one small module each, run as `icalign run NAME`; they compose the library."""

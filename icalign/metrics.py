@@ -1,0 +1,33 @@
+"""Evaluation metrics (THEORY.md section 4).
+
+Normalised MSE = 1 - cos(y_hat, y*): 0 is the right direction, about 1 a random one, 2 the
+opposite. It is the published metric; it ignores scale because the cosine reward does.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from icalign.losses import plackett_luce, reward_scores, smooth_norm
+
+__all__ = ["normalised_mse", "ranking_loss", "prefix_mask"]
+
+
+def normalised_mse(y_hat: jax.Array, y_star: jax.Array) -> jax.Array:
+    """1 - cos(y_hat, y*) over the last axis; (..., D) -> (...). eps-safe at y_hat = 0."""
+    cos = jnp.sum(y_hat * y_star, axis=-1) / (smooth_norm(y_hat) * smooth_norm(y_star))
+    return 1.0 - cos
+
+
+def prefix_mask(t: jax.Array, n: int) -> jax.Array:
+    """Mask (..., N) that keeps the first t candidates; t may be a (vmapped) array."""
+    return jnp.arange(n) < jnp.asarray(t)[..., None]
+
+
+def ranking_loss(y_hat, ys, rewards, t=None, reward: str = "cosine", beta=1.0) -> jax.Array:
+    """PL loss of prediction y_hat (..., D) on the first t candidates (all if t is None),
+    ranked by the shown rewards. The in-context objective the learners minimise."""
+    scores = reward_scores(y_hat, ys, reward, beta)
+    mask = None if t is None else prefix_mask(t, ys.shape[-2])
+    return plackett_luce(scores, rewards, mask)
