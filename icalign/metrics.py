@@ -15,14 +15,18 @@ __all__ = ["normalised_mse", "ranking_loss", "prefix_mask"]
 
 
 def normalised_mse(y_hat: jax.Array, y_star: jax.Array) -> jax.Array:
-    """1 - cos(y_hat, y*) over the last axis; (..., D) -> (...). eps-safe at y_hat = 0."""
+    """1 - cos(y_hat, y*) over the last axis; (..., D) -> (...). eps-safe at y_hat = 0.
+    ``y_star`` may lack leading axes of ``y_hat`` (one answer, many predictions)."""
+    shape = jnp.broadcast_shapes(jnp.shape(y_hat), jnp.shape(y_star))
+    y_hat, y_star = jnp.broadcast_to(y_hat, shape), jnp.broadcast_to(y_star, shape)
     cos = jnp.sum(y_hat * y_star, axis=-1) / (smooth_norm(y_hat) * smooth_norm(y_star))
     return 1.0 - cos
 
 
 def prefix_mask(t: jax.Array, n: int) -> jax.Array:
     """Mask (..., N) that keeps the first t candidates; t may be a (vmapped) array."""
-    return jnp.arange(n) < jnp.asarray(t)[..., None]
+    t = jnp.asarray(t)
+    return jnp.arange(n).reshape((1,) * t.ndim + (n,)) < t[..., None]
 
 
 def ranking_loss(y_hat, ys, rewards, t=None, reward: str = "cosine", beta=1.0) -> jax.Array:

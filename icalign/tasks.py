@@ -72,7 +72,7 @@ def mixed_linear(key: jax.Array, d: int = 5, n: int = 20) -> Context:
     y_star = w_star @ x
     eps = w_eps @ x
     r = jax.random.uniform(k_r, (n,))
-    ys = r[:, None] * y_star + (1.0 - r[:, None]) * eps
+    ys = r[:, None] * y_star[None, :] + (1.0 - r[:, None]) * eps[None, :]
     return Context(x=x, ys=ys, r_true=r, rewards=r, y_star=y_star)
 
 

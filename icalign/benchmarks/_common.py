@@ -1,0 +1,63 @@
+"""Shared measurement code for benchmarks: AOT compile timing, median wall time after
+compilation, XLA's FLOP count, and the machine's matmul peak measured in the same process
+(so achieved/peak is a ratio of two numbers from the same run, robust to a noisy machine)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+
+from icalign.results import hardware, to_jsonable
+
+__all__ = ["compile_timed", "median_seconds", "xla_flops", "matmul_peak_gflops", "emit"]
+
+
+def compile_timed(jitted, *args, **kwargs):
+    """Lower and compile ``jitted`` for these arguments; return (compiled, seconds)."""
+    t0 = time.perf_counter()
+    compiled = jitted.lower(*args, **kwargs).compile()
+    return compiled, time.perf_counter() - t0
+
+
+def median_seconds(fn, *args, repeats: int = 5, warmup: int = 1) -> tuple[float, list[float]]:
+    """Median wall time of ``fn(*args)`` (outputs blocked on), after ``warmup`` calls."""
+    for _ in range(warmup):
+        jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times
+
+
+def xla_flops(compiled) -> float | None:
+    """FLOPs of one call as counted by XLA's cost analysis (None if the backend has none)."""
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # some backends do not implement it
+        return None
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else {}
+    flops = (cost or {}).get("flops")
+    return float(flops) if flops else None
+
+
+def matmul_peak_gflops(n: int = 2048, dtype=jnp.float32, repeats: int = 5) -> float:
+    """Achieved GFLOP/s of a large jitted n x n matmul: the machine's practical fp32 peak."""
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
+    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), dtype)
+    f = jax.jit(jnp.matmul)
+    secs, _ = median_seconds(f, a, b, repeats=repeats, warmup=2)
+    return 2.0 * n**3 / secs / 1e9
+
+
+def emit(record: dict) -> dict:
+    """Print the benchmark record as one JSON object (with the hardware it ran on)."""
+    record = {**record, "hardware": hardware()}
+    print(json.dumps(to_jsonable(record), indent=1))
+    return record
