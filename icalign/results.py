@@ -56,6 +56,10 @@ def write_json(path: Path, obj) -> Path:
         with os.fdopen(fd, "w") as f:
             json.dump(to_jsonable(obj), f, indent=1)
             f.write("\n")
+        # mkstemp creates 0600 files; a results file gets the usual permissions.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
