@@ -100,5 +100,17 @@ def main(argv: list[str] | None = None) -> int:
     return int(mod.run(args) or 0)
 
 
+def entry() -> int:
+    """Console entry point: bad input and refused overwrites end with a one-line message and
+    exit code 1, not a traceback (tests call ``main`` and see the exceptions)."""
+    from icalign.results import ResultExistsError
+
+    try:
+        return main()
+    except (ValueError, ResultExistsError) as err:
+        print(f"icalign: error: {err}", file=sys.stderr)
+        return 1
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

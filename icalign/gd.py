@@ -103,7 +103,10 @@ def _bounded_score_gradient_sorted(s: jax.Array, m: jax.Array) -> jax.Array:
     e = jnp.where(m, jnp.exp(s), 0.0)
     z = jnp.flip(jnp.cumsum(jnp.flip(e, -1), -1), -1)
     inv_z = jnp.where(m, 1.0 / jnp.where(m, z, 1.0), 0.0)
-    return jnp.where(m, e * jnp.cumsum(inv_z, -1) - 1.0, 0.0)
+    g = jnp.where(m, e * jnp.cumsum(inv_z, -1) - 1.0, 0.0)
+    # With one candidate the PL loss is identically 0; the formula leaves ~1e-8 of rounding,
+    # which Adam (eps 1e-8) would turn into lr-sized steps. Make the zero exact.
+    return jnp.where(jnp.sum(m, -1, keepdims=True) >= 2, g, 0.0)
 
 
 def pl_score_gradient(scores: jax.Array, rewards: jax.Array, mask: jax.Array | None = None) -> jax.Array:

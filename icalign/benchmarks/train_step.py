@@ -1,0 +1,122 @@
+"""Benchmark: one training step of the published base config, against this machine's peak.
+
+Prints one JSON object: median seconds per train step after compilation, compile time, the
+model FLOPs per step (analytic, see :func:`model_flops`), achieved GFLOP/s, the fp32 matmul
+peak measured in the same run with a large jitted matmul, and their ratio. The step timed is
+the one training runs (``icalign.train``'s compiled chunk, here one step per call).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from icalign import model as M
+from icalign import train as T
+from icalign.results import hardware
+
+DESCRIPTION = "seconds, FLOPs and fraction of matmul peak of one train step (base config, batch 256)"
+
+
+def model_flops(config: M.ModelConfig, batch: int) -> dict:
+    """Matmul FLOPs of one train step, counted from the shapes (2 per multiply-add).
+
+    Per token and layer, forward: q, k, v and output projections 2 d_model (4 H dh); FFN
+    2 * 2 d_model F; attention scores and mixing 2 * 2 T H dh (the full T x T products are
+    computed, the causal mask only zeroes half). Plus read-in and read-out. Backward = 2 x
+    forward (gradients for inputs and weights), so a step is 3 x forward ("model FLOPs").
+    The remat policy also recomputes the attention products in the backward pass: that is
+    counted separately as ``recompute`` (executed, not model, FLOPs). Elementwise work
+    (norms, GELU, softmax, Adam) is not counted.
+    """
+    L, H, dh, dm, F = config.n_layers, config.n_heads, config.head_size, config.d_model, config.ffn_size
+    T_ = M.seq_len(config)
+    tokens = batch * T_
+    proj = 2 * dm * 4 * H * dh
+    ffn = 2 * 2 * dm * F if config.ffn else 0
+    attn = 2 * 2 * T_ * H * dh
+    io = 2 * M.token_dim(config) * dm + 2 * dm * config.d
+    forward = tokens * (L * (proj + ffn + attn) + io)
+    return {"forward": forward, "step": 3 * forward, "recompute": tokens * L * attn}
+
+
+def peak_matmul_gflops(n: int = 2048, reps: int = 10) -> dict:
+    """fp32 matmul GFLOP/s of a jitted n x n @ n x n (best and median of ``reps``)."""
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
+    f = jax.jit(lambda a, b: a @ b)
+    f(a, b).block_until_ready()
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        f(a, b).block_until_ready()
+        ts.append(time.perf_counter() - t0)
+    flops = 2.0 * n ** 3
+    return {"n": n, "best": flops / min(ts) / 1e9, "median": flops / float(np.median(ts)) / 1e9}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, default=5, help="timed steps after compilation (default 5)")
+    p.add_argument("--quick", action="store_true", help="2 timed steps (same base config)")
+    p.add_argument("--batch", type=int, default=256, help="batch size (default 256, the published one)")
+
+
+def run(args) -> int:
+    steps = 2 if getattr(args, "quick", False) else getattr(args, "steps", 5)
+    batch = getattr(args, "batch", 256)
+    if steps < 1 or batch < 1:
+        raise SystemExit("--steps and --batch must be >= 1")
+    load_before = os.getloadavg()
+    model_cfg = M.BASE
+    train_cfg = T.TrainConfig(batch=batch, steps=steps + 1, chunk=1, checkpoint_every=1)
+    key_cfg = T._step_key(train_cfg)
+    runs, _ = T.make_runs((0,), train_cfg=train_cfg)
+    state = T._init_states(runs, model_cfg, key_cfg)
+    jax.block_until_ready(state)
+
+    t0 = time.perf_counter()
+    compiled = T._run_chunk.lower(state, runs, jnp.int32(0), model_cfg, key_cfg, 1).compile()
+    compile_s = time.perf_counter() - t0
+    state, loss = compiled(state, runs, jnp.int32(0))  # first call: allocation warm-up, untimed
+    jax.block_until_ready(loss)
+    times = []
+    for i in range(1, steps + 1):
+        t0 = time.perf_counter()
+        state, loss = compiled(state, runs, jnp.int32(i))
+        jax.block_until_ready(loss)
+        times.append(time.perf_counter() - t0)
+    if not np.all(np.isfinite(np.asarray(loss))):
+        raise SystemExit(f"benchmark step produced a non-finite loss: {np.asarray(loss)}")
+
+    sec = float(np.median(times))
+    flops = model_flops(model_cfg, batch)
+    peak = peak_matmul_gflops()
+    achieved = flops["step"] / sec / 1e9
+    out = {
+        "benchmark": "train-step",
+        "config": model_cfg.to_dict(),
+        "batch": batch,
+        "tokens_per_context": M.seq_len(model_cfg),
+        "n_params": M.param_count(jax.eval_shape(lambda: M.init(jax.random.PRNGKey(0), model_cfg))),
+        "compile_seconds": compile_s,
+        "seconds_per_step_median": sec,
+        "seconds_per_step_all": times,
+        "model_gflop_per_step": flops["step"] / 1e9,
+        "recompute_gflop_per_step": flops["recompute"] / 1e9,
+        "flops_counted": "analytic matmul FLOPs, 3 x forward (icalign.benchmarks.train_step.model_flops)",
+        "achieved_gflops": achieved,
+        "peak_matmul_gflops": peak["best"],
+        "peak_matmul_gflops_median": peak["median"],
+        "peak_matmul_n": peak["n"],
+        "fraction_of_peak": achieved / peak["best"],
+        "loadavg_before_after": [list(load_before), list(os.getloadavg())],
+        "hardware": hardware(),
+    }
+    print(json.dumps(out, indent=1))
+    return 0

@@ -1,0 +1,92 @@
+"""Figures of the TF-vs-GD experiment, drawn from its results JSON only.
+
+Plots read result files; they never import training code, so a figure can be redrawn from a
+committed JSON without JAX doing any work. ``matplotlib.figure.Figure`` is used directly (no
+pyplot), so nothing global (backend, current figure) is touched.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from icalign.results import read_json
+
+__all__ = ["plot_tf_vs_gd", "save_figure"]
+
+STYLE = {
+    "transformer": dict(color="C0", marker="o", label="trained transformer"),
+    "adam": dict(color="C1", marker="s", label="GD baseline (Adam, lr 0.1, 50 steps)"),
+    "gd": dict(color="C2", marker="^", label="plain GD (lr 1, 50 steps)"),
+}
+
+
+def save_figure(fig: Figure, stem: Path, formats=("png", "pdf")) -> list[Path]:
+    """Write ``stem.png`` and ``stem.pdf`` atomically (temp file + rename)."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fmt in formats:
+        path = stem.with_suffix(f".{fmt}")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".{fmt}")
+        os.close(fd)
+        try:
+            fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight")
+            os.chmod(tmp, 0o644)  # mkstemp creates 0600; a figure is meant to be read
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        paths.append(path)
+    return paths
+
+
+def plot_tf_vs_gd(result_json: Path, stem: Path) -> list[Path]:
+    """Left: normalised MSE 1 - cos(y_hat, y*) against t, mean +- s.e.m. over contexts, for the
+    transformer and the GD learners. Right: how GD-like the transformer is: cosine between
+    its predicted direction and each learner's, and between their sensitivities
+    d u / d candidates."""
+    res = read_json(result_json)
+    cmp = res["comparison"]
+    t = np.asarray(cmp["t"])
+    fig = Figure(figsize=(11, 4.2))
+    ax, ax2 = fig.subplots(1, 2)
+    for name, stats in cmp["nmse"].items():
+        mean, sem = np.asarray(stats["mean"]), np.asarray(stats["sem"])
+        style = STYLE.get(name, dict(label=name))
+        ax.plot(t, mean, ms=4, **style)
+        ax.fill_between(t, mean - sem, mean + sem, color=style.get("color"), alpha=0.2, lw=0)
+    ax.axhline(1.0, color="grey", lw=0.8, ls=":", label="random direction")
+    ax.set_xlabel("in-context examples t")
+    ax.set_ylabel("normalised MSE  1 - cos(y_hat, y*)")
+    ax.set_xticks(t[:: max(1, len(t) // 10)])
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    size = "quick" if res.get("quick") else "full"
+    m = res["model_config"]
+    tr = res["train_config"]
+    ax.set_title(f"{size}: {m['n_layers']} layers, {m['n_heads']} heads, width {m['d_model']}, "
+                 f"{m['token_layout']}; {tr['steps']} steps", fontsize=9)
+
+    for name, diff in cmp["pred_diff"].items():
+        c = STYLE.get(name, {}).get("color")
+        ax2.plot(t, diff["cos"]["mean"], color=c, ls="-", label=f"cos(y_tf, y_{name})")
+        sens = cmp.get("sensitivity", {}).get(name)
+        if sens:
+            ax2.plot(t, sens["candidates"]["cos"]["mean"], color=c, ls="--",
+                     label=f"cos of d u/d candidates, tf vs {name}")
+    ax2.axhline(0.0, color="grey", lw=0.8, ls=":")
+    ax2.set_xlabel("in-context examples t")
+    ax2.set_ylabel("cosine similarity")
+    ax2.set_ylim(top=1.05)
+    ax2.set_title(f"transformer vs GD ({cmp['n_contexts']} contexts; sensitivities on "
+                  f"{cmp['n_sensitivity']})", fontsize=9)
+    ax2.legend(fontsize=8)
+    hw = res.get("hardware", {})
+    fig.suptitle(f"TF vs GD, in-context alignment (d={m['d']}, N={m['n']}); measured on "
+                 f"{hw.get('backend', '?')} ({hw.get('device', '')}, {hw.get('cpu_count', '?')} cores)", fontsize=10)
+    return save_figure(fig, stem)
