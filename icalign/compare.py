@@ -73,15 +73,20 @@ def _gd_predictions(keys_B, ctx: Context, ts, learner: str, steps: int, lr):
     return jax.vmap(one)(keys_B, ctx.x, ctx.ys, ctx.rewards)
 
 
-def gd_predictions(key, ctx: Context, ts, learner: str = "adam", steps: int = 50, lr=None) -> jax.Array:
-    """(B, T, D): a linear policy fitted by ``learner`` on the first t candidates of each
-    context (shown rewards), for every t in ``ts``. One init key per context, shared by all t
-    and by every learner given the same ``key`` (common random numbers)."""
+def _gd_args(key, ctx: Context, ts, learner: str, steps: int, lr):
+    """Validate a GD learner's arguments (before tracing) and derive one key per context."""
     check_choice("learner", learner, gd.LEARNERS)
     steps = check_int("steps", steps, minimum=0)
     ts = _check_ts(ts, ctx.n)
     lr = gd.LEARNERS[learner][1] if lr is None else lr
-    keys = jax.random.split(key, ctx.x.shape[0])
+    return jax.random.split(key, ctx.x.shape[0]), ts, steps, lr
+
+
+def gd_predictions(key, ctx: Context, ts, learner: str = "adam", steps: int = 50, lr=None) -> jax.Array:
+    """(B, T, D): a linear policy fitted by ``learner`` on the first t candidates of each
+    context (shown rewards), for every t in ``ts``. One init key per context, shared by all t
+    and by every learner given the same ``key`` (common random numbers)."""
+    keys, ts, steps, lr = _gd_args(key, ctx, ts, learner, steps, lr)
     return _gd_predictions(keys, ctx, ts, learner, steps, jnp.asarray(lr, ctx.ys.dtype))
 
 
@@ -126,11 +131,7 @@ def _gd_jacobians(keys_B, ctx: Context, ts, learner: str, steps: int, lr):
 def gd_sensitivities(key, ctx: Context, ts, learner: str = "adam", steps: int = 50, lr=None):
     """Same as :func:`transformer_sensitivities` for a GD learner (keys as in
     :func:`gd_predictions`, so the Jacobians belong to the same fitted predictions)."""
-    check_choice("learner", learner, gd.LEARNERS)
-    steps = check_int("steps", steps, minimum=0)
-    ts = _check_ts(ts, ctx.n)
-    lr = gd.LEARNERS[learner][1] if lr is None else lr
-    keys = jax.random.split(key, ctx.x.shape[0])
+    keys, ts, steps, lr = _gd_args(key, ctx, ts, learner, steps, lr)
     return _gd_jacobians(keys, ctx, ts, learner, steps, jnp.asarray(lr, ctx.ys.dtype))
 
 
