@@ -17,7 +17,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-__all__ = ["claim_output", "write_json", "read_json", "hardware", "to_jsonable"]
+__all__ = ["claim_output", "write_text", "write_json", "read_json", "hardware", "to_jsonable"]
 
 
 class ResultExistsError(FileExistsError):
@@ -47,15 +47,18 @@ def to_jsonable(obj):
     return obj
 
 
-def write_json(path: Path, obj) -> Path:
-    """Atomically write ``obj`` as indented JSON (arrays become lists)."""
+def write_text(path: Path, text: str) -> Path:
+    """Atomically write ``text`` (temp file in the same folder, then rename): a reader never
+    sees a half-written file, and a killed writer leaves the old file intact. In a
+    multi-host run only process 0 writes (every process holds the same gathered result)."""
     path = Path(path)
+    if jax.process_index() != 0:
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(to_jsonable(obj), f, indent=1)
-            f.write("\n")
+            f.write(text)
         # mkstemp creates 0600 files; a results file gets the usual permissions.
         umask = os.umask(0)
         os.umask(umask)
@@ -65,6 +68,11 @@ def write_json(path: Path, obj) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_json(path: Path, obj) -> Path:
+    """Atomically write ``obj`` as indented JSON (arrays become lists)."""
+    return write_text(path, json.dumps(to_jsonable(obj), indent=1) + "\n")
 
 
 def read_json(path: Path):

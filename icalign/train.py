@@ -23,6 +23,9 @@ Mechanics:
   ``chunk`` counted from step 0, so a resumed run executes exactly the same compiled calls
   on exactly the same (bitwise restored) state as an uninterrupted one: its final params
   are bit-identical.
+* With ``shard=True`` (the default) the run axis of the state and of the RunSpec is split
+  over the visible devices (:mod:`icalign.sharding`): the compiled chunk then runs each
+  device's runs on that device, with no communication. On one device nothing changes.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from flax import serialization, struct
 from icalign import model as M
 from icalign._validate import check_choice, check_int
 from icalign.losses import cosine_reward, prefix_plackett_luce
+from icalign.sharding import shard_leading, sweep_mesh, to_host
 from icalign.tasks import CORRUPTIONS, Context, check_corruption_levels, corrupt, sample_contexts
 
 __all__ = [
@@ -290,7 +294,8 @@ def _read_meta(run_dir: Path) -> Optional[dict]:
 
 
 def _save_checkpoint(run_dir: Path, step: int, state: TrainState, losses: np.ndarray) -> None:
-    payload = {"step": int(step), "state": jax.device_get(state), "losses": np.asarray(losses)}
+    # to_host: the whole state on the host even when it is sharded (across hosts too).
+    payload = {"step": int(step), "state": to_host(state), "losses": np.asarray(losses)}
     _atomic_write(run_dir / "checkpoint.msgpack", serialization.to_bytes(payload))
 
 
@@ -341,7 +346,8 @@ def _chunk_bounds(start: int, total: int, chunk: int):
 
 def train(model_cfg: M.ModelConfig, train_cfg: TrainConfig = TrainConfig(), seeds: Sequence[int] = (0,),
           lrs=None, noise_levels=None, *, run_root="runs", force: bool = False, progress: bool = True,
-          checkpoint: bool = True, callback: Optional[Callable[[int, np.ndarray], None]] = None) -> TrainResult:
+          checkpoint: bool = True, callback: Optional[Callable[[int, np.ndarray], None]] = None,
+          shard: bool = True) -> TrainResult:
     """Train one architecture for every run (seed / lr / noise level) at once.
 
     Resumes from the run folder's checkpoint if one exists; refuses (RunExistsError) if the
@@ -349,6 +355,8 @@ def train(model_cfg: M.ModelConfig, train_cfg: TrainConfig = TrainConfig(), seed
     ``callback(step, losses_RxC)`` is called after each chunk (after its checkpoint).
     Raises NonFiniteLossError naming the first step whose loss is NaN or inf.
     ``checkpoint=False`` trains in memory only (no run folder).
+    ``shard=True`` splits the runs over the largest number of visible devices that divides
+    their count (:func:`icalign.sharding.sweep_mesh`); the returned params stay sharded.
     """
     if not isinstance(model_cfg, M.ModelConfig):
         raise ValueError(f"model_cfg must be a ModelConfig, got {type(model_cfg).__name__}")
@@ -380,6 +388,15 @@ def train(model_cfg: M.ModelConfig, train_cfg: TrainConfig = TrainConfig(), seed
                 "train_config": train_cfg.to_dict(), "runs": runs, "jax": jax.__version__}
         _write_meta(run_dir, meta)
 
+    if shard:
+        # After the restore, so a fresh and a resumed state are placed alike. Runs are
+        # independent: each device trains its slice of them, no collective is compiled in.
+        mesh = sweep_mesh(R)
+        if mesh.size > 1:
+            # (A one-device mesh would change nothing but jit's cache key: the same program
+            # compiled a second time next to unsharded calls.)
+            state, runs_R = shard_leading((state, runs_R), mesh)
+
     from tqdm.auto import tqdm
 
     bar = tqdm(total=train_cfg.steps, initial=start, disable=not progress, unit="step",
@@ -391,7 +408,7 @@ def train(model_cfg: M.ModelConfig, train_cfg: TrainConfig = TrainConfig(), seed
             t0 = time.perf_counter()
             state, chunk_losses = _run_chunk(state, runs_R, jnp.asarray(s, jnp.int32), model_cfg,
                                              _step_key(train_cfg), e - s)
-            chunk_losses = np.asarray(chunk_losses)
+            chunk_losses = to_host(chunk_losses)
             dt = time.perf_counter() - t0
             bad = ~np.isfinite(chunk_losses)
             if bad.any():
