@@ -45,6 +45,12 @@ def save_figure(fig: Figure, stem: Path, formats=("png", "pdf")) -> list[Path]:
     return paths
 
 
+def _floats(xs) -> np.ndarray:
+    """A results list as floats: JSON stores NaN as the string "nan" (e.g. Adam's Jacobian at
+    t = 1, where the update divides by sqrt(0)); matplotlib would plot strings as categories."""
+    return np.array([float(x) for x in xs])
+
+
 def plot_tf_vs_gd(result_json: Path, stem: Path) -> list[Path]:
     """Left: normalised MSE 1 - cos(y_hat, y*) against t, mean +- s.e.m. over contexts, for the
     transformer and the GD learners. Right: how GD-like the transformer is: cosine between
@@ -56,7 +62,7 @@ def plot_tf_vs_gd(result_json: Path, stem: Path) -> list[Path]:
     fig = Figure(figsize=(11, 4.2))
     ax, ax2 = fig.subplots(1, 2)
     for name, stats in cmp["nmse"].items():
-        mean, sem = np.asarray(stats["mean"]), np.asarray(stats["sem"])
+        mean, sem = _floats(stats["mean"]), _floats(stats["sem"])
         style = STYLE.get(name, dict(label=name))
         ax.plot(t, mean, ms=4, **style)
         ax.fill_between(t, mean - sem, mean + sem, color=style.get("color"), alpha=0.2, lw=0)
@@ -74,10 +80,10 @@ def plot_tf_vs_gd(result_json: Path, stem: Path) -> list[Path]:
 
     for name, diff in cmp["pred_diff"].items():
         c = STYLE.get(name, {}).get("color")
-        ax2.plot(t, diff["cos"]["mean"], color=c, ls="-", label=f"cos(y_tf, y_{name})")
+        ax2.plot(t, _floats(diff["cos"]["mean"]), color=c, ls="-", label=f"cos(y_tf, y_{name})")
         sens = cmp.get("sensitivity", {}).get(name)
         if sens:
-            ax2.plot(t, sens["candidates"]["cos"]["mean"], color=c, ls="--",
+            ax2.plot(t, _floats(sens["candidates"]["cos"]["mean"]), color=c, ls="--",
                      label=f"cos of d u/d candidates, tf vs {name}")
     ax2.axhline(0.0, color="grey", lw=0.8, ls=":")
     ax2.set_xlabel("in-context examples t")
