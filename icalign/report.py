@@ -1,0 +1,214 @@
+"""Markdown summaries of sweep results, and the verdict on each claim of THEORY.md section 3.
+
+Reads result dicts (as written to JSON); computes nothing but comparisons of stored means and
+95% intervals. A claim "A is worse than B" at the largest t is:
+
+* **supported** when A's mean is higher and the two intervals do not overlap;
+* **contradicted** when A's mean is lower and the intervals do not overlap;
+* **not resolved** when the intervals overlap (more seeds or contexts would be needed).
+
+Non-overlap of two 95% intervals is a conservative test (roughly p < 0.01 for equal
+widths); with three seeds the intervals are wide, so "not resolved" is the honest common case.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from icalign.results import write_text
+
+__all__ = ["verdict", "ablation_claims", "ablation_markdown", "noise_claims", "noise_markdown", "write"]
+
+
+def write(path: Path, text: str) -> Path:
+    return write_text(path, text)
+
+
+def _num(x) -> float:
+    return float(x) if x is not None else float("nan")
+
+
+def _at(summary: dict, i: int):
+    return _num(summary["mean"][i]), _num(summary["low"][i]), _num(summary["high"][i])
+
+
+def fmt(summary: dict | None, i: int) -> str:
+    if summary is None:
+        return "diverged"
+    m, lo, hi = _at(summary, i)
+    return f"{m:.3f} [{lo:.3f}, {hi:.3f}]" if np.isfinite(lo) else f"{m:.3f}"
+
+
+def verdict(worse: dict | None, better: dict | None, i: int = -1) -> str:
+    """Is ``worse`` (predicted to have the higher error) really higher than ``better`` at t
+    index i? See the module docstring."""
+    if worse is None or better is None:
+        return "not comparable (a variant diverged in training)"
+    m_a, lo_a, hi_a = _at(worse, i)
+    m_b, lo_b, hi_b = _at(better, i)
+    if not all(np.isfinite([lo_a, hi_a, lo_b, hi_b])):
+        return "not resolved (no interval)"
+    if lo_a > hi_b:
+        return "supported"
+    if hi_a < lo_b:
+        return "contradicted"
+    return "not resolved (intervals overlap)"
+
+
+def _hardware(hw: dict) -> str:
+    return (f"{hw.get('device', '?')} ({hw.get('backend', '?')}, {hw.get('device_count', '?')} device(s), "
+            f"{hw.get('cpu_count', '?')} CPU cores)")
+
+
+def _header(title: str, res: dict) -> str:
+    return (f"# {title} ({res['size']} size)\n\n{res['size_note']}. Seeds {res['seeds']}; "
+            f"{res['n_eval_contexts']} evaluation contexts. {res['interval']}. "
+            f"Hardware: {_hardware(res.get('hardware') or {})}.\n")
+
+
+def _claims_table(claims: list[dict], heading: str) -> str:
+    rows = [[c["claim"], f"{c['worse']}: {c['worse_value']}", f"{c['better']}: {c['better_value']}",
+             f"**{c['verdict']}**"] for c in claims]
+    return f"\n## {heading}\n\n" + _table(["claim", "worse (predicted)", "better (predicted)", "verdict"], rows)
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(map(str, r)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ablations
+# ---------------------------------------------------------------------------------------------
+
+
+def _variant_summary(res: dict, name: str, metric: str = "nmse"):
+    for v in res["variants"]:
+        if v["name"] == name:
+            arch = res["architectures"].get(v["arch"])
+            if arch is None or arch.get("status") != "ok":
+                return None
+            return arch[metric]
+    raise KeyError(name)
+
+
+def _base_name(res: dict, factor: str):
+    for v in res["variants"]:
+        if v["factor"] == factor and v["is_base"]:
+            return v["name"]
+    return None
+
+
+def ablation_claims(res: dict) -> list[dict]:
+    """Verdicts on THEORY.md section 3 at the largest t (normalised MSE)."""
+    factors = {v["factor"] for v in res["variants"]}
+    values = lambda f: [v["value"] for v in res["variants"] if v["factor"] == f]
+    claims = []
+
+    def add(claim, worse, better):
+        w, b = _variant_summary(res, worse), _variant_summary(res, better)
+        claims.append({"claim": claim, "worse": worse, "better": better, "worse_value": fmt(w, -1),
+                       "better_value": fmt(b, -1), "verdict": verdict(w, b)})
+
+    if "attention" in factors:
+        add("softmax attention does the ranking: linear attention is worse", "attention=linear", "attention=softmax")
+    for fam, label in (("heads_fixed_width", "at fixed width"), ("heads_fixed_head_dim", "at fixed head dim")):
+        if fam in factors and 1 in values(fam) and _base_name(res, fam):
+            add(f"multi-head attention discriminates tokens: one head is worse than the base ({label})",
+                f"{fam}=1", _base_name(res, fam))
+    if "ffn" in factors:
+        add("the FFN transforms the selected token: no FFN is worse", "ffn=False", "ffn=True")
+    if "depth" in factors:
+        depths = sorted(values("depth"))
+        add("depth handles many responses: the shallowest model is worse than the deepest",
+            f"depth={depths[0]}", f"depth={depths[-1]}")
+    if "layer_norm" in factors:
+        add("(not a claim of the theory; reported for completeness) no LayerNorm is worse",
+            "layer_norm=False", "layer_norm=True")
+    return claims
+
+
+def ablation_markdown(res: dict, claims_only: bool = False) -> str:
+    ts = res["ts"]
+    i2 = ts.index(2) if 2 in ts else 0
+    claims = res.get("claims") or ablation_claims(res)
+    parts = []
+    if not claims_only:
+        parts.append(_header("Ablations", res))
+        rows = []
+        for v in res["variants"]:
+            arch = res["architectures"].get(v["arch"], {})
+            s = arch.get("nmse") if arch.get("status") == "ok" else None
+            rows.append([v["factor"], f"{v['field']}={v['value']}" + (" (base)" if v["is_base"] else ""),
+                         fmt(s, i2), fmt(s, -1), arch.get("status", "missing")])
+        for name, g in res.get("gd", {}).items():
+            rows.append(["GD learner", name, fmt(g["nmse"], i2), fmt(g["nmse"], -1), "reference"])
+        parts.append(_table(["factor", "variant", "nmse t=2", f"nmse t={ts[-1]}", "status"], rows))
+    parts.append(_claims_table(claims, f"Claims of THEORY.md section 3 (normalised MSE at t = {ts[-1]}, "
+                                       "mean [95% interval])"))
+    return "\n".join(parts) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Reward noise
+# ---------------------------------------------------------------------------------------------
+
+
+def noise_claims(res: dict) -> list[dict]:
+    """Verdicts at the largest t (normalised MSE), published corruption model ``replace``."""
+    kind = "replace"
+    levels = [str(lv) for lv in res["corruptions"][kind]["levels"]]
+    clean_tf = res["transformer"][str(res["train_levels"][0])][kind]
+    adam = res["gd"]["adam"][kind]
+    claims = []
+
+    def add(claim, worse_label, worse, better_label, better):
+        claims.append({"claim": claim, "worse": worse_label, "better": better_label,
+                       "worse_value": fmt(worse, -1), "better_value": fmt(better, -1),
+                       "verdict": verdict(worse, better)})
+
+    lo, hi = levels[0], levels[-1]
+    add("corrupted rewards degrade the transformer's in-context update",
+        f"TF(clean-trained) at p={hi}", clean_tf[hi]["nmse"], f"TF(clean-trained) at p={lo}", clean_tf[lo]["nmse"])
+    add("corrupted rewards degrade the GD learner",
+        f"GD adam at p={hi}", adam[hi]["nmse"], f"GD adam at p={lo}", adam[lo]["nmse"])
+    for lv in levels[1:-1]:
+        noisy_tf = res["transformer"].get(lv, {}).get(kind)
+        if noisy_tf is None:
+            continue
+        add(f"at p={lv}, a transformer trained on that noisy critic beats GD (adam)",
+            f"GD adam at p={lv}", adam[lv]["nmse"], f"TF(trained at p={lv})", noisy_tf[lv]["nmse"])
+        add(f"at p={lv}, training on the noisy critic beats training on the clean one",
+            f"TF(clean-trained) at p={lv}", clean_tf[lv]["nmse"], f"TF(trained at p={lv})", noisy_tf[lv]["nmse"])
+    return claims
+
+
+def noise_markdown(res: dict, claims_only: bool = False) -> str:
+    ts = res["ts"]
+    i2 = ts.index(2) if 2 in ts else 0
+    claims = res.get("claims") or noise_claims(res)
+    parts = []
+    if not claims_only:
+        parts.append(_header("Reward noise", res))
+        clean = str(res["train_levels"][0])
+        for kind, spec in res["corruptions"].items():
+            rows = []
+            for lv in spec["levels"]:
+                lv = str(lv)
+                row = [f"{spec['level_name']}={lv}"]
+                noisy = res["transformer"].get(lv, {}).get(kind) if kind == "replace" else None
+                for s in (res["transformer"][clean][kind][lv]["nmse"], noisy[lv]["nmse"] if noisy else None,
+                          res["gd"]["adam"][kind][lv]["nmse"], res["gd"]["gd"][kind][lv]["nmse"]):
+                    row += ["-", "-"] if s is None else [fmt(s, i2), fmt(s, -1)]
+                rows.append(row)
+            heads = ["level"]
+            for who in ("TF clean-trained", "TF trained at level", "GD adam", "GD plain"):
+                heads += [f"{who} t=2", f"{who} t={ts[-1]}"]
+            parts.append(f"\n## Corruption model `{kind}` (normalised MSE)\n")
+            parts.append(_table(heads, rows))
+    parts.append(_claims_table(claims, f"Claims (normalised MSE at t = {ts[-1]}, corruption `replace`, "
+                                       "mean [95% interval])"))
+    return "\n".join(parts) + "\n"
