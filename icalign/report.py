@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from icalign.ablations import FACTORS
 from icalign.results import write_text
 
 __all__ = ["verdict", "ablation_claims", "ablation_markdown", "noise_claims", "noise_markdown", "write"]
@@ -138,6 +139,10 @@ def ablation_markdown(res: dict, claims_only: bool = False) -> str:
     parts = []
     if not claims_only:
         parts.append(_header("Ablations", res))
+        ran = list(dict.fromkeys(v["factor"] for v in res["variants"]))
+        missing = [f for f in FACTORS if f not in ran]
+        parts.append(f"Factors run: {', '.join(ran)}." + (f" Not run here: {', '.join(missing)}." if missing else "")
+                     + "\n")
         rows = []
         for v in res["variants"]:
             arch = res["architectures"].get(v["arch"], {})
