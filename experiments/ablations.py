@@ -74,7 +74,9 @@ def run(args) -> int:
     ctx = sample_contexts(k_ctx, n_eval, base.d, base.n)
     clean = ctx.r_true[:, None, :]  # (B, 1, N): the clean critic, one "level"
 
-    partial = out.with_name(f".{NAME}.{size}.seed{args.seed}.partial.json")
+    # Keyed by everything that changes a stored entry (size, seeds, evaluation contexts), so
+    # a resume never mixes results of different settings.
+    partial = out.with_name(f".{NAME}.{size}.seed{args.seed}x{n_seeds}.ctx{n_eval}.partial.json")
     archs = results.read_json(partial)["architectures"] if partial.exists() and not args.force else {}
     t0 = time.perf_counter()
     groups = A.unique_configs(variants)

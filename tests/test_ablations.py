@@ -89,7 +89,7 @@ def test_ablations_experiment_end_to_end_and_resume(tmp_path, monkeypatch):
 
     # A killed run resumes: architectures in the partial file are not retrained.
     args.force, args.out = False, tmp_path / "again"
-    partial = args.out / ".ablations.quick.seed0.partial.json"
+    partial = args.out / ".ablations.quick.seed0x2.ctx8.partial.json"
     partial.parent.mkdir()
     done = {k: v for k, v in list(res["architectures"].items())[:1]}
     partial.write_text(json.dumps({"architectures": done}))
