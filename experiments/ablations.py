@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
 
 from icalign import ablations as A
 from icalign import evaluate as E
@@ -133,12 +132,10 @@ def run(args) -> int:
         "hardware": results.hardware(),
     }
     res["claims"] = report.ablation_claims(res)
-    results.write_json(out, res)
+    loaded, md, figs = report.publish(out, res, report.ablation_markdown, [
+        lambda r: plots_sweeps.ablation_panels(r, out.with_suffix("")),
+        lambda r: plots_sweeps.ablation_bars(r, out.with_name(f"{NAME}_bars"))])
     partial.unlink(missing_ok=True)
-    loaded = results.read_json(out)
-    md = report.write(out.with_suffix(".md"), report.ablation_markdown(loaded))
-    figs = plots_sweeps.ablation_panels(loaded, out.with_suffix("")) + \
-        plots_sweeps.ablation_bars(loaded, out.with_name(f"{NAME}_bars"))
     print(f"[{NAME}] wrote {out}, {md} and {', '.join(map(str, figs))} in {res['seconds']:.0f} s")
     print(report.ablation_markdown(loaded, claims_only=True))
     return 0

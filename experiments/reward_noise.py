@@ -20,7 +20,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from icalign import evaluate as E
 from icalign import model as M
@@ -130,11 +129,9 @@ def run(args) -> int:
         "hardware": results.hardware(),
     }
     res["claims"] = report.noise_claims(res)
-    results.write_json(out, res)
-    loaded = results.read_json(out)
-    md = report.write(out.with_suffix(".md"), report.noise_markdown(loaded))
-    figs = plots_sweeps.noise_curves(loaded, out.with_suffix("")) + \
-        plots_sweeps.noise_summary(loaded, out.with_name(f"{STEM}_summary"))
+    loaded, md, figs = report.publish(out, res, report.noise_markdown, [
+        lambda r: plots_sweeps.noise_curves(r, out.with_suffix("")),
+        lambda r: plots_sweeps.noise_summary(r, out.with_name(f"{STEM}_summary"))])
     print(f"[{NAME}] wrote {out}, {md} and {', '.join(map(str, figs))} in {res['seconds']['total']:.0f} s")
     print(report.noise_markdown(loaded, claims_only=True))
     return 0

@@ -14,17 +14,25 @@ widths); with three seeds the intervals are wide, so "not resolved" is the hones
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 
 from icalign.ablations import FACTORS
-from icalign.results import write_text
+from icalign.results import read_json, write_json, write_text
 
-__all__ = ["verdict", "ablation_claims", "ablation_markdown", "noise_claims", "noise_markdown", "write"]
+__all__ = ["verdict", "ablation_claims", "ablation_markdown", "noise_claims", "noise_markdown", "publish"]
 
 
-def write(path: Path, text: str) -> Path:
-    return write_text(path, text)
+def publish(out: Path, res: dict, markdown: Callable[[dict], str],
+            figures: Sequence[Callable[[dict], list[Path]]]) -> tuple[dict, Path, list[Path]]:
+    """Write the results JSON ``out``, then the markdown summary next to it and the figures,
+    both made from the file as written (so they show exactly what a reader of the JSON sees).
+    Returns (the results as read back, the markdown path, the figure paths)."""
+    write_json(out, res)
+    loaded = read_json(out)
+    md = write_text(Path(out).with_suffix(".md"), markdown(loaded))
+    return loaded, md, [p for draw in figures for p in draw(loaded)]
 
 
 def _num(x) -> float:
