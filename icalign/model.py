@@ -37,7 +37,7 @@ Token layouts (see :func:`tokenize` and :func:`readout_positions`):
 published no-softmax and no-FFN variants dropped the mask and leaked the answer).
 
 CPU speed: dense layers act on 2-D (tokens x features) arrays, the batch and time axes folded
-together; only attention uses (batch, time, heads, head_dim). The layers are a ``lax.scan``
+together; only attention uses (batch, heads, time, head_dim). The layers are a ``lax.scan``
 over a stacked :class:`Block` (leading axis ``n_layers``), so compile time does not grow with
 depth.
 """
@@ -422,17 +422,23 @@ def attention_weights(logits_BxHxTxS, visible_TxS, kind: str):
 
 def _attention(h_MxF, p: Attention, B: int, T: int, config: ModelConfig):
     H, dh = config.n_heads, config.head_size
-    q_BxTxHxK = _dense2d(h_MxF, p.wq, p.bq).reshape(B, T, H, dh)
-    k_BxSxHxK = _dense2d(h_MxF, p.wk, p.bk).reshape(B, T, H, dh)
-    v_BxSxHxK = _dense2d(h_MxF, p.wv, p.bv).reshape(B, T, H, dh)
-    logits_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxSxHxK) / math.sqrt(dh)
+    # Heads move next to the batch axis before the T x T products: XLA's CPU batched matmul
+    # ran them about twice as fast on (B, H, T, dh) operands as on (B, T, H, dh) ones. At the
+    # base config (batch 256) the forward pass went from 1.37 to 1.18 s; the train step did
+    # not change beyond noise, as its backward products take the same time either way.
+    def heads(w, b):
+        return _dense2d(h_MxF, w, b).reshape(B, T, H, dh).transpose(0, 2, 1, 3)
+
+    q_BxHxTxK, k_BxHxSxK, v_BxHxSxK = heads(p.wq, p.bq), heads(p.wk, p.bk), heads(p.wv, p.bv)
+    logits_BxHxTxS = jnp.einsum("bhtk,bhsk->bhts", q_BxHxTxK, k_BxHxSxK) / math.sqrt(dh)
     if config.causal:
         visible_TxS = jnp.tril(jnp.ones((T, T), bool))
     else:
         visible_TxS = jnp.ones((T, T), bool)
     w_BxHxTxS = attention_weights(logits_BxHxTxS, visible_TxS, config.attention)
-    mixed_BxTxHxK = jnp.einsum("bhts,bshk->bthk", w_BxHxTxS, v_BxSxHxK)
-    return _dense2d(mixed_BxTxHxK.reshape(B * T, H * dh), p.wo, p.bo, in_axes=2)
+    mixed_BxHxTxK = jnp.einsum("bhts,bhsk->bhtk", w_BxHxTxS, v_BxHxSxK)
+    mixed_MxHK = mixed_BxHxTxK.transpose(0, 2, 1, 3).reshape(B * T, H * dh)
+    return _dense2d(mixed_MxHK, p.wo, p.bo, in_axes=2)
 
 
 def _ffn(h_MxF, p: FFN, config: ModelConfig):
