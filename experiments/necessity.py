@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from icalign import construct, necessity, plots, results

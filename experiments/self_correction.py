@@ -23,7 +23,6 @@ from __future__ import annotations
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from icalign import concept, model, plots_selfcorrect, results, selfcorrect, stats, tasks

@@ -8,7 +8,6 @@ reports the max abs error against the claim's bound. Exit code 1 if any claim fa
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 
 import jax

@@ -411,7 +411,6 @@ def concept_loss(params, batch: ConceptBatch, cfg, ranking: str = "true", beta: 
     batch. ``ranking='true'``: the candidates are ranked by their true rewards (a noiseless
     critic's full ranking; the model itself reads only the noisy shown scores and the
     instructions); ``'shown'``: by the shown scores (a much weaker signal). y* never enters."""
-    from icalign import model
 
     check_choice("ranking", ranking, ("true", "shown"))
     tokens = concept_tokens(batch.x, batch.ys, batch.rewards, batch.instr, cfg)

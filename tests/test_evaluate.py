@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from icalign import evaluate as E
-from icalign import gd
 from icalign import model as M
 from icalign import report
 from icalign.compare import gd_predictions

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from icalign import gd, tasks
 from icalign.benchmarks._common import compile_timed, emit, matmul_peak_gflops, median_seconds, xla_flops
