@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from icalign import model as M
+from icalign.benchmarks._common import median_seconds
 from icalign import train as T
 from icalign.results import hardware
 
@@ -61,6 +62,47 @@ def peak_matmul_gflops(n: int = 2048, reps: int = 10) -> dict:
     return {"n": n, "best": flops / min(ts) / 1e9, "median": flops / float(np.median(ts)) / 1e9}
 
 
+def dense_only_step(config: M.ModelConfig, batch: int):
+    """The train step with everything but its dense layers removed, as ``(fn, args, flops)``.
+
+    Per layer ``h <- ((h Wq) * (h Wk) + h Wv) Wo + (h W1) W2`` on a (batch * T, d_model) array,
+    scanned over the layers, and its gradient with respect to every W and h by autodiff: the
+    same dense products as the train step, forward and backward, on the same shapes, plus a
+    few elementwise ops; no attention products, norms, activation, read-in/out or optimizer.
+    ``flops`` counts the products (2 per multiply-add).
+    """
+    L, H, dh, dm, F = config.n_layers, config.n_heads, config.head_size, config.d_model, config.ffn_size
+    rows = batch * M.seq_len(config)
+    keys = jax.random.split(jax.random.PRNGKey(0), 7)
+    normal = lambda k, shape: 0.02 * jax.random.normal(k, shape, jnp.float32)
+    ws = {"q": normal(keys[0], (L, dm, H * dh)), "k": normal(keys[1], (L, dm, H * dh)),
+          "v": normal(keys[2], (L, dm, H * dh)), "o": normal(keys[3], (L, H * dh, dm))}
+    if config.ffn:
+        ws.update(w1=normal(keys[4], (L, dm, F)), w2=normal(keys[5], (L, F, dm)))
+    h0 = jax.random.normal(keys[6], (rows, dm), jnp.float32)
+
+    def loss(ws, h):
+        def layer(h, w):
+            # q * k, not q + k: with a sum, q, k and v would share one cotangent and XLA
+            # would merge their backward products.
+            out = ((h @ w["q"]) * (h @ w["k"]) + h @ w["v"]) @ w["o"]
+            return (out + (h @ w["w1"]) @ w["w2"] if config.ffn else out), None
+        # A squared loss, not a plain mean: a constant cotangent would let XLA turn the last
+        # layer's backward products into reductions.
+        return jnp.mean(jnp.square(jax.lax.scan(layer, h, ws)[0]))
+
+    flops = 3 * 2 * rows * L * (4 * dm * H * dh + (2 * dm * F if config.ffn else 0))
+    return jax.jit(jax.grad(loss, argnums=(0, 1))), (ws, h0), flops
+
+
+def dense_matmul_floor(config: M.ModelConfig, batch: int, reps: int = 3) -> dict:
+    """Median seconds of :func:`dense_only_step`: no formulation that leaves the dense
+    products to XLA can make the train step faster than this on the same machine."""
+    fn, args, flops = dense_only_step(config, batch)
+    sec, _ = median_seconds(fn, *args, repeats=reps)
+    return {"seconds": sec, "gflop": flops / 1e9, "gflops": flops / sec / 1e9}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=5, help="timed steps after compilation (default 5)")
     p.add_argument("--quick", action="store_true", help="2 timed steps (same base config)")
@@ -97,6 +139,7 @@ def run(args) -> int:
     sec = float(np.median(times))
     flops = model_flops(model_cfg, batch)
     peak = peak_matmul_gflops()
+    floor = dense_matmul_floor(model_cfg, batch)
     achieved = flops["step"] / sec / 1e9
     out = {
         "benchmark": "train-step",
@@ -115,6 +158,10 @@ def run(args) -> int:
         "peak_matmul_gflops_median": peak["median"],
         "peak_matmul_n": peak["n"],
         "fraction_of_peak": achieved / peak["best"],
+        "dense_matmul_floor_seconds": floor["seconds"],
+        "dense_matmul_floor_gflop": floor["gflop"],
+        "dense_matmul_floor_gflops": floor["gflops"],
+        "step_over_dense_floor": sec / floor["seconds"],
         "loadavg_before_after": [list(load_before), list(os.getloadavg())],
         "hardware": hardware(),
     }
