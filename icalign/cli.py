@@ -59,10 +59,20 @@ def _sub(kind: str, name: str, table: dict[str, str]):
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    top = argparse.ArgumentParser(prog="icalign", description=__doc__.split("\n")[0])
-    top.add_argument("command", choices=["run", "bench", "list", "verify"])
+    # The top parser handles -h itself: with argparse's own, `icalign run NAME --help` showed
+    # the top-level usage and none of NAME's flags.
+    top = argparse.ArgumentParser(prog="icalign", description=__doc__.split("\n")[0], add_help=False)
+    top.add_argument("-h", "--help", action="store_true", help="show this help (after a NAME: its flags)")
+    top.add_argument("command", nargs="?", choices=["run", "bench", "list", "verify"])
     top.add_argument("name", nargs="?")
     ns, rest = top.parse_known_args(argv)
+    if ns.help and (ns.command in (None, "list") or (ns.command in ("run", "bench") and not ns.name)):
+        top.print_help()
+        return 0
+    if ns.command is None:
+        top.error("give a command: run, bench, list or verify")
+    if ns.help:
+        rest.append("--help")
 
     if ns.command == "list":
         for kind, table in (("run", experiments()), ("bench", benchmarks())):

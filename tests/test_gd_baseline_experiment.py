@@ -27,3 +27,13 @@ def test_gd_baseline_writes_results_and_refuses_overwrite(tmp_path):
 def test_unknown_experiment_is_a_clear_error():
     with pytest.raises(SystemExit, match="unknown name 'nope'"):
         cli.main(["run", "nope"])
+
+
+def test_help_after_a_name_lists_that_modules_flags(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["run", "gd-baseline", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "icalign run gd-baseline" in out and "--contexts" in out and "--force" in out
+    assert cli.main(["--help"]) == 0
+    assert "{run,bench,list,verify}" in capsys.readouterr().out
