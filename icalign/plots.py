@@ -3,25 +3,44 @@ training or learner code, so a figure can be redrawn from a results file alone."
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # headless: figures are files
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-__all__ = ["save", "curves_by_level"]
+__all__ = ["save", "integer_ticks", "curves_by_level"]
 
 
-def save(fig, stem: Path) -> list[Path]:
-    """Write ``stem``.png and ``stem``.pdf; return both paths."""
+def save(fig, stem: Path, formats=("png", "pdf")) -> list[Path]:
+    """Write ``stem``.png and ``stem``.pdf, each atomically (temp file + rename, so a killed
+    run never leaves half a figure); close the figure; return the paths."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
-    fig.savefig(paths[0], dpi=150, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight")
+    paths = []
+    for fmt in formats:
+        path = stem.with_suffix(f".{fmt}")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".{fmt}")
+        os.close(fd)
+        try:
+            fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight")
+            os.chmod(tmp, 0o644)  # mkstemp creates 0600; a figure is meant to be read
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        paths.append(path)
     plt.close(fig)
     return paths
+
+
+def integer_ticks(ax) -> None:
+    """Integer ticks on the x axis: t counts in-context examples, so 2.5 means nothing."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def curves_by_level(results: dict, stem: Path, title: str) -> list[Path]:

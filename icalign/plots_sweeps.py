@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from icalign.plots import plt, save
+from icalign.plots import integer_ticks, plt, save
 
 __all__ = ["ablation_panels", "ablation_bars", "noise_curves", "noise_summary"]
 
@@ -72,6 +72,7 @@ def ablation_panels(res: dict, stem: Path) -> list[Path]:
         ax.axhline(1.0, color="grey", lw=0.6, ls=":")
         ax.set_title(factor.replace("_", " "))
         ax.set_xlabel("in-context examples t")
+        integer_ticks(ax)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     for row in axes:
@@ -148,6 +149,7 @@ def noise_curves(res: dict, stem: Path) -> list[Path]:
                       label=f"{spec['level_name']}={lv}")
                 _band(ax, ts, res["gd"]["adam"][kind][lv][metric], color, ls="--", marker=None)
             ax.grid(alpha=0.3)
+            integer_ticks(ax)
             if row == 0:
                 ax.set_title(f"corruption: {kind}")
                 ax.axhline(1.0, color="grey", lw=0.6, ls=":")

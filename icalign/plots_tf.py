@@ -1,48 +1,27 @@
 """Figures of the TF-vs-GD experiment, drawn from its results JSON only.
 
 Plots read result files; they never import training code, so a figure can be redrawn from a
-committed JSON without JAX doing any work. ``matplotlib.figure.Figure`` is used directly (no
-pyplot), so nothing global (backend, current figure) is touched.
+committed JSON without JAX doing any work. The figure is a ``matplotlib.figure.Figure`` made
+directly, not through pyplot's figure manager.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 
+from icalign.plots import integer_ticks, save
 from icalign.results import read_json
 
-__all__ = ["plot_tf_vs_gd", "save_figure"]
+__all__ = ["plot_tf_vs_gd"]
 
 STYLE = {
     "transformer": dict(color="C0", marker="o", label="trained transformer"),
     "adam": dict(color="C1", marker="s", label="GD baseline (Adam, lr 0.1, 50 steps)"),
     "gd": dict(color="C2", marker="^", label="plain GD (lr 1, 50 steps)"),
 }
-
-
-def save_figure(fig: Figure, stem: Path, formats=("png", "pdf")) -> list[Path]:
-    """Write ``stem.png`` and ``stem.pdf`` atomically (temp file + rename)."""
-    stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for fmt in formats:
-        path = stem.with_suffix(f".{fmt}")
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".{fmt}")
-        os.close(fd)
-        try:
-            fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight")
-            os.chmod(tmp, 0o644)  # mkstemp creates 0600; a figure is meant to be read
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        paths.append(path)
-    return paths
 
 
 def _floats(xs) -> np.ndarray:
@@ -89,10 +68,11 @@ def plot_tf_vs_gd(result_json: Path, stem: Path) -> list[Path]:
     ax2.set_xlabel("in-context examples t")
     ax2.set_ylabel("cosine similarity")
     ax2.set_ylim(top=1.05)
+    integer_ticks(ax2)
     ax2.set_title(f"transformer vs GD ({cmp['n_contexts']} contexts; sensitivities on "
                   f"{cmp['n_sensitivity']})", fontsize=9)
     ax2.legend(fontsize=8)
     hw = res.get("hardware", {})
     fig.suptitle(f"TF vs GD, in-context alignment (d={m['d']}, N={m['n']}); measured on "
                  f"{hw.get('backend', '?')} ({hw.get('device', '')}, {hw.get('cpu_count', '?')} cores)", fontsize=10)
-    return save_figure(fig, stem)
+    return save(fig, stem)
