@@ -112,12 +112,10 @@ def run(args) -> int:
         "experiment": NAME,
         "size": size,
         "size_note": ("quick: width 24, stacked tokens, depths 1/2/4, batch 64, 400 steps, lr 3e-3"
-                      if size == "quick" else "full: the published base (20 layers, 3 heads, width 96, "
-                      "interleaved), batch 256, 3000 steps, lr 1e-4"),
+                      if size == "quick" else report.FULL_SIZE_NOTE),
         "seed": args.seed,
         "seeds": list(seeds),
-        "interval": "mean and 95% Student-t interval over seeds (each seed: mean over the evaluation contexts); "
-                    "GD learners: over contexts",
+        "interval": report.INTERVAL_NOTE,
         "base_config": base.to_dict(),
         "train_config": train_cfg.to_dict(),
         "n_eval_contexts": n_eval,

@@ -106,12 +106,10 @@ def run(args) -> int:
         "experiment": NAME,
         "size": size,
         "size_note": ("quick: width 24, 2 layers, stacked tokens, batch 64, 400 steps, lr 3e-3"
-                      if size == "quick" else "full: the published base (20 layers, 3 heads, width 96, "
-                      "interleaved), batch 256, 3000 steps, lr 1e-4"),
+                      if size == "quick" else report.FULL_SIZE_NOTE),
         "seed": args.seed,
         "seeds": seeds,
-        "interval": "mean and 95% Student-t interval over seeds (each seed: mean over the evaluation contexts); "
-                    "GD learners: over contexts",
+        "interval": report.INTERVAL_NOTE,
         "model_config": model_cfg.to_dict(),
         "train_config": {**train_cfg.to_dict(), "corruption": TRAIN_CORRUPTION},
         "train_levels": list(train_levels),

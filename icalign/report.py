@@ -24,6 +24,14 @@ from icalign.results import read_json, write_json, write_text
 __all__ = ["verdict", "ablation_claims", "ablation_markdown", "noise_claims", "noise_markdown", "publish"]
 
 
+#: How the sweeps' intervals are formed (stored in their results JSON and shown in the markdown).
+INTERVAL_NOTE = ("mean and 95% Student-t interval over seeds (each seed: mean over the evaluation contexts); "
+                 "GD learners: over contexts")
+#: The full size of the sweeps: the published base config and training defaults.
+FULL_SIZE_NOTE = ("full: the published base (20 layers, 3 heads, width 96, interleaved), batch 256, "
+                  "3000 steps, lr 1e-4")
+
+
 def publish(out: Path, res: dict, markdown: Callable[[dict], str],
             figures: Sequence[Callable[[dict], list[Path]]]) -> tuple[dict, Path, list[Path]]:
     """Write the results JSON ``out``, then the markdown summary next to it and the figures,
@@ -140,17 +148,28 @@ def ablation_claims(res: dict) -> list[dict]:
     return claims
 
 
+def _document(title: str, res: dict, claims: list[dict], claims_heading: str, body) -> str:
+    """A sweep's markdown: header and ``body()`` parts (both skipped if ``body`` is None),
+    then the claims table."""
+    parts = [] if body is None else [_header(title, res), *body()]
+    parts.append(_claims_table(claims, claims_heading))
+    return "\n".join(parts) + "\n"
+
+
+def _t2(ts: list) -> int:
+    """Index of t = 2 in ``ts`` (the first column of the tables), or 0."""
+    return ts.index(2) if 2 in ts else 0
+
+
 def ablation_markdown(res: dict, claims_only: bool = False) -> str:
     ts = res["ts"]
-    i2 = ts.index(2) if 2 in ts else 0
-    claims = res.get("claims") or ablation_claims(res)
-    parts = []
-    if not claims_only:
-        parts.append(_header("Ablations", res))
+    i2 = _t2(ts)
+
+    def body():
         ran = list(dict.fromkeys(v["factor"] for v in res["variants"]))
         missing = [f for f in FACTORS if f not in ran]
-        parts.append(f"Factors run: {', '.join(ran)}." + (f" Not run here: {', '.join(missing)}." if missing else "")
-                     + "\n")
+        factors = (f"Factors run: {', '.join(ran)}." + (f" Not run here: {', '.join(missing)}." if missing else "")
+                   + "\n")
         rows = []
         for v in res["variants"]:
             arch = res["architectures"].get(v["arch"], {})
@@ -159,10 +178,11 @@ def ablation_markdown(res: dict, claims_only: bool = False) -> str:
                          fmt(s, i2), fmt(s, -1), arch.get("status", "missing")])
         for name, g in res.get("gd", {}).items():
             rows.append(["GD learner", name, fmt(g["nmse"], i2), fmt(g["nmse"], -1), "reference"])
-        parts.append(_table(["factor", "variant", "nmse t=2", f"nmse t={ts[-1]}", "status"], rows))
-    parts.append(_claims_table(claims, f"Claims of THEORY.md section 3 (normalised MSE at t = {ts[-1]}, "
-                                       "mean [95% interval])"))
-    return "\n".join(parts) + "\n"
+        return [factors, _table(["factor", "variant", "nmse t=2", f"nmse t={ts[-1]}", "status"], rows)]
+
+    return _document("Ablations", res, res.get("claims") or ablation_claims(res),
+                     f"Claims of THEORY.md section 3 (normalised MSE at t = {ts[-1]}, mean [95% interval])",
+                     None if claims_only else body)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,11 +221,10 @@ def noise_claims(res: dict) -> list[dict]:
 
 def noise_markdown(res: dict, claims_only: bool = False) -> str:
     ts = res["ts"]
-    i2 = ts.index(2) if 2 in ts else 0
-    claims = res.get("claims") or noise_claims(res)
-    parts = []
-    if not claims_only:
-        parts.append(_header("Reward noise", res))
+    i2 = _t2(ts)
+
+    def body():
+        parts = []
         clean = str(res["train_levels"][0])
         for kind, spec in res["corruptions"].items():
             rows = []
@@ -222,6 +241,8 @@ def noise_markdown(res: dict, claims_only: bool = False) -> str:
                 heads += [f"{who} t=2", f"{who} t={ts[-1]}"]
             parts.append(f"\n## Corruption model `{kind}` (normalised MSE)\n")
             parts.append(_table(heads, rows))
-    parts.append(_claims_table(claims, f"Claims (normalised MSE at t = {ts[-1]}, corruption `replace`, "
-                                       "mean [95% interval])"))
-    return "\n".join(parts) + "\n"
+        return parts
+
+    return _document("Reward noise", res, res.get("claims") or noise_claims(res),
+                     f"Claims (normalised MSE at t = {ts[-1]}, corruption `replace`, mean [95% interval])",
+                     None if claims_only else body)
