@@ -1,84 +1,128 @@
 """`icalign run necessity`: is each component needed to compute one PL gradient step?
 
-For N in {4, 8, 16}, the construction's architecture and each reduced one (linear attention,
-one head, no FFN, half the blocks) are trained directly on the one-step PL target (several seeds
-at once); the error floor is the best held-out relative error over seeds. The hand-built
-construction's own error (float64) is the reference. See icalign.necessity.
+For every N, the construction's architecture and each reduced one (linear attention, one
+head, no FFN, half the blocks) are trained directly on the one-step PL target, several seeds
+at once through the one training loop (icalign.theory.necessity); the floor is the best
+held-out relative error over seeds. The hand-built construction's own error (float64) is
+the reference. Progress is saved after every (N, variant).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import jax
 import numpy as np
 
-from icalign import construct, necessity, plots, results
+from icalign.core.validate import check_int, check_positive
+from icalign.experiment import Progress, check_seed, config_record, publish, result_path
+from icalign.io import hardware
+from icalign.theory import construct, necessity
+from icalign.viz.necessity import necessity as necessity_figure
 
-DESCRIPTION = "error floor of reduced architectures (linear attn, 1 head, no FFN, fewer blocks) vs N"
 NAME = "necessity"
-SIZES = {  # (Ns, seeds, Adam steps, batch)
-    "quick": ((4, 8, 16), 2, 800, 64),
-    "full": ((4, 8, 16), 3, 2000, 64),
-}
+DESCRIPTION = "error floor of reduced architectures (linear attn, 1 head, no FFN, fewer blocks) vs N"
 
 
-def run(args) -> int:
-    out = results.claim_output(args.out / f"{NAME}.json", args.force)
-    size = "quick" if args.quick else "full"
-    ns, seeds, steps, batch = SIZES[size]
-    d, eta, beta = 3, 0.2, 1.0
-    key = jax.random.PRNGKey(args.seed)
-    # Progress is saved after every (N, variant): a killed run resumes where it stopped
-    # (same size and seed), and nothing finished is recomputed.
-    partial = out.with_name(f".{NAME}.{size}.seed{args.seed}.partial.json")
-    table = results.read_json(partial)["results"] if partial.exists() and not args.force else {}
+@dataclasses.dataclass(frozen=True)
+class Config:
+    ns: tuple[int, ...] = (4, 8, 16)
+    variants: tuple[str, ...] = necessity.VARIANTS
+    d: int = 3
+    eta: float = 0.2
+    beta: float = 1.0
+    seeds: int = 3
+    steps: int = 2000
+    batch: int = 64
+    lr: float = 3e-3
+    construction_contexts: int = 256
+    seed: int = 0
+
+    def __post_init__(self):
+        check_seed(self.seed)
+        if not self.ns:
+            raise ValueError("ns must list at least one number of candidates")
+        if not self.variants or any(v not in necessity.VARIANTS for v in self.variants):
+            raise ValueError(f"variants must be a non-empty subset of {list(necessity.VARIANTS)}, "
+                             f"got {list(self.variants)}")
+        for n in self.ns:
+            check_int("ns", n, minimum=2)
+        for name in ("d", "seeds", "steps", "batch", "construction_contexts"):
+            check_int(name, getattr(self, name), minimum=1)
+        for name in ("eta", "beta", "lr"):
+            check_positive(name, getattr(self, name))
+
+
+QUICK = Config(seeds=2, steps=800)
+FULL = Config()
+
+
+def _construction(cfg: Config, n: int, key):
+    k_w, k_fit, k_eval = jax.random.split(jax.random.fold_in(key, n), 3)
+    W0 = np.asarray(jax.random.normal(k_w, (cfg.d, cfg.d))) / np.sqrt(cfg.d)
+    spec = construct.spec_for(n, cfg.d, W0, eta=cfg.eta, beta=cfg.beta)
+    with jax.enable_x64(True):
+        ctx = construct.separated_contexts(k_eval, cfg.construction_contexts, n, cfg.d)
+        y0, yp = necessity.target(spec, ctx)
+        built = float(necessity.relative_error(construct.run(spec, ctx), y0, yp))
+    return spec, k_fit, built
+
+
+def figures(res: dict) -> dict:
+    return {"": necessity_figure(res)}
+
+
+def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = True, run_root=None) -> dict:
+    path = result_path(out, NAME, force)
+    key = jax.random.PRNGKey(cfg.seed)
+    saved = Progress(out, NAME, cfg, force)
     t_start = time.perf_counter()
-    for n in ns:
-        k_w, k_fit, k_eval = jax.random.split(jax.random.fold_in(key, n), 3)
-        W0 = np.asarray(jax.random.normal(k_w, (d, d))) / np.sqrt(d)
-        gap = 0.5 / n
-        spec = construct.PLConstruction(d=d, n=n, W0=W0, eta=eta, beta=beta, gap=gap,
-                                        B=50.0 / gap, M=200.0 / gap + 100.0)
-        with jax.enable_x64(True):
-            ctx = construct.separated_contexts(k_eval, 256, n, d)
-            y0, yp = necessity.target(spec, ctx)
-            built = float(necessity.relative_error(construct.run(spec, ctx), y0, yp))
-        row = table.get(str(n), {"variants": {}})
-        row["construction_rel_error_float64"] = built
-        for name, cfg in necessity.variant_configs(spec).items():
-            if name in row["variants"]:
-                print(f"[{NAME}] N={n:2d} {name:16s} resumed from {partial.name}")
+    for n in cfg.ns:
+        spec, k_fit, built = _construction(cfg, n, key)
+        for name, arch in necessity.variant_configs(spec).items():
+            if name not in cfg.variants:
+                continue
+            if (n, name) in saved:
+                print(f"[{NAME}] N={n:2d} {name:16s} resumed from {saved.path}")
                 continue
             t0 = time.perf_counter()
-            rel, curves = necessity.fit_variant(k_fit, spec, cfg, seeds, steps, batch)
+            run_dir = None if run_root is None else run_root / f"necessity-{saved_key(cfg, n, name)}"
+            rel, curves = necessity.fit_variant(k_fit, spec, arch, cfg.seeds, cfg.steps, cfg.batch, cfg.lr,
+                                                run_dir=run_dir, progress=progress)
             finite = rel[np.isfinite(rel)]  # a diverged seed (NaN) is reported, not hidden
-            row["variants"][name] = {
+            saved.put((n, name), {
+                "n": n, "variant": name, "construction_rel_error_float64": built,
                 "rel_error_per_seed": rel, "diverged_seeds": int(rel.size - finite.size),
                 "floor": float(finite.min()) if finite.size else float("nan"),
                 "median": float(np.median(finite)) if finite.size else float("nan"),
-                "n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "head_dim": cfg.head_size,
-                "attention": cfg.attention, "ffn": cfg.ffn,
-                "final_train_loss": curves[:, -20:].mean(axis=1),
-                "seconds": time.perf_counter() - t0,
-            }
+                "n_layers": arch.n_layers, "n_heads": arch.n_heads, "head_dim": arch.head_size,
+                "attention": arch.attention, "ffn": arch.ffn, "final_train_loss": curves[:, -20:].mean(axis=1),
+                "seconds": time.perf_counter() - t0})
             print(f"[{NAME}] N={n:2d} {name:16s} floor {np.min(rel):.3e}  median {np.median(rel):.3e}  "
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
-            table[str(n)] = row
-            results.write_json(partial, {"results": table})
+    table = {}
+    for entry in saved.entries.values():
+        row = table.setdefault(str(entry["n"]), {"construction_rel_error_float64":
+                                                 entry["construction_rel_error_float64"], "variants": {}})
+        row["variants"][entry["variant"]] = {k: v for k, v in entry.items()
+                                             if k not in ("n", "variant", "construction_rel_error_float64")}
     res = {
-        "experiment": NAME,
-        "size": size,
-        "protocol": {"d": d, "eta": eta, "beta": beta, "seeds": seeds, "adam_steps": steps, "batch": batch,
-                     "lr": 3e-3, "metric": "held-out E||f - y+||^2 / E||y+ - y0||^2 (256 contexts)",
-                     "floor": "min over seeds", "target": "one PL GD step, sqdist reward",
-                     "seed": args.seed},
-        "results": table,
-        "seconds": time.perf_counter() - t_start,
-        "hardware": results.hardware(),
+        "experiment": NAME, "name": None if out is None else out.name, **config_record(cfg),
+        "size": None if out is None else out.name,
+        "protocol": {"d": cfg.d, "eta": cfg.eta, "beta": cfg.beta, "seeds": cfg.seeds, "adam_steps": cfg.steps,
+                     "batch": cfg.batch, "lr": cfg.lr,
+                     "metric": f"held-out E||f - y+||^2 / E||y+ - y0||^2 over one batch of {cfg.batch} contexts",
+                     "construction_metric": f"the same on {cfg.construction_contexts} contexts, float64",
+                     "floor": "min over seeds", "target": "one PL GD step, sqdist reward", "seed": cfg.seed},
+        "results": table, "seconds": time.perf_counter() - t_start, "hardware": hardware(),
     }
-    results.write_json(out, res)
-    partial.unlink(missing_ok=True)
-    figs = plots.necessity(results.read_json(out), out.with_suffix(""))
-    print(f"[{NAME}] wrote {out} and {', '.join(map(str, figs))} in {res['seconds']:.0f} s")
-    return 0
+    res = publish(path, res, figures=figures)
+    saved.done()
+    return res
+
+
+def saved_key(cfg: Config, n: int, name: str) -> str:
+    from icalign.config import short_hash
+
+    return f"{short_hash(cfg)}-n{n}-{name.replace(' ', '_')}"

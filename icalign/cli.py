@@ -1,13 +1,17 @@
-"""The ``icalign`` command.
+"""The ``icalign`` command: dispatch only; no logic lives here.
 
-    icalign run NAME [--quick | --full] [--out DIR] [--force] [--seed S]   an experiment
-    icalign bench NAME                                                      a benchmark (JSON)
-    icalign list                                                            what exists
+    icalign run NAME [--quick | --full] [--config FILE.toml] [--set KEY=VALUE ...] [--seed S]
+                     [--name RUN] [--out DIR] [--force] [--show-config] [--run-root DIR]
+    icalign verify [same flags]          the same as `icalign run verify`
+    icalign bench NAME [flags]           a benchmark (prints JSON)
+    icalign readme [--check]             rewrite (or check) README.md's result sections from figures/
+    icalign redraw RESULT.json ...       redraw a result's markdown and figures from its JSON
+    icalign list                         every experiment and benchmark
 
-Experiments are the modules of ``experiments/`` (shipped as ``icalign.experiments``);
-benchmarks are the modules of ``icalign/benchmarks/``. A module's file name with '_' read as
-'-' is its command name. Each module defines ``DESCRIPTION``, ``run(args)`` and optionally
-``add_arguments(parser)`` for flags of its own. The CLI only dispatches: no logic lives here.
+An experiment's results go to ``<--out>/<NAME>/<--name>/`` (default ``results/NAME/quick``,
+``.../full``, or ``.../variant-<hash>`` for an overridden config). Experiments are the modules
+of ``experiments/`` (shipped as ``icalign.experiments``), benchmarks those of
+``icalign/benchmarks/``; a module's file name with '_' read as '-' is its command name.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from pathlib import Path
 
 import icalign.benchmarks
 import icalign.experiments
+from icalign import config as C
+from icalign.experiment import default_name
 
 
 def _modules(package) -> dict[str, str]:
@@ -38,23 +44,97 @@ def benchmarks() -> dict[str, str]:
     return _modules(icalign.benchmarks)
 
 
-def _add_common_run_args(p: argparse.ArgumentParser) -> None:
-    size = p.add_mutually_exclusive_group()
-    size.add_argument("--quick", dest="quick", action="store_true", default=True,
-                      help="reduced size that fits a 2-core CPU in minutes (the default)")
-    size.add_argument("--full", dest="quick", action="store_false",
-                      help="the published size (meant for a GPU or TPU)")
-    p.add_argument("--out", type=Path, default=Path("figures"),
-                   help="folder for the results JSON and figures (default: figures/)")
-    p.add_argument("--force", action="store_true",
-                   help="overwrite a finished result instead of refusing")
-    p.add_argument("--seed", type=int, default=0, help="master PRNG seed (default 0)")
-
-
 def _sub(kind: str, name: str, table: dict[str, str]):
     if name not in table:
         raise SystemExit(f"icalign {kind}: unknown name {name!r}; choose one of {sorted(table)}")
     return importlib.import_module(table[name])
+
+
+def _run_parser(name: str, mod) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"icalign run {name}", description=mod.DESCRIPTION,
+                                epilog="Keys for --set: " + ", ".join(C.keys(mod.QUICK)))
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", dest="preset", action="store_const", const="quick", default="quick",
+                      help="the preset sized for a 2-core CPU in minutes (the default)")
+    size.add_argument("--full", dest="preset", action="store_const", const="full",
+                      help="the published size (meant for a GPU or TPU)")
+    p.add_argument("--config", type=Path, help="a TOML file of overrides (see --show-config)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config value, e.g. --set model.n_layers=4 (repeatable)")
+    p.add_argument("--seed", type=int, help="shortcut for --set seed=S")
+    p.add_argument("--name", help="run name: the output sub-folder (default: the preset, or variant-<hash>)")
+    p.add_argument("--out", type=Path, default=Path("results"),
+                   help="output root; results go to OUT/NAME/RUN (default results/; "
+                        "`--out figures` regenerates the committed results)")
+    p.add_argument("--force", action="store_true", help="overwrite a finished result instead of refusing")
+    p.add_argument("--show-config", action="store_true", help="print the resolved config as TOML and exit")
+    p.add_argument("--run-root", type=Path, default=Path("runs"), help="training run folders (default runs/)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return p
+
+
+def resolve(name: str, mod, args) -> tuple:
+    """(config, output folder) from the parsed flags; validates everything, runs nothing."""
+    presets = {"quick": mod.QUICK, "full": mod.FULL}
+    cfg = presets[args.preset]
+    if args.config is not None:
+        cfg = C.load_toml(cfg, args.config)
+    cfg = C.override(cfg, args.sets + ([f"seed={args.seed}"] if args.seed is not None else []))
+    # the chosen preset first: quick and full may be the same config (gd-baseline, verify)
+    run_name = args.name or default_name(cfg, {args.preset: presets[args.preset], **presets})
+    if run_name in presets and args.name and cfg != presets[run_name]:
+        raise C.ConfigError(f"--name {run_name} is reserved for the unchanged {run_name} preset; "
+                            "choose another name for a variant")
+    if not run_name or any(c in run_name for c in "/\\") or run_name.startswith("."):
+        raise C.ConfigError(f"--name must be a plain folder name, got {run_name!r}")
+    return cfg, args.out / name / run_name
+
+
+def _run(name: str, rest: list[str]) -> int:
+    mod = _sub("run", name, experiments())
+    args = _run_parser(name, mod).parse_args(rest)
+    cfg, out = resolve(name, mod, args)
+    if args.show_config:
+        print(C.to_toml(cfg), end="")
+        return 0
+    print(f"[{name}] results folder: {out}")
+    result = mod.run(cfg, out, force=args.force, progress=not args.no_progress, run_root=args.run_root)
+    print(f"[{name}] results folder: {out}")
+    return int(getattr(mod, "exit_code", lambda r: 0)(result))
+
+
+def _redraw(paths: list[str]) -> int:
+    from icalign.experiment import redraw
+    from icalign.io import read_json
+
+    if not paths:
+        raise SystemExit("icalign redraw: give one or more result JSON files")
+    table = experiments()
+    for p in paths:
+        name = read_json(p).get("experiment", "").replace("_", "-")
+        if name not in table:
+            raise SystemExit(f"icalign redraw: {p} names experiment {name!r}, not one of {sorted(table)}")
+        written = redraw(Path(p), importlib.import_module(table[name]))
+        print(f"redrew {', '.join(map(str, written))}")
+    return 0
+
+
+def _readme(rest: list[str]) -> int:
+    from icalign.analysis import readme
+
+    p = argparse.ArgumentParser(prog="icalign readme", description=readme.__doc__.split("\n")[0])
+    p.add_argument("--check", action="store_true", help="exit 1, naming the sections, if README.md is stale")
+    p.add_argument("--readme", type=Path, default=Path("README.md"))
+    p.add_argument("--results", type=Path, default=Path("figures"), help="committed results root (default figures/)")
+    args = p.parse_args(rest)
+    if args.check:
+        stale = readme.check(args.readme, args.results)
+        if stale:
+            print(f"icalign readme: stale sections {stale}: run `icalign readme`", file=sys.stderr)
+        return int(bool(stale))
+    readme.update(args.readme, args.results)
+    print(f"rewrote the generated sections of {args.readme} from {args.results}/")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,10 +143,17 @@ def main(argv: list[str] | None = None) -> int:
     # the top-level usage and none of NAME's flags.
     top = argparse.ArgumentParser(prog="icalign", description=__doc__.split("\n")[0], add_help=False)
     top.add_argument("-h", "--help", action="store_true", help="show this help (after a NAME: its flags)")
-    top.add_argument("command", nargs="?", choices=["run", "bench", "list", "verify"])
+    top.add_argument("command", nargs="?", choices=["run", "bench", "list", "verify", "readme", "redraw"])
     top.add_argument("name", nargs="?")
     ns, rest = top.parse_known_args(argv)
-    if ns.help and (ns.command in (None, "list") or (ns.command in ("run", "bench") and not ns.name)):
+    if ns.command == "verify":  # `icalign verify ...` is `icalign run verify ...`
+        rest = ([ns.name] if ns.name else []) + rest
+        ns.command, ns.name = "run", "verify"
+    if ns.command == "readme":
+        return _readme(([ns.name] if ns.name else []) + rest)
+    if ns.command == "redraw":
+        return _redraw(([ns.name] if ns.name else []) + rest)
+    if ns.help and (ns.command in (None, "list") or not ns.name):
         top.print_help()
         return 0
     if ns.command is None:
@@ -80,40 +167,25 @@ def main(argv: list[str] | None = None) -> int:
                 doc = getattr(importlib.import_module(mod), "DESCRIPTION", "")
                 print(f"icalign {kind} {name:<18} {doc}")
         return 0
-
-    if ns.command == "verify":
-        # `icalign verify` is the experiments/verify.py module with its own flags.
-        rest = ([ns.name] if ns.name else []) + rest
-        ns.name = "verify"
-        ns.command = "run"
-        table = experiments()
-        if "verify" not in table:
-            raise SystemExit("icalign verify: no constructions to verify in this version")
-        mod = _sub("verify", "verify", table)
-        p = argparse.ArgumentParser(prog="icalign verify", description=mod.DESCRIPTION)
-        if hasattr(mod, "add_arguments"):
-            mod.add_arguments(p)
-        return int(mod.run(p.parse_args(rest)) or 0)
-
     if not ns.name:
         table = experiments() if ns.command == "run" else benchmarks()
         raise SystemExit(f"icalign {ns.command}: give a name, one of {sorted(table)}")
-
-    table = experiments() if ns.command == "run" else benchmarks()
-    mod = _sub(ns.command, ns.name, table)
-    p = argparse.ArgumentParser(prog=f"icalign {ns.command} {ns.name}", description=mod.DESCRIPTION)
     if ns.command == "run":
-        _add_common_run_args(p)
+        return _run(ns.name, rest)
+    mod = _sub("bench", ns.name, benchmarks())
+    p = argparse.ArgumentParser(prog=f"icalign bench {ns.name}", description=mod.DESCRIPTION)
     if hasattr(mod, "add_arguments"):
         mod.add_arguments(p)
-    args = p.parse_args(rest)
-    return int(mod.run(args) or 0)
+    return int(mod.run(p.parse_args(rest)) or 0)
 
 
 def entry() -> int:
     """Console entry point: bad input and refused overwrites end with a one-line message and
     exit code 1, not a traceback (tests call ``main`` and see the exceptions)."""
-    from icalign.results import ResultExistsError
+    import matplotlib
+
+    matplotlib.use("Agg")  # the command writes figure files; a library import never does this
+    from icalign.io import ResultExistsError
 
     try:
         return main()

@@ -12,9 +12,9 @@ def test_bench_sweep_json(monkeypatch, capsys):
     from icalign.experiments import ablations as exp
 
     tiny = M.ModelConfig(n_layers=1, n_heads=2, d_model=8, token_layout="stacked", n=4)
-    monkeypatch.setitem(exp.SIZES, "quick", dict(
-        base=tiny, depths=(1, 2), heads=(1, 2),
-        train=T.TrainConfig(lr=3e-3, batch=8, steps=4, chunk=2, checkpoint_every=2)))
+    monkeypatch.setattr(exp, "QUICK", exp.Config(model=tiny, depths=(1, 2), heads=(1, 2), seeds=2,
+                                                 train=T.TrainConfig(lr=3e-3, batch=8, steps=4, chunk=2,
+                                                                     checkpoint_every=2)))
     args = types.SimpleNamespace(seeds=2, factors="depth", speedup_steps=4)
     assert sweep.run(args) == 0
     out = json.loads(capsys.readouterr().out)

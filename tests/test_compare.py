@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from icalign import compare as C
+from icalign.analysis import compare as C
 from icalign import gd
 from icalign import model as M
-from icalign.metrics import normalised_mse
+from icalign.core.metrics import normalised_mse, unit
 from icalign.tasks import sample_contexts
 
 # The same small shapes as test_model.py, so eager primitives are shared within a session.
@@ -88,7 +88,7 @@ def test_transformer_sensitivities_match_finite_differences():
 
         def u(c):
             with jax.disable_jit():
-                return np.asarray(C.direction(M.predict(params, c, CFG)))[:, 1:]  # (B, T, D)
+                return np.asarray(unit(M.predict(params, c, CFG)))[:, 1:]  # (B, T, D)
 
         h = 1e-6
         for j in range(CFG.n):
@@ -135,7 +135,7 @@ def test_bad_inputs_fail_clearly():
 
 
 def test_figure_is_drawn_from_the_results_file(tmp_path):
-    from icalign.plots_tf import plot_tf_vs_gd
+    from icalign.viz.tf import tf_vs_gd
 
     t = [1, 2, 3]
     stats = lambda v: {"mean": v, "sem": [0.01] * 3}
@@ -149,9 +149,11 @@ def test_figure_is_drawn_from_the_results_file(tmp_path):
             "sensitivity": {k: {"candidates": {"cos": stats([0.1, 0.2, 0.3])}} for k in ("adam", "gd")},
         },
     }
+    from icalign.io import read_json, save_figure
+
     path = tmp_path / "r.json"
     path.write_text(json.dumps(res))
-    out = plot_tf_vs_gd(path, tmp_path / "fig")
+    out = save_figure(tf_vs_gd(read_json(path)), tmp_path / "fig")
     assert [p.suffix for p in out] == [".png", ".pdf"]
     assert all(p.stat().st_size > 1000 for p in out)
     assert (tmp_path / "fig.png").read_bytes()[:4] == b"\x89PNG"

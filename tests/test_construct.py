@@ -59,7 +59,7 @@ def test_bradley_terry_one_layer(x64, seed):
     out = construct.run(spec, ctx)
     np.testing.assert_allclose(out, closed_form(spec, ctx), atol=1e-9, rtol=0)
     np.testing.assert_allclose(out, autodiff(spec, ctx), atol=1e-9, rtol=0)
-    # The BT step itself (THEORY.md section 2), independent of PL:
+    # The BT step itself (docs/theory.md section 2), independent of PL:
     w, l = (0, 1) if ctx.rewards[0] > ctx.rewards[1] else (1, 0)
     y0 = jnp.asarray(spec.W0) @ ctx.x
     s = losses.sqdist_reward(y0, ctx.ys, spec.beta)

@@ -6,12 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from icalign import evaluate as E
+from icalign.analysis import evaluate as E
+from icalign.core.stats import summarise
 from icalign import model as M
-from icalign import report
-from icalign.compare import gd_predictions
-from icalign.metrics import normalised_mse
-from icalign.stats import mean_ci
+from icalign.analysis import report
+from icalign.analysis.compare import gd_predictions
+from icalign.core.metrics import normalised_mse
+from icalign.core.stats import mean_ci
 from icalign.tasks import CORRUPTIONS, DEFAULT_LEVELS, sample_contexts
 
 CFG = M.ModelConfig(n_layers=1, n_heads=2, d_model=8, token_layout="stacked", n=6)
@@ -35,10 +36,10 @@ def test_level_zero_reproduces_the_clean_evaluation_exactly(setup, kind):
     # differently-sized batch differently in the last bit, which is not what is tested here).
     clean = jnp.repeat(ctx.r_true[:, None, :], len(DEFAULT_LEVELS[kind]), axis=1)
     tf_noisy, tf_clean = E.transformer_curves(params, CFG, ctx, shown), E.transformer_curves(params, CFG, ctx, clean)
-    for noisy, ref in zip(tf_noisy, tf_clean):
+    for noisy, ref in zip(tf_noisy[1:], tf_clean[1:]):  # nmse, pl (field 0 is t)
         np.testing.assert_array_equal(noisy[:, 0], ref[:, 0])
     gd_noisy, gd_clean = E.gd_curves(jax.random.PRNGKey(4), ctx, shown), E.gd_curves(jax.random.PRNGKey(4), ctx, clean)
-    for noisy, ref in zip(gd_noisy, gd_clean):
+    for noisy, ref in zip(gd_noisy[1:], gd_clean[1:]):
         np.testing.assert_array_equal(noisy[0], ref[0])
     # The highest level really changes the rewards (the test above is not vacuous).
     assert not np.array_equal(shown[:, -1], ctx.r_true)
@@ -47,14 +48,15 @@ def test_level_zero_reproduces_the_clean_evaluation_exactly(setup, kind):
 def test_curves_match_independent_computations(setup):
     ctx, params = setup
     shown = E.corrupted_rewards(jax.random.PRNGKey(3), ctx, "replace", [0.0, 0.5])
-    nmse, pl = E.transformer_curves(params, CFG, ctx, shown)
+    t, nmse, pl = E.transformer_curves(params, CFG, ctx, shown)
+    np.testing.assert_array_equal(t, np.arange(1, CFG.n))
     assert nmse.shape == pl.shape == (2, 2, 8, CFG.n - 1)
     # Transformer: run 1 at level 0.5 through predict directly.
     p1 = jax.tree_util.tree_map(lambda a: a[1], params)
     y = M.predict(p1, ctx.replace(rewards=shown[:, 1]), CFG)[:, 1:]
     np.testing.assert_allclose(nmse[1, 1], normalised_mse(y, ctx.y_star[:, None]), rtol=1e-5, atol=1e-6)
     # GD: the same fits as compare.gd_predictions on contexts carrying those rewards.
-    g_nmse, _ = E.gd_curves(jax.random.PRNGKey(5), ctx, shown, "adam")
+    _, g_nmse, _ = E.gd_curves(jax.random.PRNGKey(5), ctx, shown, "adam")
     y_gd = gd_predictions(jax.random.PRNGKey(5), ctx.replace(rewards=shown[:, 1]), np.arange(1, CFG.n), "adam")
     np.testing.assert_allclose(g_nmse[1], normalised_mse(y_gd, ctx.y_star[:, None]), rtol=1e-5, atol=1e-6)
 
@@ -70,7 +72,7 @@ def test_bad_inputs_fail_clearly(setup):
     with pytest.raises(ValueError, match="learner"):
         E.gd_curves(jax.random.PRNGKey(0), ctx, ctx.r_true[:, None], "sgd2")
     with pytest.raises(ValueError, match="unit"):
-        E.summarise(np.zeros((2, 3)), "runs")
+        summarise(np.zeros((2, 3)), "runs")
 
 
 def test_interval_matches_the_t_table_by_hand():
@@ -101,7 +103,7 @@ def test_interval_covers_the_true_mean_95_percent_of_the_time(n):
 def test_summarise_uses_seeds_as_the_unit():
     v = np.zeros((3, 5, 2))
     v[:, :, 0] = np.array([1.0, 2.0, 3.0])[:, None]  # seed means 1, 2, 3
-    s = E.summarise(v, "seeds")
+    s = summarise(v, "seeds")
     assert s["n"] == 3 and s["mean"][0] == 2.0
     np.testing.assert_allclose(s["high"][0] - 2.0, 4.303 / np.sqrt(3), atol=1e-3)
     assert s["low"][1] == s["high"][1] == 0.0

@@ -1,4 +1,4 @@
-"""Ranking losses and reward models: identities of THEORY.md sections 1-2, stability, errors."""
+"""Ranking losses and reward models: identities of docs/theory.md sections 1-2, stability, errors."""
 
 import itertools
 

@@ -52,9 +52,10 @@ def _apply(params, tokens, config):
 # ---------------------------------------------------------------------------------------------
 
 
-def _ref_forward(params, tokens, config, weights=None):
+def _ref_forward(params, tokens, config, weights=None, capture=False):
     """GPT-2 pre-LN forward written from the definition, one sequence at a time, one head at a
-    time. ``weights(logits, visible) -> mixing weights`` can be swapped (default: per config)."""
+    time. ``weights(logits, visible) -> mixing weights`` can be swapped (default: per config).
+    ``capture``: also return the residual stream after the read-in and after every layer."""
     P = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), params)
     toks = np.asarray(tokens, np.float64)
     L, H, dh = config.n_layers, config.n_heads, config.head_size
@@ -79,13 +80,14 @@ def _ref_forward(params, tokens, config, weights=None):
     gelu = lambda x: 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
     act = gelu if config.ffn_activation == "gelu" else (lambda x: np.maximum(x, 0.0))
     b = lambda v: 0.0 if v is None else v
-    outs = []
+    outs, streams = [], []
     for seq in toks.reshape(-1, *toks.shape[-2:]):
         T = seq.shape[0]
         visible = np.tril(np.ones((T, T), bool)) if config.causal else np.ones((T, T), bool)
         h = seq @ P.read_in.w + P.read_in.b
         if config.positional:
             h = h + P.pos[:T]
+        hs = [h]
         for l in range(L):
             blk = jax.tree_util.tree_map(lambda a: a[l], P.blocks)
             a_in = ln(h, blk.ln1)
@@ -100,9 +102,14 @@ def _ref_forward(params, tokens, config, weights=None):
             if config.ffn:
                 f_in = ln(h, blk.ln2)
                 h = h + act(f_in @ blk.ffn.w1 + b(blk.ffn.b1)) @ blk.ffn.w2 + b(blk.ffn.b2)
+            hs.append(h)
+        streams.append(np.stack(hs))
         h = ln(h, P.ln_f)
         outs.append(h @ P.read_out.w + P.read_out.b)
-    return np.stack(outs).reshape(*toks.shape[:-1], config.d)
+    out = np.stack(outs).reshape(*toks.shape[:-1], config.d)
+    if not capture:
+        return out
+    return out, np.stack(streams, axis=1).reshape(L + 1, *toks.shape[:-1], config.d_model)
 
 
 def _apply64(params, tokens, config):
@@ -221,6 +228,31 @@ def test_forward_matches_independent_reference(toggle):
     params = _params(cfg, 1)
     _, tok = _tokens(cfg)
     np.testing.assert_allclose(_apply64(params, tok, cfg), _ref_forward(params, tok, cfg), rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("layout", M.LAYOUTS)
+def test_capture_returns_every_layers_residual_and_reads_out_to_apply(layout):
+    """apply(capture=True): the residual stream after the read-in and after each block,
+    checked layer by layer against the independent reference; reading out the last one with
+    model.readout gives apply's output, and capture does not change that output."""
+    cfg = dataclasses.replace(TINY, token_layout=layout, n_layers=3)
+    params = _params(cfg, 2)
+    _, tok = _tokens(cfg)
+    ref_out, ref_h = _ref_forward(params, tok, cfg, capture=True)
+    with jax.enable_x64(True):
+        p64 = jax.tree_util.tree_map(lambda a: jnp.asarray(np.asarray(a), jnp.float64), params)
+        t64 = jnp.asarray(np.asarray(tok), jnp.float64)
+        with jax.disable_jit():
+            out, h = M.apply(p64, t64, cfg, capture=True)
+            plain = M.apply(p64, t64, cfg)
+            read = M.readout(p64, h[-1], cfg)
+    assert h.shape == (cfg.n_layers + 1, *tok.shape[:-1], cfg.d_model)
+    np.testing.assert_allclose(np.asarray(h), ref_h, rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(np.asarray(out), ref_out, rtol=1e-9, atol=1e-10)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(plain))
+    np.testing.assert_allclose(np.asarray(read), np.asarray(out), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="capture"):
+        M.apply(params, tok, cfg, capture="yes")
 
 
 def test_linear_and_softmax_differ_only_in_normalisation():

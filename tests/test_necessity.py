@@ -5,7 +5,7 @@ import dataclasses
 import jax
 import numpy as np
 
-from icalign import construct, gd, necessity
+from icalign.theory import construct, gd, necessity
 
 
 def _spec(n=4, d=3):

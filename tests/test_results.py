@@ -6,7 +6,7 @@ import stat
 import numpy as np
 import pytest
 
-from icalign import results
+from icalign import io as results
 
 
 def test_write_json_roundtrip_and_permissions(tmp_path):

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from icalign import gd, metrics, model, selfcorrect as sc, tasks
+from icalign import gd, model, selfcorrect as sc, tasks
+from icalign.core import metrics
 
 N0, ROUNDS, STEPS = 6, 6, 30  # tiny: a few Adam steps per fit keep the file fast
 

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from icalign.sharding import AXIS, describe, shard_leading, sweep_mesh, to_host
+from icalign.core.sharding import AXIS, describe, shard_leading, sweep_mesh, to_host
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,7 +86,7 @@ EIGHT_DEVICES = textwrap.dedent(r"""
     jax.config.update("jax_numpy_rank_promotion", "raise")  # as in tests/conftest.py
     from jax.sharding import PartitionSpec as P
     from icalign import model as M, tasks, train as T
-    from icalign.sharding import describe, shard_leading, sweep_mesh
+    from icalign.core.sharding import describe, shard_leading, sweep_mesh
 
     assert jax.device_count() == 8, jax.devices()
     out = {"mesh": describe(sweep_mesh(8))}

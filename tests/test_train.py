@@ -12,6 +12,7 @@ import dataclasses
 import json
 import re
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,8 +28,8 @@ TRAIN = T.TrainConfig(lr=1e-3, batch=32, steps=200, chunk=25, checkpoint_every=5
 
 
 def _assert_trees_equal(a, b):
-    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    """Bitwise equal pytrees (same structure, shapes, dtypes and values)."""
+    chex.assert_trees_all_equal(jax.device_get(a), jax.device_get(b))
 
 
 @pytest.fixture(scope="module")
@@ -227,3 +228,59 @@ def test_train_rejects_wrong_types():
         T.train({"n_layers": 2}, TRAIN, checkpoint=False)
     with pytest.raises(ValueError, match="seed"):
         T.make_runs((0.5,), train_cfg=TRAIN)
+
+
+# ---------------------------------------------------------------------------------------------
+# The one loop trains the other models too: the concept model and the necessity fits resume
+# bit-identically after a kill
+# ---------------------------------------------------------------------------------------------
+
+
+def _kill_after_first_chunk(monkeypatch):
+    from icalign.training import loop
+
+    real, calls = loop.run_chunk, {"n": 0}
+
+    def chunk_then_die(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise _Killed
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "run_chunk", chunk_then_die)
+    return lambda: monkeypatch.setattr(loop, "run_chunk", real)
+
+
+def test_concept_model_resumes_bit_identically(tmp_path, monkeypatch):
+    from icalign.selfcorrect.concept import ConceptTask
+    from icalign.selfcorrect.concept_model import concept_config, train_concept
+
+    task = ConceptTask(n=5)
+    cfg = concept_config(task, n_layers=1, n_heads=2, d_model=8)
+    kw = dict(steps=4, batch=4, chunk=2, progress=False)
+    ref_params, ref_losses = train_concept(jax.random.PRNGKey(7), task, cfg, **kw)
+    restore = _kill_after_first_chunk(monkeypatch)
+    with pytest.raises(_Killed):
+        train_concept(jax.random.PRNGKey(7), task, cfg, run_dir=tmp_path / "c", **kw)
+    restore()
+    assert json.loads((tmp_path / "c" / "meta.json").read_text())["steps_done"] == 2
+    params, losses = train_concept(jax.random.PRNGKey(7), task, cfg, run_dir=tmp_path / "c", **kw)
+    _assert_trees_equal(params, ref_params)
+    np.testing.assert_array_equal(losses, ref_losses)
+
+
+def test_necessity_fit_resumes_bit_identically(tmp_path, monkeypatch):
+    from icalign.theory import construct, necessity
+
+    spec = construct.spec_for(3, 2, np.eye(2))
+    cfg = necessity.variant_configs(spec)["no FFN"]
+    kw = dict(seeds=2, steps=4, batch=8, chunk=2)
+    ref_rel, ref_curves = necessity.fit_variant(jax.random.PRNGKey(1), spec, cfg, **kw)
+    restore = _kill_after_first_chunk(monkeypatch)
+    with pytest.raises(_Killed):
+        necessity.fit_variant(jax.random.PRNGKey(1), spec, cfg, run_dir=tmp_path / "n", **kw)
+    restore()
+    rel, curves = necessity.fit_variant(jax.random.PRNGKey(1), spec, cfg, run_dir=tmp_path / "n", **kw)
+    np.testing.assert_array_equal(rel, ref_rel)
+    np.testing.assert_array_equal(curves, ref_curves)
+    assert curves.shape == (2, 4) and np.all(np.isfinite(rel))

@@ -11,7 +11,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from icalign.results import hardware, to_jsonable
+from icalign.io import hardware, to_jsonable
 
 __all__ = ["compile_timed", "median_seconds", "xla_flops", "matmul_peak_gflops", "emit"]
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from icalign import gd, tasks
+from icalign.core import tasks
+from icalign.theory import gd
 from icalign.benchmarks._common import compile_timed, emit, matmul_peak_gflops, median_seconds, xla_flops
 
 DESCRIPTION = "Adam/GD baseline sweep (256 ctx x 5 levels x 14 t x 50 steps): time after compile"

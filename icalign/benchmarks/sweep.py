@@ -23,10 +23,10 @@ import time
 
 import jax
 
-from icalign import ablations as A
 from icalign import model as M
-from icalign import train as T
-from icalign.results import hardware
+from icalign import training as T
+from icalign.analysis import ablations as A
+from icalign.io import hardware
 
 DESCRIPTION = "ablation grid (quick size): wall time, models/minute, vmapped vs sequential seeds"
 
@@ -62,9 +62,9 @@ def speedup(cfg: M.ModelConfig, train_cfg: T.TrainConfig, seeds) -> dict:
 
 
 def run(args) -> int:
-    from icalign.experiments.ablations import SIZES
+    from icalign.experiments.ablations import QUICK
 
-    spec = SIZES["quick"]
+    spec = {"base": QUICK.model, "depths": QUICK.depths, "heads": QUICK.heads, "train": QUICK.train}
     n_seeds = getattr(args, "seeds", 3)
     if n_seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {n_seeds}")
@@ -92,7 +92,7 @@ def run(args) -> int:
     deepest = max(configs, key=lambda c: c.n_layers)
     out = {
         "benchmark": "sweep",
-        "grid": "ablations, quick size (icalign.experiments.ablations.SIZES['quick'])",
+        "grid": "ablations, quick size (icalign.experiments.ablations.QUICK)",
         "base_config": spec["base"].to_dict(),
         "train_config": train_cfg.to_dict(),
         "architectures": len(configs),

@@ -19,8 +19,8 @@ import numpy as np
 
 from icalign import model as M
 from icalign.benchmarks._common import median_seconds
-from icalign import train as T
-from icalign.results import hardware
+from icalign import training as T
+from icalign.io import hardware
 
 DESCRIPTION = "seconds, FLOPs and fraction of matmul peak of one train step (base config, batch 256)"
 
@@ -116,20 +116,20 @@ def run(args) -> int:
     load_before = os.getloadavg()
     model_cfg = M.BASE
     train_cfg = T.TrainConfig(batch=batch, steps=steps + 1, chunk=1, checkpoint_every=1)
-    key_cfg = T._step_key(train_cfg)
+    objective = T.ICAObjective.of(model_cfg, train_cfg)
     runs, _ = T.make_runs((0,), train_cfg=train_cfg)
-    state = T._init_states(runs, model_cfg, key_cfg)
+    state = T.init_states(runs, objective)
     jax.block_until_ready(state)
 
     t0 = time.perf_counter()
-    compiled = T._run_chunk.lower(state, runs, jnp.int32(0), model_cfg, key_cfg, 1).compile()
+    compiled = T.run_chunk.lower(state, runs, jnp.int32(0), objective, 1).compile()
     compile_s = time.perf_counter() - t0
-    state, loss = compiled(state, runs, jnp.int32(0))  # first call: allocation warm-up, untimed
+    state, loss, _ = compiled(state, runs, jnp.int32(0))  # first call: allocation warm-up, untimed
     jax.block_until_ready(loss)
     times = []
     for i in range(1, steps + 1):
         t0 = time.perf_counter()
-        state, loss = compiled(state, runs, jnp.int32(i))
+        state, loss, _ = compiled(state, runs, jnp.int32(i))
         jax.block_until_ready(loss)
         times.append(time.perf_counter() - t0)
     if not np.all(np.isfinite(np.asarray(loss))):

@@ -1,0 +1,131 @@
+"""Reward models and ranking losses (docs/theory.md section 1).
+
+Shapes: a prediction ``y_hat`` is (..., D); candidates ``ys`` are (..., N, D); scores and
+rewards are (..., N). Everything is vectorised: a ranking loss sorts the scores by the shown
+reward (descending; ties broken by candidate index, lower first) and takes a reverse
+log-cumsum-exp, with no Python loop over contexts or positions.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from icalign.core.validate import check_choice, check_last_axis, check_positive
+
+__all__ = [
+    "REWARDS",
+    "sqdist_reward",
+    "cosine_reward",
+    "reward_scores",
+    "bradley_terry",
+    "plackett_luce",
+    "prefix_plackett_luce",
+    "ranking_order",
+]
+
+REWARDS = ("sqdist", "cosine")
+COSINE_EPS = 1e-8
+
+
+def sqdist_reward(y_hat: jax.Array, ys: jax.Array, beta=1.0) -> jax.Array:
+    """s_j = -beta/2 * ||y_hat - y_j||^2 (the theory's reward)."""
+    check_positive("beta", beta)
+    diff = y_hat[..., None, :] - ys
+    return -0.5 * beta * jnp.sum(diff * diff, axis=-1)
+
+
+def smooth_norm(v: jax.Array, eps=COSINE_EPS) -> jax.Array:
+    """sqrt(||v||^2 + eps^2): equals ||v|| up to eps^2/(2||v||), and is smooth at v = 0, so a
+    zero vector gives cosine 0 with a finite gradient instead of NaN."""
+    return jnp.sqrt(jnp.sum(v * v, axis=-1) + eps * eps)
+
+
+def cosine_reward(y_hat: jax.Array, ys: jax.Array, eps=COSINE_EPS) -> jax.Array:
+    """s_j = cos(y_hat, y_j), eps-safe (the published experiments' reward)."""
+    num = jnp.einsum("...d,...nd->...n", y_hat, ys)
+    return num / (smooth_norm(y_hat, eps)[..., None] * smooth_norm(ys, eps))
+
+
+def reward_scores(y_hat: jax.Array, ys: jax.Array, reward: str = "sqdist", beta=1.0) -> jax.Array:
+    """Model reward of every candidate under the named reward model ('sqdist' or 'cosine')."""
+    check_choice("reward", reward, REWARDS)
+    if reward == "sqdist":
+        return sqdist_reward(y_hat, ys, beta)
+    return cosine_reward(y_hat, ys)
+
+
+def bradley_terry(score_preferred: jax.Array, score_other: jax.Array) -> jax.Array:
+    """L_BT = -log sigmoid(s_w - s_l), computed as softplus(s_l - s_w) (stable for |s| ~ 1e4)."""
+    if jnp.shape(score_preferred) != jnp.shape(score_other):
+        raise ValueError(
+            "score_preferred and score_other must have the same shape, got "
+            f"{jnp.shape(score_preferred)} and {jnp.shape(score_other)}"
+        )
+    return jax.nn.softplus(score_other - score_preferred)
+
+
+def ranking_order(rewards: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    """Indices tau that sort candidates best-first by reward. Ties keep index order, and
+    masked-out candidates go last, so the order is deterministic."""
+    key = rewards if mask is None else jnp.where(mask, rewards, -jnp.inf)
+    return jnp.argsort(key, axis=-1, descending=True, stable=True)
+
+
+def _check_scores_rewards(scores, rewards):
+    n = jnp.shape(scores)[-1] if jnp.ndim(scores) else 0
+    if jnp.ndim(scores) == 0 or n < 2:
+        raise ValueError(
+            f"scores must have a last axis of N >= 2 candidates, got shape {jnp.shape(scores)}"
+        )
+    check_last_axis("rewards", rewards, n, "scores")
+
+
+def plackett_luce(scores: jax.Array, rewards: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    """Negative log-likelihood of the ranking that ``rewards`` induce (descending).
+
+        L_PL = sum_{i=1..N} [ -s_tau(i) + log sum_{j >= i} exp(s_tau(j)) ]
+
+    summed over all N terms (the last is identically 0). Shapes (..., N) -> (...).
+    ``mask`` (..., N), optional: only candidates with mask True take part, ranked among
+    themselves (this is how a variable context length is expressed).
+    """
+    _check_scores_rewards(scores, rewards)
+    if mask is None:
+        mask = jnp.ones(jnp.shape(scores), dtype=bool)
+    else:
+        check_last_axis("mask", mask, jnp.shape(scores)[-1], "scores")
+    scores, rewards, mask = jnp.broadcast_arrays(scores, rewards, mask)
+    order = ranking_order(rewards, mask)
+    s = jnp.take_along_axis(scores, order, axis=-1)
+    m = jnp.take_along_axis(mask, order, axis=-1)
+    # Masked candidates sort last and get a huge negative (finite, so no inf - inf in the
+    # backward pass) score: they add exp(-huge) = 0 to every remaining-set sum.
+    neg = jnp.asarray(jnp.finfo(s.dtype).min / 4, s.dtype)
+    s = jnp.where(m, s, neg)
+    lse = jax.lax.cumlogsumexp(s, axis=s.ndim - 1, reverse=True)
+    terms = jnp.where(m, lse - s, 0.0)
+    return jnp.sum(terms, axis=-1)
+
+
+def prefix_plackett_luce(scores: jax.Array, rewards: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
+    """Online (prefix) PL, the training loss of the published experiments.
+
+    ``scores`` (..., T, N): row t holds the model rewards that prediction t assigns to every
+    candidate. Prediction t is scored by PL over candidates 0..lengths[t]-1 only, ranked among
+    themselves. The default ``lengths = arange(T)`` is the interleaved layout: the prediction
+    read at the t-th query token has seen t complete (query, response, reward) triplets.
+    ``rewards`` (..., N). Returns (..., T); rows with fewer than 2 candidates give 0.
+    """
+    if jnp.ndim(scores) < 2:
+        raise ValueError(f"scores must have shape (..., T, N), got {jnp.shape(scores)}")
+    t, n = jnp.shape(scores)[-2:]
+    if n < 2:
+        raise ValueError(f"scores must have N >= 2 candidates on the last axis, got {n}")
+    check_last_axis("rewards", rewards, n, "scores")
+    if lengths is None:
+        lengths = jnp.arange(t)
+    elif jnp.shape(lengths) != (t,):
+        raise ValueError(f"lengths must have shape ({t},) to match scores, got {jnp.shape(lengths)}")
+    mask = jnp.arange(n)[None, :] < jnp.asarray(lengths)[:, None]  # (T, N)
+    return plackett_luce(scores, rewards[..., None, :], mask)

@@ -1,0 +1,189 @@
+"""In-context alignment tasks: contexts of (query, candidate responses, rewards).
+
+Every generator is a pure function of a PRNG key, so any context can be regenerated from
+its key, and every function works under ``jit`` and ``vmap``. Sizes are static Python ints;
+corruption levels are (possibly traced) arrays so a sweep over levels is a ``vmap``.
+
+Reference protocol (docs/theory.md section 4, "mixed linear alignment"): one query x ~ N(0, I)
+shared by all candidates; W*, W_eps ~ N(0, 1)^{d x d} per context; y* = W* x, eps = W_eps x;
+true rewards r_j ~ U(0, 1); responses y_j = r_j y* + (1 - r_j) eps. The reward is exactly
+the mixing weight: a perfect critic. Corruption changes only the *shown* rewards.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from icalign.core.validate import check_choice, check_int, check_level
+
+__all__ = [
+    "Context",
+    "mixed_linear",
+    "sample_contexts",
+    "CORRUPTIONS",
+    "corrupt",
+    "replace_random",
+    "gaussian_noise",
+    "reverse_random",
+    "subset_reversal",
+    "with_shown_rewards",
+    "check_corruption_levels",
+]
+
+
+@struct.dataclass
+class Context:
+    """One in-context alignment problem (leading batch axes allowed on every field).
+
+    x:        (D,)   the query, shared by all candidates.
+    ys:       (N, D) candidate responses.
+    r_true:   (N,)   true rewards (the mixing weight of y* in y_j).
+    rewards:  (N,)   rewards shown to the learner (the critic's scores; = r_true if clean).
+    y_star:   (D,)   the right answer W* x (never used by any learner; only by metrics).
+    """
+
+    x: jax.Array
+    ys: jax.Array
+    r_true: jax.Array
+    rewards: jax.Array
+    y_star: jax.Array
+
+    @property
+    def n(self) -> int:
+        return self.ys.shape[-2]
+
+    @property
+    def d(self) -> int:
+        return self.ys.shape[-1]
+
+
+def mixed_linear(key: jax.Array, d: int = 5, n: int = 20) -> Context:
+    """The published "mixed linear alignment" context (docs/theory.md section 4)."""
+    d = check_int("d", d, minimum=1)
+    n = check_int("n", n, minimum=2)
+    k_x, k_star, k_eps, k_r = jax.random.split(key, 4)
+    x = jax.random.normal(k_x, (d,))
+    w_star = jax.random.normal(k_star, (d, d))
+    w_eps = jax.random.normal(k_eps, (d, d))
+    y_star = w_star @ x
+    eps = w_eps @ x
+    r = jax.random.uniform(k_r, (n,))
+    ys = r[:, None] * y_star[None, :] + (1.0 - r[:, None]) * eps[None, :]
+    return Context(x=x, ys=ys, r_true=r, rewards=r, y_star=y_star)
+
+
+def sample_contexts(key: jax.Array, batch: int, d: int = 5, n: int = 20) -> Context:
+    """``batch`` independent contexts, fields with a leading (batch,) axis."""
+    batch = check_int("batch", batch, minimum=1)
+    d = check_int("d", d, minimum=1)
+    n = check_int("n", n, minimum=2)
+    keys = jax.random.split(key, batch)
+    return jax.vmap(lambda k: mixed_linear(k, d, n))(keys)
+
+
+def with_shown_rewards(ctx: Context, rewards: jax.Array) -> Context:
+    """The same context with other shown rewards (candidates and truth unchanged)."""
+    return ctx.replace(rewards=rewards)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reward corruption: pure functions of (key, rewards, level) acting on the shown rewards only.
+# ``rewards`` has shape (..., N); ``level`` is a scalar (it may be a traced, vmapped value).
+# ---------------------------------------------------------------------------------------------
+
+
+def replace_random(key: jax.Array, rewards: jax.Array, p) -> jax.Array:
+    """Published model: each shown reward is replaced, with probability p, by a fresh U(0,1)."""
+    check_level("p", p, 0.0, 1.0)
+    k_mask, k_new = jax.random.split(key)
+    hit = jax.random.bernoulli(k_mask, p, rewards.shape)
+    fresh = jax.random.uniform(k_new, rewards.shape, dtype=rewards.dtype)
+    return jnp.where(hit, fresh, rewards)
+
+
+def gaussian_noise(key: jax.Array, rewards: jax.Array, sigma) -> jax.Array:
+    """Additive critic noise: r + sigma * N(0, 1). sigma = 0 is the clean critic."""
+    check_level("sigma", sigma, 0.0, None)
+    return rewards + sigma * jax.random.normal(key, rewards.shape, dtype=rewards.dtype)
+
+
+def reverse_random(key: jax.Array, rewards: jax.Array, p) -> jax.Array:
+    """Adversarial critic: each reward is reversed, r -> 1 - r, with probability p."""
+    check_level("p", p, 0.0, 1.0)
+    hit = jax.random.bernoulli(key, p, rewards.shape)
+    return jnp.where(hit, 1.0 - rewards, rewards)
+
+
+def subset_reversal(key: jax.Array, rewards: jax.Array, p) -> jax.Array:
+    """Ranking-level corruption: a random subset S (each candidate in S with probability p)
+    has its ranking reversed among itself.
+
+    The multiset of shown reward values is kept: the members of S, sorted by reward, receive
+    their own values in reverse order. Every pair inside S is inverted, so p = 1 reverses the
+    whole ranking (all N(N-1)/2 pairs discordant) and p = 0 is the identity. Pairs with one
+    member outside S may also change order, so the expected discordant fraction grows
+    monotonically from 0 to 1 with p (at least p^2). Values are never invented, unlike
+    ``replace_random``: only the critic's *ranking* is wrong.
+    """
+    check_level("p", p, 0.0, 1.0)
+    n = rewards.shape[-1]
+    in_s = jax.random.bernoulli(key, p, rewards.shape)
+
+    def one(r, s):
+        # Rank S members ascending by reward (non-members pushed to the end); the k-th
+        # smallest member receives the k-th largest member value.
+        big = jnp.finfo(r.dtype).max
+        asc = jnp.argsort(jnp.where(s, r, big), stable=True)
+        m = jnp.sum(s)
+        k = jnp.arange(n)
+        partner = jnp.where(k < m, m - 1 - k, k)  # reversed position within the S block
+        new_vals = r[asc][partner]
+        out = r.at[asc].set(new_vals)
+        return jnp.where(s, out, r)
+
+    flat_r = rewards.reshape(-1, n)
+    flat_s = in_s.reshape(-1, n)
+    return jax.vmap(one)(flat_r, flat_s).reshape(rewards.shape)
+
+
+CORRUPTIONS: dict[str, Callable] = {
+    "replace": replace_random,
+    "gaussian": gaussian_noise,
+    "reverse": reverse_random,
+    "subset_reversal": subset_reversal,
+}
+
+# The range a sweep of each corruption model covers by default (used by experiments).
+DEFAULT_LEVELS: dict[str, tuple[float, ...]] = {
+    "replace": (0.0, 0.25, 0.5, 0.75, 1.0),
+    "gaussian": (0.0, 0.1, 0.25, 0.5, 1.0),
+    "reverse": (0.0, 0.25, 0.5, 0.75, 1.0),
+    "subset_reversal": (0.0, 0.25, 0.5, 0.75, 1.0),
+}
+
+
+# Allowed level range of each corruption model (None: unbounded above).
+LEVEL_RANGES: dict[str, tuple[float, float | None]] = {
+    "replace": (0.0, 1.0),
+    "gaussian": (0.0, None),
+    "reverse": (0.0, 1.0),
+    "subset_reversal": (0.0, 1.0),
+}
+LEVEL_NAMES = {"replace": "p", "gaussian": "sigma", "reverse": "p", "subset_reversal": "p"}
+
+
+def check_corruption_levels(kind: str, levels) -> None:
+    """Raise a clear ValueError if ``kind`` is unknown or any level is out of its range."""
+    check_choice("corruption", kind, CORRUPTIONS)
+    low, high = LEVEL_RANGES[kind]
+    check_level(f"{kind} level {LEVEL_NAMES[kind]}", levels, low, high)
+
+
+def corrupt(kind: str, key: jax.Array, rewards: jax.Array, level) -> jax.Array:
+    """Apply the named corruption model (one of ``CORRUPTIONS``) to the shown rewards."""
+    check_choice("corruption", kind, CORRUPTIONS)
+    return CORRUPTIONS[kind](key, rewards, level)

@@ -1,0 +1,154 @@
+"""What every experiment shares: where its outputs go, resumable sweep progress, and
+publishing a result (JSON, then markdown and figures drawn from the JSON as written).
+
+An experiment module (``experiments/NAME.py``, shipped as ``icalign.experiments.NAME``)
+defines ``NAME``, ``DESCRIPTION``, a frozen ``Config`` dataclass with presets ``QUICK`` and
+``FULL``, and ``run(cfg, out=None, *, force=False, progress=True, run_root=None) -> dict``:
+
+* ``out=None`` computes in memory and writes nothing (training too, unless ``run_root`` is
+  given), so a notebook cell can run twice;
+* ``out=DIR`` claims ``DIR/<stem>.json`` first (a finished result is never overwritten
+  without ``force``), then writes the result and its figures there.
+
+The CLI (``icalign run NAME``) resolves the config (preset, ``--config``, ``--set``) and the
+folder ``<--out>/<NAME>/<--name>``, then calls ``run``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Callable, Optional
+
+from icalign import config as C
+from icalign import io
+from icalign.core.validate import check_int
+
+__all__ = ["default_name", "result_path", "Progress", "publish", "redraw", "config_record", "EvalConfig",
+           "check_seed", "check_seeds"]
+
+
+def default_name(cfg, presets: dict) -> str:
+    """The run name of ``cfg``: a preset's name when it equals that preset, else
+    ``variant-<hash>`` (so quick, full and every variant land in different folders)."""
+    for name, preset in presets.items():
+        if cfg == preset:
+            return name
+    return f"variant-{C.short_hash(cfg)}"
+
+
+def result_path(out, stem: str, force: bool) -> Optional[Path]:
+    """``out/<stem>.json`` claimed for writing (None when ``out`` is None)."""
+    if out is None:
+        return None
+    return io.claim_output(Path(out) / f"{stem}.json", force)
+
+
+def config_record(cfg) -> dict:
+    """The resolved config as stored in a result (``icalign.config.from_dict`` rebuilds it)."""
+    return {"config": C.to_dict(cfg), "config_hash": C.short_hash(cfg)}
+
+
+class Progress:
+    """Saved progress of a sweep: entries by key, written after each one, so a killed sweep
+    resumes without recomputing what finished. The file is keyed by the config's hash: a
+    resume never mixes entries of different settings. With ``out=None`` it lives in memory."""
+
+    def __init__(self, out: Optional[Path], stem: str, cfg, force: bool):
+        self.path = None if out is None else Path(out) / f".{stem}.{C.short_hash(cfg, 12)}.partial.json"
+        self.entries: dict = {}
+        if self.path is not None and self.path.exists() and not force:
+            self.entries = io.read_json(self.path)["entries"]
+
+    def __contains__(self, key) -> bool:
+        return str(key) in self.entries
+
+    def get(self, key):
+        return self.entries[str(key)]
+
+    def put(self, key, entry) -> None:
+        # stored as written to JSON, so a resumed entry is exactly a fresh one
+        self.entries[str(key)] = json.loads(json.dumps(io.to_jsonable(entry)))
+        if self.path is not None:
+            io.write_json(self.path, {"entries": self.entries})
+
+    def done(self) -> None:
+        if self.path is not None and io.is_writer():
+            self.path.unlink(missing_ok=True)
+
+
+def publish(path: Optional[Path], res: dict, figures: Optional[Callable[[dict], dict]] = None,
+            markdown: Optional[Callable[[dict], str]] = None) -> dict:
+    """Write the result JSON at ``path``, then its markdown (``path`` with .md) and figures
+    (``figures(res) -> {suffix: Figure}``; each saved as ``<stem>_<suffix>`` or ``<stem>`` for
+    the suffix ""), both drawn from the JSON as read back, so they show exactly what a reader
+    of the file sees. Returns the result as read back (as JSON would give it) and, when
+    nothing is written, the result itself with its figures under ``res["figures"]``."""
+    if path is None:
+        loaded = json.loads(json.dumps(io.to_jsonable(res)))
+        if figures is not None:
+            loaded["figures"] = figures(loaded)
+        return loaded
+    io.write_json(path, res)
+    loaded = io.read_json(path)
+    written = [str(path)]
+    if markdown is not None:
+        written.append(str(io.write_text(path.with_suffix(".md"), markdown(loaded))))
+    for suffix, fig in (figures(loaded) if figures is not None else {}).items():
+        stem = path.with_suffix("") if not suffix else path.with_name(f"{path.stem}_{suffix}")
+        written += [str(p) for p in io.save_figure(fig, stem)]
+    print(f"wrote {', '.join(written)}")
+    return loaded
+
+
+def redraw(path: Path, module) -> list[Path]:
+    """Redraw the markdown and figures of the result file ``path`` with ``module``'s current
+    ``figures`` / ``markdown`` functions (the JSON itself is not touched). Returns the paths
+    written. This is how a figure is improved without rerunning (or having) the hardware."""
+    path = Path(path)
+    res = io.read_json(path)
+    written = []
+    if getattr(module, "markdown", None) is not None:
+        written.append(io.write_text(path.with_suffix(".md"), module.markdown(res)))
+    for suffix, fig in module.figures(res).items():
+        stem = path.with_suffix("") if not suffix else path.with_name(f"{path.stem}_{suffix}")
+        written += io.save_figure(fig, stem)
+    return written
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """How trained models and GD learners are evaluated: on ``contexts`` fresh contexts of
+    the seed's evaluation stream; GD learners run ``gd_steps`` steps; input sensitivities
+    (Jacobians) are compared on the first ``sensitivity_contexts`` of them (0: none)."""
+
+    contexts: int = 256
+    sensitivity_contexts: int = 0
+    gd_steps: int = 50
+
+    def __post_init__(self):
+        try:
+            check_int("contexts", self.contexts, minimum=2)  # an interval needs two samples
+            check_int("sensitivity_contexts", self.sensitivity_contexts, minimum=0)
+            check_int("gd_steps", self.gd_steps, minimum=1)
+        except ValueError as e:
+            raise ValueError(f"EvalConfig.{e}") from None
+        if self.sensitivity_contexts > self.contexts:
+            raise ValueError(f"EvalConfig.sensitivity_contexts={self.sensitivity_contexts} must be <= "
+                             f"contexts={self.contexts}")
+
+
+def check_seeds(seeds) -> int:
+    """Trained models use seeds as the unit of replication: an interval needs at least two."""
+    if check_int("seeds", seeds) < 2:
+        raise ValueError(f"seeds must be >= 2 (a 95% interval over seeds needs two), got {seeds}")
+    return seeds
+
+
+def check_seed(seed) -> int:
+    """A seed must be a non-negative integer below 2**32 (what PRNGKey takes losslessly)."""
+    seed = check_int("seed", seed, minimum=0)
+    if seed >= 2**32:
+        raise ValueError(f"seed must be < 2**32, got {seed}")
+    return seed

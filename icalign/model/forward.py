@@ -1,0 +1,163 @@
+"""The one forward pass: ``apply(params, tokens, config, capture=False)``.
+
+Pure and jit-able. With ``capture=True`` it also returns the residual stream after the
+read-in and after every block, which every per-layer analysis (probes, layer-to-GD-step
+matching) reads; nothing outside this package touches the layer helpers below.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from icalign.core.tasks import Context
+from icalign.model.config import ModelConfig
+from icalign.model.params import FFN, Attention, Block, LayerNorm, Params, check_params
+from icalign.model.tokens import readout_positions, seq_len, token_dim, tokenize
+
+__all__ = ["apply", "predict", "readout", "attention_weights", "LN_EPS"]
+
+LN_EPS = 1e-5
+
+
+def _layer_norm(h_MxF, p: Optional[LayerNorm]):
+    if p is None:
+        return h_MxF
+    mu = jnp.mean(h_MxF, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(h_MxF - mu), axis=-1, keepdims=True)
+    return (h_MxF - mu) * jax.lax.rsqrt(var + LN_EPS) * p.scale[None, :] + p.bias[None, :]
+
+
+def _dense2d(h_MxF, w, b, in_axes: int = 1):
+    """Dense layer on a 2-D (tokens, features) array. w's first ``in_axes`` axes are inputs,
+    the rest outputs (e.g. (d_model, H, dh) or (H, dh, d_model)); both groups are flattened
+    so XLA sees one plain 2-D matmul, which it differentiates much faster on CPU than a
+    (batch, time, features) contraction."""
+    n_in = int(np.prod(w.shape[:in_axes]))
+    out = h_MxF @ w.reshape(n_in, -1)
+    if b is not None:
+        out = out + b.reshape(1, -1)
+    return out
+
+
+def attention_weights(logits_BxHxTxS, visible_TxS, kind: str):
+    """Mixing weights from scaled logits q.k/sqrt(dh); ``visible`` is the causal mask (or all
+    True). softmax normalises over visible keys; linear and relu do not normalise."""
+    visible_TxS = jnp.broadcast_to(visible_TxS, logits_BxHxTxS.shape)
+    if kind == "softmax":
+        neg = jnp.asarray(jnp.finfo(logits_BxHxTxS.dtype).min / 2, logits_BxHxTxS.dtype)
+        return jax.nn.softmax(jnp.where(visible_TxS, logits_BxHxTxS, neg), axis=-1)
+    if kind == "linear":
+        return jnp.where(visible_TxS, logits_BxHxTxS, 0.0)
+    return jnp.where(visible_TxS, jax.nn.relu(logits_BxHxTxS), 0.0)
+
+
+def _attention(h_MxF, p: Attention, B: int, T: int, config: ModelConfig):
+    H, dh = config.n_heads, config.head_size
+    # Heads move next to the batch axis before the T x T products: XLA's CPU batched matmul
+    # ran them about twice as fast on (B, H, T, dh) operands as on (B, T, H, dh) ones. At the
+    # base config (batch 256) the forward pass went from 1.37 to 1.18 s; the train step did
+    # not change beyond noise, as its backward products take the same time either way.
+    def heads(w, b):
+        return _dense2d(h_MxF, w, b).reshape(B, T, H, dh).transpose(0, 2, 1, 3)
+
+    q_BxHxTxK, k_BxHxSxK, v_BxHxSxK = heads(p.wq, p.bq), heads(p.wk, p.bk), heads(p.wv, p.bv)
+    logits_BxHxTxS = jnp.einsum("bhtk,bhsk->bhts", q_BxHxTxK, k_BxHxSxK) / math.sqrt(dh)
+    if config.causal:
+        visible_TxS = jnp.tril(jnp.ones((T, T), bool))
+    else:
+        visible_TxS = jnp.ones((T, T), bool)
+    w_BxHxTxS = attention_weights(logits_BxHxTxS, visible_TxS, config.attention)
+    mixed_BxHxTxK = jnp.einsum("bhts,bhsk->bhtk", w_BxHxTxS, v_BxHxSxK)
+    mixed_MxHK = mixed_BxHxTxK.transpose(0, 2, 1, 3).reshape(B * T, H * dh)
+    return _dense2d(mixed_MxHK, p.wo, p.bo, in_axes=2)
+
+
+def _ffn(h_MxF, p: FFN, config: ModelConfig):
+    act = jax.nn.gelu if config.ffn_activation == "gelu" else jax.nn.relu
+    return _dense2d(act(_dense2d(h_MxF, p.w1, p.b1)), p.w2, p.b2)
+
+
+def _block(h_MxF, blk: Block, B: int, T: int, config: ModelConfig):
+    h_MxF = h_MxF + _attention(_layer_norm(h_MxF, blk.ln1), blk.attn, B, T, config)
+    if config.ffn:
+        h_MxF = h_MxF + _ffn(_layer_norm(h_MxF, blk.ln2), blk.ffn, config)
+    return h_MxF
+
+
+def _check_inputs(params: Params, tokens, config: ModelConfig):
+    if not isinstance(config, ModelConfig):
+        raise ValueError(f"config must be a ModelConfig, got {type(config).__name__}")
+    check_params(params, config)
+    shape = jnp.shape(tokens)
+    if len(shape) < 2 or shape[-1] != token_dim(config):
+        raise ValueError(
+            f"tokens must have shape (..., T, {token_dim(config)}) for token_layout="
+            f"{config.token_layout!r} and d={config.d}, got {shape}")
+    T = shape[-2]
+    if not 1 <= T <= seq_len(config):
+        raise ValueError(f"tokens have T={T} positions; allowed 1..{seq_len(config)} (seq_len of the config)")
+    return shape[:-2], T
+
+
+def apply(params: Params, tokens: jax.Array, config: ModelConfig, capture: bool = False):
+    """Model output at every token: tokens (..., T, token_dim) -> (..., T, d). Pure.
+
+    T may be shorter than ``seq_len(config)`` (a prefix of a context). With ``causal=True``
+    output t depends on tokens 0..t only.
+
+    ``capture=True`` returns ``(out, residuals)``: ``residuals`` (n_layers + 1, ..., T,
+    d_model) is the residual stream after the read-in (and positions), row 0, and after each
+    block, rows 1..n_layers; ``readout(params, residuals[-1], config)`` is ``out``.
+    """
+    if not isinstance(capture, bool):
+        raise ValueError(f"capture must be True or False, got {capture!r}")
+    lead, T = _check_inputs(params, tokens, config)
+    B = int(np.prod(lead)) if lead else 1
+    h_MxF = _dense2d(jnp.reshape(tokens, (B * T, jnp.shape(tokens)[-1])), params.read_in.w, params.read_in.b)
+    if config.positional:
+        h_MxF = (h_MxF.reshape(B, T, -1) + params.pos[None, :T]).reshape(B * T, -1)
+
+    # Rematerialise everything but the 2-D dense matmuls in the backward pass. Profiled on
+    # the base config (forward + backward, batch 256, a shared 2-core CPU): saving every
+    # residual spent its time zero-filling and writing (n_layers, tokens, 4 d_model) scan
+    # buffers (6.6 s); saving only the dense outputs and recomputing attention, norms and
+    # GELU took 5.0 s; unrolling the layers instead of scanning 5.7 s, compiling 4x longer.
+    @partial(jax.checkpoint, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+             prevent_cse=False)
+    def layer(h, blk):
+        h = _block(h, blk, B, T, config)
+        return h, (h if capture else None)
+
+    h0_MxF = h_MxF
+    h_MxF, hs_LxMxF = jax.lax.scan(layer, h_MxF, params.blocks)
+    out = _readout2d(params, h_MxF).reshape(*lead, T, config.d)
+    if not capture:
+        return out
+    residuals = jnp.concatenate([h0_MxF[None], hs_LxMxF], axis=0)
+    return out, residuals.reshape(config.n_layers + 1, *lead, T, config.d_model)
+
+
+def _readout2d(params: Params, h_MxF):
+    return _dense2d(_layer_norm(h_MxF, params.ln_f), params.read_out.w, params.read_out.b)
+
+
+def readout(params: Params, h: jax.Array, config: ModelConfig) -> jax.Array:
+    """The output map read_out(LN_f(h)) applied to residuals h (..., d_model) -> (..., d):
+    what ``apply`` does after the last block (use it on any layer's captured residual)."""
+    check_params(params, config)
+    if jnp.shape(h)[-1:] != (config.d_model,):
+        raise ValueError(f"h must have shape (..., d_model={config.d_model}), got {jnp.shape(h)}")
+    return _readout2d(params, jnp.reshape(h, (-1, config.d_model))).reshape(*jnp.shape(h)[:-1], config.d)
+
+
+def predict(params: Params, ctx: Context, config: ModelConfig) -> jax.Array:
+    """y_hat (..., N, D): row n is the prediction after n seen (query, response, reward)
+    triplets, n = 0..N-1 (the layout of ``losses.prefix_plackett_luce``)."""
+    out = apply(params, tokenize(ctx, config), config)
+    return out[..., readout_positions(config), :]

@@ -1,0 +1,13 @@
+"""Layer 3: training. One loop (:mod:`icalign.training.loop`) for every trained model, the
+published in-context-alignment objective (:mod:`icalign.training.ica`), run folders and
+checkpoints (:mod:`icalign.training.checkpoint`). ``icalign.train`` is this package."""
+
+from icalign.training.config import RunSpec, TrainConfig, make_runs, runs_from_keys, select_run
+from icalign.training.ica import (ICAObjective, TrainResult, batch_for_step, load_run, loss_fn, run_dir_for,
+                                  train, train_or_load)
+from icalign.training.loop import (LoopResult, NonFiniteLossError, Objective, RunExistsError, TrainState, fit,
+                                   init_states, run_chunk)
+
+__all__ = ["TrainConfig", "RunSpec", "make_runs", "runs_from_keys", "select_run", "ICAObjective", "TrainResult",
+           "loss_fn", "batch_for_step", "train", "train_or_load", "load_run", "run_dir_for", "Objective",
+           "TrainState", "LoopResult", "RunExistsError", "NonFiniteLossError", "fit", "init_states", "run_chunk"]

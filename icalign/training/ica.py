@@ -1,0 +1,173 @@
+"""Training the transformer on in-context alignment (docs/theory.md section 4).
+
+Objective (published): online Plackett-Luce with the cosine reward. The prediction after n
+seen triplets, y_hat_n, scores every candidate by s_nj = cos(y_hat_n, y_j); row n of the loss
+is PL over candidates 0..n-1 ranked by their *shown* rewards
+(``losses.prefix_plackett_luce``); the loss is the mean over rows n >= ``min_seen`` (2) and
+the batch. The ground truth y* never enters. Adam (lr 1e-4), batch 256, 3000 steps, fresh
+contexts every step, from ``fold_in(k_data, step)`` (and ``fold_in(k_corrupt, step)`` for
+reward corruption), so any step's batch can be regenerated (:func:`batch_for_step`).
+
+Run folders are ``run_root/run-<hash>``, the hash covering the model config, the train
+config and the runs; the loop itself is :func:`icalign.training.loop.fit`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from icalign import model as M
+from icalign.core.losses import cosine_reward, prefix_plackett_luce
+from icalign.core.tasks import Context, corrupt, sample_contexts
+from icalign.training import checkpoint as ck
+from icalign.training.config import RunSpec, TrainConfig, make_runs, select_run
+from icalign.training.loop import Objective, fit, init_states
+
+__all__ = ["ICAObjective", "TrainResult", "loss_fn", "batch_for_step", "train", "train_or_load", "load_run",
+           "run_dir_for"]
+
+
+def loss_fn(params: M.Params, ctx: Context, model_cfg: M.ModelConfig, min_seen: int = 2) -> jax.Array:
+    """Online PL with the cosine reward, averaged over rows n >= min_seen and the batch.
+
+    L = mean_{b, n >= min_seen} sum_{i=1..n} [ -s_tau(i) + log sum_{j>=i} exp s_tau(j) ],
+    s_j = cos(y_hat_n, y_j), tau = candidates 0..n-1 sorted by shown reward.
+    """
+    y_hat_BxNxD = M.predict(params, ctx, model_cfg)
+    scores_BxNxN = cosine_reward(y_hat_BxNxD, ctx.ys[..., None, :, :])
+    rows_BxN = prefix_plackett_luce(scores_BxNxN, ctx.rewards)
+    return jnp.mean(rows_BxN[..., min_seen:])
+
+
+def batch_for_step(run: RunSpec, step, model_cfg: M.ModelConfig, train_cfg: TrainConfig) -> Context:
+    """The training batch of one run at ``step`` (regenerable from the run's keys)."""
+    ctx = sample_contexts(jax.random.fold_in(run.k_data, step), train_cfg.batch, model_cfg.d, model_cfg.n)
+    shown = corrupt(train_cfg.corruption, jax.random.fold_in(run.k_corrupt, step), ctx.r_true, run.noise)
+    return ctx.replace(rewards=shown)
+
+
+@dataclasses.dataclass(frozen=True)
+class ICAObjective(Objective):
+    """The published training objective for ``model`` with ``train``'s batch, loss and Adam.
+    ``train`` is normalised (:meth:`of`) so that runs differing only in lr, noise, steps or
+    checkpointing share one compiled chunk."""
+
+    model: M.ModelConfig
+    train: TrainConfig
+
+    @classmethod
+    def of(cls, model_cfg: M.ModelConfig, train_cfg: TrainConfig) -> "ICAObjective":
+        return cls(model_cfg, dataclasses.replace(train_cfg, lr=1.0, noise=0.0, steps=1, chunk=1,
+                                                  checkpoint_every=1))
+
+    def init(self, run):
+        return M.init(run.k_init, self.model)
+
+    def batch(self, run, step):
+        return batch_for_step(run, step, self.model, self.train)
+
+    def loss(self, params, batch):
+        return loss_fn(params, batch, self.model, self.train.min_seen)
+
+    def optimizer(self, lr):
+        return optax.adam(lr, b1=self.train.b1, b2=self.train.b2, eps=self.train.eps)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    params: M.Params            # leading run axis R
+    losses: np.ndarray          # (R, steps_done) training loss per run and step
+    model_config: M.ModelConfig
+    train_config: TrainConfig
+    runs: list                  # [{"seed", "lr", "noise"}] per run
+    run_dir: Optional[Path]
+    finished: bool
+    loaded: bool = False        # True when a finished run was loaded instead of trained now
+
+    def params_of(self, i: int) -> M.Params:
+        return select_run(self.params, i)
+
+
+def run_dir_for(model_cfg: M.ModelConfig, train_cfg: TrainConfig, runs: list, run_root="runs") -> Path:
+    """``run_root/run-<hash>``: the hash covers the model config, train config and runs."""
+    return Path(run_root) / f"run-{M.config_hash(model_cfg, train_cfg, runs)}"
+
+
+def _check_configs(model_cfg, train_cfg):
+    if not isinstance(model_cfg, M.ModelConfig):
+        raise ValueError(f"model_cfg must be a ModelConfig, got {type(model_cfg).__name__}")
+    if not isinstance(train_cfg, TrainConfig):
+        raise ValueError(f"train_cfg must be a TrainConfig, got {type(train_cfg).__name__}")
+
+
+def train(model_cfg: M.ModelConfig, train_cfg: TrainConfig = TrainConfig(), seeds: Sequence[int] = (0,),
+          lrs=None, noise_levels=None, *, run_root="runs", force: bool = False, progress: bool = True,
+          checkpoint: bool = True, callback: Optional[Callable[[int, np.ndarray], None]] = None,
+          shard: bool = True) -> TrainResult:
+    """Train one architecture for every run (seed / lr / noise level) at once.
+
+    Resumes from the run folder's checkpoint if one exists; refuses (RunExistsError) if the
+    run there already finished, unless ``force`` (then it retrains from step 0).
+    ``checkpoint=False`` trains in memory only (no run folder). ``callback(step, losses_RxC)``
+    is called after each chunk. Raises NonFiniteLossError naming the first step whose loss
+    is NaN or inf. ``shard=True`` splits the runs over the largest number of visible devices
+    that divides their count; the returned params stay sharded.
+    """
+    _check_configs(model_cfg, train_cfg)
+    runs_R, runs = make_runs(seeds, lrs, noise_levels, train_cfg)
+    run_dir = run_dir_for(model_cfg, train_cfg, runs, run_root) if checkpoint else None
+    meta = {"model_config": model_cfg.to_dict(), "train_config": train_cfg.to_dict()}
+    out = fit(ICAObjective.of(model_cfg, train_cfg), runs_R, runs, steps=train_cfg.steps, chunk=train_cfg.chunk,
+              checkpoint_every=train_cfg.checkpoint_every, run_dir=run_dir, force=force, meta=meta,
+              progress=progress, shard=shard, callback=callback)
+    return TrainResult(params=out.state.params, losses=out.losses, model_config=model_cfg, train_config=train_cfg,
+                       runs=runs, run_dir=run_dir, finished=True)
+
+
+def load_run(run, run_root="runs") -> TrainResult:
+    """Load a training run (finished or not) written by :func:`train`, as params (leading run
+    axis) plus its configs and losses: ``run`` is a run folder, or a run folder's name under
+    ``run_root`` (e.g. a result's ``run_folder``)."""
+    run_dir = Path(run)
+    if not run_dir.is_dir() and (Path(run_root) / run_dir).is_dir():
+        run_dir = Path(run_root) / run_dir
+    meta = ck.read_meta(run_dir)
+    if meta is None:
+        raise FileNotFoundError(f"{run} is not a run folder (no meta.json), neither as a path nor under "
+                                f"run_root={str(run_root)!r}")
+    model_cfg = M.ModelConfig(**meta["model_config"])
+    train_cfg = TrainConfig(**meta["train_config"])
+    runs = meta["runs"]
+    runs_R, _ = make_runs([r["seed"] for r in runs], [r["lr"] for r in runs], [r["noise"] for r in runs],
+                          train_cfg)
+    objective = ICAObjective.of(model_cfg, train_cfg)
+    template = jax.eval_shape(lambda: init_states(runs_R, objective))
+    template = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), template)
+    restored = ck.load_checkpoint(run_dir, template)
+    if restored is None:
+        raise FileNotFoundError(f"{run_dir} has no checkpoint yet")
+    step, state, losses = restored
+    return TrainResult(params=state.params, losses=losses, model_config=model_cfg, train_config=train_cfg,
+                       runs=runs, run_dir=run_dir,
+                       finished=meta.get("status") == "finished" and step == train_cfg.steps, loaded=True)
+
+
+def train_or_load(model_cfg: M.ModelConfig, train_cfg: TrainConfig = TrainConfig(), seeds=(0,), lrs=None,
+                  noise_levels=None, *, run_root="runs", force: bool = False, progress: bool = True) -> TrainResult:
+    """Load the finished run with these settings if there is one (and not ``force``);
+    otherwise train (resuming a partial run)."""
+    _check_configs(model_cfg, train_cfg)
+    _, runs = make_runs(seeds, lrs, noise_levels, train_cfg)
+    run_dir = run_dir_for(model_cfg, train_cfg, runs, run_root)
+    meta = ck.read_meta(run_dir)
+    if not force and meta is not None and meta.get("status") == "finished":
+        return load_run(run_dir)
+    return train(model_cfg, train_cfg, seeds, lrs, noise_levels, run_root=run_root, force=force,
+                 progress=progress)

@@ -1,0 +1,171 @@
+"""Figures of the self-correction experiment, drawn from its results dict (the JSON) only."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from icalign.viz.style import band, colormap, floats, new_figure
+
+__all__ = ["rounds_figure", "accuracy_gain_figure", "concept_figure", "probe_figure", "figures"]
+
+
+def _colors(n):
+    cmap = colormap("tab20" if n > 10 else "tab10")
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def rounds_figure(res: dict):
+    """Rows: learners; columns: normalised MSE, choice entropy, spread across critic draws,
+    against round; one curve per critic setting (mean over contexts, 95% band)."""
+    learners = res["learners"]
+    names = res["critic_names"]
+    colors = _colors(len(names))
+    rounds = np.arange(res["rounds"] + 1)
+    cols = [("nmse", "normalised MSE  1 - cos(y_hat, y*)"),
+            ("entropy", "entropy of PL choice over N0 initial (nats)"),
+            ("spread", "spread of y_hat across critic draws")]
+    fig, axes = new_figure(len(learners), 3, figsize=(14, 3.3 * len(learners)))
+    for row, (lname, L) in enumerate(learners.items()):
+        for col, (key, ylabel) in enumerate(cols):
+            ax = axes[row][col]
+            for name, color in zip(names, colors):
+                band(ax, rounds, L["settings"][name][key], color, name, alpha=0.12, ms=2.5)
+            ax.set_xlabel("self-correction round t")
+            ax.set_ylabel(ylabel, fontsize=8)
+            ax.grid(alpha=0.3)
+            if col == 0:
+                ax.set_title(f"{L['label']}", fontsize=9, loc="left")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=8, title="critic")
+    fig.suptitle(f"Self-correction rounds per critic setting ({res['size']} size: {res['sizes']['contexts']} contexts x "
+                 f"{res['sizes']['draws']} critic draws, N0 = {res['n0']}); mean over contexts, 95% band",
+                 fontsize=10)
+    fig.tight_layout(rect=(0, 0, 0.89, 1))
+    return fig
+
+
+def accuracy_gain_figure(res: dict):
+    """Gain after T rounds (nmse_0 - nmse_T) against the critic's pairwise ranking accuracy,
+    one point per critic setting, per learner (columns). Top row: accuracy on the candidates
+    (a property of the critic); bottom row: accuracy on the loop's own answers. Pearson r and
+    p-value over critic settings in each title; dashed: least-squares line."""
+    learners = res["learners"]
+    names = res["critic_names"]
+    colors = _colors(len(names))
+    rows = (("critic_accuracy", "critic accuracy on the N0 candidates"),
+            ("loop_accuracy", "critic accuracy on the loop's answers"))
+    fig, axes = new_figure(2, len(learners), figsize=(5.0 * len(learners), 8.0))
+    for row, (which, xlabel) in enumerate(rows):
+        for ax, (lname, L) in zip(axes[row], learners.items()):
+            for name, color in zip(names, colors):
+                s = L["settings"][name]
+                g = s["gain_T"]
+                ax.errorbar(s[which], g["mean"], yerr=[[g["mean"] - g["low"]], [g["high"] - g["mean"]]],
+                            fmt="o", color=color, label=name, ms=5, capsize=2)
+            acc = np.array([L["settings"][n][which] for n in names])
+            gain = np.array([L["settings"][n]["gain_T"]["mean"] for n in names])
+            slope, icept = np.polyfit(acc, gain, 1)
+            xs = np.linspace(acc.min(), acc.max(), 10)
+            ax.plot(xs, icept + slope * xs, color="grey", lw=1, ls="--")
+            c = L["correlation"][which]
+            ax.set_title(f"{L['label']}\nPearson r = {float(c['r']):.2f}, p = {float(c['p']):.2g} (n = {c['n']} critics)",
+                         fontsize=9)
+            ax.axhline(0, color="k", lw=0.6)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(f"gain after T = {res['rounds']} rounds (nmse_0 - nmse_T)", fontsize=8)
+            ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=8, title="critic")
+    fig.suptitle("Self-correction gain against the critic's pairwise ranking accuracy "
+                 "(mean over contexts, 95% interval)", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 0.88, 1))
+    return fig
+
+
+def concept_figure(res: dict):
+    """Concept task: Bayes posterior, probe activation (probability and cosine), performance,
+    model uncertainty and the Bayes concept-ambiguity term against round, per loop critic;
+    solid: plain instructions, dashed: contrary instructions at the injection rounds (dotted
+    verticals). Last panel: the corrected analytic law sigmoid(L0 + t Delta)."""
+    C = res["concept"]
+    names = C["critic_names"]
+    colors = _colors(len(names))
+    rounds = np.arange(res["concept_rounds"] + 1)
+    panels = [("bayes_post", "Bayes posterior of the true concept"),
+              ("probe_prob", f"probe P(true concept), layer {C['probes']['best_layer']}"),
+              ("probe_cos", f"probe cosine activation, layer {C['probes']['best_layer']}"),
+              ("nmse", "normalised MSE vs target family"),
+              ("entropy", "model choice entropy over N0 (nats)"),
+              ("mutual_info", "Bayes concept-ambiguity term I(choice; C)")]
+    fig, axes = new_figure(2, 4, figsize=(18, 7.5))
+    flat = axes.ravel()
+    for ax, (key, title) in zip(flat, panels):
+        for name, color in zip(names, colors):
+            for cond, ls in (("plain", "-"), ("injected", "--")):
+                band(ax, rounds, C["conditions"][cond][name][key], color,
+                     f"{name} ({cond})" if key == panels[0][0] else None, ls, alpha=0.12, ms=2.5)
+        for t in res["injections"]:
+            ax.axvline(t, color="grey", ls=":", lw=1)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("self-correction round t")
+        ax.grid(alpha=0.3)
+    handles, labels = flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
+    # probe log-odds against Bayes log-odds (loop rounds, plain instructions)
+    ax = flat[6]
+    for name, color in zip(names, colors):
+        tr = C["tracking"][name]
+        ax.plot(floats(tr["bayes_logit_mean"]), floats(tr["probe_logit_mean"]), "o-", color=color, ms=3,
+                label=f"{name}: r = {float(tr['corr']):.2f}")
+    ax.set_xlabel("Bayes log-odds of true concept (mean per round)")
+    ax.set_ylabel("probe log-odds (mean per round)")
+    ax.set_title("probe vs Bayes, per round (r: per context x round)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax = flat[7]
+    an = C["analytic"]
+    for lab, curve in an["curves"].items():
+        ax.plot(np.arange(len(curve)), floats(curve), label=lab)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(f"analytic: sigmoid(L0 + t Delta), L0 = {float(an['l0']):.2f}", fontsize=9)
+    ax.set_xlabel("round t")
+    ax.set_ylabel("p(C+ | q_t)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.suptitle(f"Latent concept: transformer probe vs exact Bayes posterior (injection rounds "
+                 f"{', '.join(map(str, res['injections']))} dotted; dashed = contrary instruction injected; "
+                 f"mean over {res['sizes']['c_loop_contexts']} contexts, 95% band)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    return fig
+
+
+def probe_figure(res: dict):
+    """Per-layer linear probes of the concept: held-out accuracy and correlation of the
+    probe's log-odds with the exact Bayes log-odds (training-distribution contexts)."""
+    P = res["concept"]["probes"]
+    layers = np.arange(len(P["accuracy"]))
+    fig, axes = new_figure(1, 2, figsize=(10, 3.8))
+    axes = axes[0]
+    axes[0].plot(layers, floats(P["accuracy"]), "o-", label="probe (held out)")
+    axes[0].axhline(P["bayes_accuracy"], color="k", ls="--", lw=1, label="Bayes posterior")
+    axes[0].axhline(0.5, color="grey", ls=":", lw=1)
+    axes[0].set_ylabel("accuracy reading C")
+    axes[1].plot(layers, floats(P["corr_bayes"]), "o-", color="C1")
+    axes[1].set_ylabel("Pearson r(probe log-odds, Bayes log-odds)")
+    for ax in axes:
+        ax.set_xlabel("layer (0 = read-in)")
+        ax.set_xticks(layers)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Linear probes of the latent concept, per layer", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def figures(res: dict) -> dict:
+    """{suffix: Figure} of every figure the results support (the concept figures only when
+    the concept part ran)."""
+    out = {"rounds": rounds_figure(res), "accuracy_gain": accuracy_gain_figure(res)}
+    if res.get("concept"):
+        out.update(concept=concept_figure(res), probe=probe_figure(res))
+    return out
