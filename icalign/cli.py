@@ -70,6 +70,10 @@ def _run_parser(name: str, mod) -> argparse.ArgumentParser:
     p.add_argument("--show-config", action="store_true", help="print the resolved config as TOML and exit")
     p.add_argument("--run-root", type=Path, default=Path("runs"), help="training run folders (default runs/)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    # An experiment may name shortcut flags for config overrides: FLAGS = {"--flag": ("key=value", help)}.
+    for flag, (assignment, text) in getattr(mod, "FLAGS", {}).items():
+        p.add_argument(flag, dest=f"flag_{flag.lstrip('-').replace('-', '_')}", action="store_true",
+                       help=f"{text} (= --set {assignment})")
     return p
 
 
@@ -79,7 +83,9 @@ def resolve(name: str, mod, args) -> tuple:
     cfg = presets[args.preset]
     if args.config is not None:
         cfg = C.load_toml(cfg, args.config)
-    cfg = C.override(cfg, args.sets + ([f"seed={args.seed}"] if args.seed is not None else []))
+    shortcuts = [a for flag, (a, _) in getattr(mod, "FLAGS", {}).items()
+                 if getattr(args, f"flag_{flag.lstrip('-').replace('-', '_')}")]
+    cfg = C.override(cfg, shortcuts + args.sets + ([f"seed={args.seed}"] if args.seed is not None else []))
     # the chosen preset first: quick and full may be the same config (gd-baseline, verify)
     run_name = args.name or default_name(cfg, {args.preset: presets[args.preset], **presets})
     if run_name in presets and args.name and cfg != presets[run_name]:

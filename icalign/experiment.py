@@ -10,8 +10,10 @@ defines ``NAME``, ``DESCRIPTION``, a frozen ``Config`` dataclass with presets ``
 * ``out=DIR`` claims ``DIR/<stem>.json`` first (a finished result is never overwritten
   without ``force``), then writes the result and its figures there.
 
-The CLI (``icalign run NAME``) resolves the config (preset, ``--config``, ``--set``) and the
-folder ``<--out>/<NAME>/<--name>``, then calls ``run``.
+The CLI (``icalign run NAME``) resolves the config (preset, ``--config``, the module's shortcut
+flags ``FLAGS = {"--flag": ("key=value", help)}``, ``--set``) and the folder
+``<--out>/<NAME>/<--name>``, then calls ``run``; a module's ``exit_code(result)``, if defined,
+gives the command's exit status.
 """
 
 from __future__ import annotations
