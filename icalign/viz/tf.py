@@ -36,7 +36,7 @@ def tf_vs_gd(res: dict):
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=8)
     m, tr = res["model_config"], res["train_config"]
-    ax.set_title(f"{res.get('name', res.get('size', ''))}: {m['n_layers']} layers, {m['n_heads']} heads, "
+    ax.set_title(f"{res.get('name') or res.get('size') or 'in memory'}: {m['n_layers']} layers, {m['n_heads']} heads, "
                  f"width {m['d_model']}, {m['token_layout']}; {tr['steps']} steps", fontsize=9)
 
     for name, diff in cmp["pred_diff"].items():
