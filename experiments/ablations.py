@@ -21,7 +21,8 @@ from icalign.core import keys
 from icalign.core.sharding import describe, sweep_mesh
 from icalign.core.stats import summarise
 from icalign.core.tasks import sample_contexts
-from icalign.experiment import EvalConfig, check_seeds, Progress, check_seed, config_record, publish, result_path
+from icalign.experiment import (EvalConfig, Progress, check_seed, check_seeds, config_record, publish,
+                                result_path, runner)
 from icalign.io import hardware
 from icalign.viz import sweeps
 
@@ -79,6 +80,7 @@ def figures(res: dict) -> dict:
 markdown = report.ablation_markdown
 
 
+@runner
 def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = True, run_root=None) -> dict:
     path = result_path(out, NAME, force)
     variants = A.grid(cfg.model, cfg.factors, cfg.depths, cfg.heads)

@@ -19,7 +19,7 @@ import numpy as np
 
 from icalign.core import stats, tasks
 from icalign.core.validate import check_int
-from icalign.experiment import EvalConfig, check_seed, config_record, publish, result_path
+from icalign.experiment import EvalConfig, check_seed, config_record, publish, result_path, runner
 from icalign.io import hardware
 from icalign.theory import gd
 from icalign.viz.gd import curves_by_level
@@ -58,6 +58,7 @@ def figures(res: dict) -> dict:
                                      f"{res['corruption']} corruption")}
 
 
+@runner
 def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = True, run_root=None) -> dict:
     path = result_path(out, "gd_baseline", force)
     levels = tasks.DEFAULT_LEVELS[cfg.corruption]

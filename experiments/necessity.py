@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from icalign.core.validate import check_int, check_positive
-from icalign.experiment import Progress, check_seed, config_record, publish, result_path
+from icalign.experiment import Progress, check_seed, config_record, publish, result_path, runner
 from icalign.io import hardware
 from icalign.theory import construct, necessity
 from icalign.viz.necessity import necessity as necessity_figure
@@ -73,6 +73,7 @@ def figures(res: dict) -> dict:
     return {"": necessity_figure(res)}
 
 
+@runner
 def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = True, run_root=None) -> dict:
     path = result_path(out, NAME, force)
     key = jax.random.PRNGKey(cfg.seed)

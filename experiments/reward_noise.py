@@ -24,7 +24,8 @@ from icalign.analysis import report
 from icalign.core import keys
 from icalign.core.sharding import describe, sweep_mesh
 from icalign.core.tasks import CORRUPTIONS, DEFAULT_LEVELS, LEVEL_NAMES, check_corruption_levels, sample_contexts
-from icalign.experiment import EvalConfig, check_seeds, check_seed, config_record, publish, result_path
+from icalign.experiment import (EvalConfig, check_seed, check_seeds, config_record, publish, result_path,
+                                runner)
 from icalign.io import hardware
 from icalign.viz import sweeps
 
@@ -63,6 +64,7 @@ def figures(res: dict) -> dict:
 markdown = report.noise_markdown
 
 
+@runner
 def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = True, run_root=None) -> dict:
     path = result_path(out, STEM, force)
     seeds = [cfg.seed + i for i in range(cfg.seeds)]

@@ -20,7 +20,7 @@ from icalign import model as M
 from icalign import training as T
 from icalign.core import tasks
 from icalign.core.validate import check_int, check_positive
-from icalign.experiment import check_seed, config_record, publish, result_path
+from icalign.experiment import check_seed, config_record, publish, result_path, runner
 from icalign.io import hardware
 from icalign.selfcorrect import CRITIC_SETTINGS, critic_sweep, gd_learner, make_critics, transformer_learner
 from icalign.selfcorrect.metrics import metric_notes
@@ -68,6 +68,7 @@ FULL = Config(contexts=256, draws=8, model=M.ModelConfig(n_layers=8, n_heads=4, 
                                     probe_contexts=2048, loop_contexts=1024))
 
 
+@runner
 def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = True, run_root=None) -> dict:
     t_start = time.perf_counter()
     path = result_path(out, STEM, force)

@@ -13,7 +13,7 @@ from icalign import training as T
 from icalign.analysis.compare import compare
 from icalign.core import keys
 from icalign.core.tasks import sample_contexts
-from icalign.experiment import EvalConfig, check_seed, config_record, publish, result_path
+from icalign.experiment import EvalConfig, check_seed, config_record, publish, result_path, runner
 from icalign.io import hardware
 from icalign.viz.tf import tf_vs_gd
 
@@ -46,6 +46,7 @@ def figures(res: dict) -> dict:
     return {"": tf_vs_gd(res)}
 
 
+@runner
 def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = True, run_root=None) -> dict:
     path = result_path(out, "tf_vs_gd", force)
     t0 = time.perf_counter()

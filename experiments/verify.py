@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 
 from icalign.core.validate import check_int
-from icalign.experiment import check_seed, config_record, publish, result_path
+from icalign.experiment import check_seed, config_record, publish, result_path, runner
 from icalign.io import hardware
 from icalign.theory import verify as V
 
@@ -28,6 +28,7 @@ class Config:
 QUICK = FULL = Config()
 
 
+@runner
 def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = True, run_root=None) -> dict:
     path = result_path(out, NAME, force)
     result = V.verify(cfg.seed, cfg.contexts, progress=progress)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ from pathlib import Path
 import icalign.benchmarks
 import icalign.experiments
 from icalign import config as C
-from icalign.experiment import default_name
+from icalign.experiment import default_name, preflight
 
 
 def _modules(package) -> dict[str, str]:
@@ -93,7 +94,21 @@ def resolve(name: str, mod, args) -> tuple:
                             "choose another name for a variant")
     if not run_name or any(c in run_name for c in "/\\") or run_name.startswith("."):
         raise C.ConfigError(f"--name must be a plain folder name, got {run_name!r}")
+    preflight(cfg)
+    for flag, folder in (("--out", args.out), ("--run-root", args.run_root)):
+        _check_folder(flag, folder)
     return cfg, args.out / name / run_name
+
+
+def _check_folder(flag: str, folder: Path) -> None:
+    """An output folder must be a folder we can create and write (checked before any work)."""
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise ValueError(f"{flag} {folder}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK) or str(folder.resolve()).startswith(("/proc", "/sys")):
+        raise ValueError(f"{flag} {folder}: cannot write there (no permission, or a system folder)")
 
 
 def _run(name: str, rest: list[str]) -> int:
@@ -191,11 +206,12 @@ def entry() -> int:
     import matplotlib
 
     matplotlib.use("Agg")  # the command writes figure files; a library import never does this
-    from icalign.io import ResultExistsError
+    from icalign.io import ResultClaimedError, ResultExistsError
+    from icalign.training import NonFiniteLossError, RunExistsError
 
     try:
         return main()
-    except (ValueError, ResultExistsError) as err:
+    except (ValueError, ResultExistsError, ResultClaimedError, RunExistsError, NonFiniteLossError) as err:
         print(f"icalign: error: {err}", file=sys.stderr)
         return 1
 

@@ -18,16 +18,19 @@ gives the command's exit status.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
+import functools
 import json
 from pathlib import Path
 from typing import Callable, Optional
 
 from icalign import config as C
 from icalign import io
+from icalign.core import validate
 from icalign.core.validate import check_int
 
-__all__ = ["default_name", "result_path", "Progress", "publish", "redraw", "config_record", "EvalConfig",
+__all__ = ["default_name", "result_path", "runner", "Progress", "publish", "redraw", "config_record", "EvalConfig",
            "check_seed", "check_seeds"]
 
 
@@ -40,11 +43,61 @@ def default_name(cfg, presets: dict) -> str:
     return f"variant-{C.short_hash(cfg)}"
 
 
+_CLAIMED: contextvars.ContextVar = contextvars.ContextVar("claimed", default=None)
+
+
 def result_path(out, stem: str, force: bool) -> Optional[Path]:
-    """``out/<stem>.json`` claimed for writing (None when ``out`` is None)."""
+    """``out/<stem>.json`` claimed for writing (None when ``out`` is None): refused if a
+    finished result is there (unless ``force``) or another live run holds it
+    (:func:`icalign.io.claim_output`). The claim is given back by :func:`publish`, or when the
+    :func:`runner`-decorated ``run`` that took it exits, also by an exception."""
     if out is None:
         return None
-    return io.claim_output(Path(out) / f"{stem}.json", force)
+    path = io.claim_output(Path(out) / f"{stem}.json", force)
+    held = _CLAIMED.get()
+    if held is not None:
+        held.append(path)
+    return path
+
+
+def preflight(cfg) -> None:
+    """Refuse, before any work, a config whose contexts or training cannot fit in memory (the
+    config's own constructor has checked every value's range already)."""
+    if cfg is None:
+        return
+    from icalign import model as M
+    from icalign import training as T
+    from icalign.core.tasks import contexts_bytes
+    from icalign.core.validate import check_memory
+
+    model = getattr(cfg, "model", None)
+    d, n = (model.d, model.n) if isinstance(model, M.ModelConfig) else (getattr(cfg, "d", 5), getattr(cfg, "n", 20))
+    ev = getattr(cfg, "eval", None)
+    if isinstance(ev, EvalConfig):
+        check_memory(f"{ev.contexts} evaluation contexts", contexts_bytes(ev.contexts, d, n) * 20, "eval.contexts")
+    train = getattr(cfg, "train", None)
+    if isinstance(model, M.ModelConfig) and isinstance(train, T.TrainConfig):
+        runs = getattr(cfg, "seeds", 1) * len(getattr(cfg, "train_levels", (0,)))
+        check_memory(f"training {runs} run(s) of this model", T.training_bytes(model, train.batch, runs),
+                     "train.batch, seeds or the model size")
+
+
+def runner(run):
+    """Decorator of every experiment's ``run``: claims taken during the call are released
+    when it returns or raises, so a failed notebook cell can simply be run again."""
+
+    @functools.wraps(run)
+    def wrapped(*args, **kwargs):
+        preflight(args[0] if args else kwargs.get("cfg"))
+        token = _CLAIMED.set([])
+        try:
+            return run(*args, **kwargs)
+        finally:
+            for path in _CLAIMED.get():
+                io.release(path)
+            _CLAIMED.reset(token)
+
+    return wrapped
 
 
 def config_record(cfg) -> dict:
@@ -87,6 +140,9 @@ def publish(path: Optional[Path], res: dict, figures: Optional[Callable[[dict], 
     the suffix ""), both drawn from the JSON as read back, so they show exactly what a reader
     of the file sees. Returns the result as read back (as JSON would give it) and, when
     nothing is written, the result itself with its figures under ``res["figures"]``."""
+    import jax
+
+    res = {**res, "identity": io.identity(jax.device_count())}  # what else changes the numbers
     if path is None:
         loaded = json.loads(json.dumps(io.to_jsonable(res)))
         if figures is not None:
@@ -94,6 +150,7 @@ def publish(path: Optional[Path], res: dict, figures: Optional[Callable[[dict], 
         return loaded
     io.write_json(path, res)
     loaded = io.read_json(path)
+    io.release(path)  # the result is finished; markdown and figures follow from it
     written = [str(path)]
     if markdown is not None:
         written.append(str(io.write_text(path.with_suffix(".md"), markdown(loaded))))
@@ -150,7 +207,4 @@ def check_seeds(seeds) -> int:
 
 def check_seed(seed) -> int:
     """A seed must be a non-negative integer below 2**32 (what PRNGKey takes losslessly)."""
-    seed = check_int("seed", seed, minimum=0)
-    if seed >= 2**32:
-        raise ValueError(f"seed must be < 2**32, got {seed}")
-    return seed
+    return validate.check_seed("seed", seed)

@@ -16,6 +16,7 @@ and the hardware stamp written into every result.
 
 from __future__ import annotations
 
+import atexit
 import io as _io
 import json
 import os
@@ -26,12 +27,17 @@ from pathlib import Path
 import jax
 import numpy as np
 
-__all__ = ["ResultExistsError", "claim_output", "write_bytes", "write_text", "write_json", "append_text",
-           "save_figure", "read_json", "hardware", "to_jsonable", "is_writer"]
+__all__ = ["ResultExistsError", "ResultClaimedError", "claim_output", "release", "write_bytes", "write_text",
+           "write_json", "append_text", "save_figure", "read_json", "hardware", "identity", "to_jsonable",
+           "is_writer"]
 
 
 class ResultExistsError(FileExistsError):
     """A finished result is already where a run would write (pass force / --force)."""
+
+
+class ResultClaimedError(FileExistsError):
+    """Another live run is writing to the same result (its claim file names it)."""
 
 
 def is_writer() -> bool:
@@ -115,16 +121,87 @@ def save_figure(fig, stem: Path, formats=("png", "pdf"), dpi: int = 150) -> list
     return paths
 
 
+def _claim_file(path: Path) -> Path:
+    path = Path(os.path.abspath(path))
+    return path.with_name(f".{path.name}.claim")
+
+
+_HELD: dict[Path, dict] = {}  # claims this process holds: claim file -> its record
+
+
+def _alive(record: dict) -> bool:
+    """Is the claim's holder still running? Only answerable on the same host; a claim from
+    another host counts as live (release it by hand, or pass force to take it over)."""
+    if record.get("host") != platform.node():
+        return True
+    try:
+        os.kill(int(record["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, KeyError, ValueError, TypeError):
+        return True
+    # our own pid: live only if this process still holds it (a run in progress here); a claim
+    # left by an earlier call in this process that failed before releasing it is stale
+    return record.get("pid") != os.getpid() or Path(record.get("file", "")) in _HELD
+
 def claim_output(path: Path, force: bool) -> Path:
-    """Refuse to run when ``path`` already holds a finished result, unless ``force``."""
+    """Claim ``path`` for one run, before any work: refuse when a finished result is already
+    there (unless ``force``), and take an exclusive claim file next to it, so a second run on
+    the same output is refused with the holder's name while the first runs. A claim whose
+    holder is dead (killed run) is detected and released. :func:`release` (called by
+    ``icalign.experiment.publish`` and at process exit) gives it back."""
     path = Path(path)
     if path.exists() and not force:
         raise ResultExistsError(
             f"{path} already holds a finished result; pass --force to overwrite it, "
             "or --out DIR / --name NAME to write elsewhere")
-    if is_writer():
+    if not is_writer():
+        return path
+    try:
         path.parent.mkdir(parents=True, exist_ok=True)
-    return path
+    except OSError as err:
+        raise ValueError(f"cannot create the output folder {path.parent} (--out): {err.strerror}") from None
+    claim = _claim_file(path)
+    record = {"pid": os.getpid(), "host": platform.node(), "file": str(claim),
+              "started": __import__("datetime").datetime.now().isoformat(timespec="seconds")}
+    for _ in range(2):
+        try:
+            fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = json.loads(claim.read_text())
+            except (OSError, json.JSONDecodeError):
+                holder = {}  # half-written by a run killed while claiming
+            if holder and _alive(holder) and not (force and holder.get("host") != platform.node()):
+                raise ResultClaimedError(
+                    f"{path} is being written by another run (pid {holder.get('pid')} on {holder.get('host')}, "
+                    f"since {holder.get('started')}; claim file {claim}); wait for it, or use --name / --out "
+                    "to write elsewhere") from None
+            claim.unlink(missing_ok=True)  # stale: its holder is gone
+            continue
+        except OSError as err:
+            raise ValueError(f"cannot write to the output folder {path.parent} (--out): {err.strerror}") from None
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(record))
+        _HELD[claim] = record
+        return path
+    raise ResultClaimedError(f"could not claim {path}: {claim} keeps reappearing")
+
+
+def release(path: Path) -> None:
+    """Give back this process's claim on ``path`` (no-op if it holds none)."""
+    claim = _claim_file(Path(path))
+    if _HELD.pop(claim, None) is not None:
+        claim.unlink(missing_ok=True)
+
+
+def _release_all() -> None:
+    for claim in list(_HELD):
+        _HELD.pop(claim, None)
+        claim.unlink(missing_ok=True)
+
+
+atexit.register(_release_all)
 
 
 def read_json(path: Path):
@@ -142,4 +219,21 @@ def hardware() -> dict:
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "jax": jax.__version__,
+        "x64": bool(jax.config.jax_enable_x64),
     }
+
+
+def identity(devices: int = 1) -> dict:
+    """Everything besides a run's config and seed that changes its numbers: float64 mode, the
+    backend and device kind, the number of devices its runs are sharded over, and the
+    versions of the numerical packages. Stored with every run and result; a training run
+    resumes only under the same identity."""
+    import flax
+    import jaxlib
+    import optax
+
+    dev = jax.devices()[0]
+    return {"x64": bool(jax.config.jax_enable_x64), "backend": jax.default_backend(),
+            "device_kind": getattr(dev, "device_kind", str(dev)), "devices": int(devices),
+            "jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
+            "optax": optax.__version__, "numpy": np.__version__}

@@ -124,10 +124,13 @@ def test_resume_after_interruption_is_bit_identical(reference, tmp_path):
 def test_checkpoint_files_and_load(reference):
     run_dir = reference.run_dir
     assert run_dir.name.startswith("run-") and len(run_dir.name) == len("run-") + 12
-    assert {p.name for p in run_dir.iterdir()} == {"checkpoint.msgpack", "meta.json", "metrics.jsonl"}
-    assert b"pickle" not in (run_dir / "checkpoint.msgpack").read_bytes()[:64]
+    assert {p.name for p in run_dir.iterdir()} == {"checkpoints", "manifests", "meta.json", "metrics.jsonl"}
+    # two generations, each with its manifest of checksums
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["150", "200"]
+    assert sorted(p.name for p in (run_dir / "manifests").iterdir()) == ["150.json", "200.json"]
     meta = json.loads((run_dir / "meta.json").read_text())
     assert meta["status"] == "finished" and meta["steps_done"] == 200
+    assert meta["identity"]["x64"] is False and meta["identity"]["devices"] == 1
     assert meta["model_config"] == MODEL.to_dict() and meta["train_config"] == TRAIN.to_dict()
     loaded = T.load_run(run_dir)
     assert loaded.finished

@@ -39,7 +39,7 @@ from icalign.core.losses import smooth_norm
 from icalign.core.metrics import normalised_mse, unit
 from icalign.core.stats import mean_sem
 from icalign.core.tasks import Context
-from icalign.core.validate import check_choice, check_int
+from icalign.core.validate import check_choice, check_int, check_key
 from icalign.theory import gd
 
 __all__ = [
@@ -86,7 +86,7 @@ def _check_ts(ts, n: int):
     ts = np.asarray(ts)
     if ts.ndim != 1 or ts.size == 0 or ts.min() < 1 or ts.max() > n - 1 or not np.issubdtype(ts.dtype, np.integer):
         raise ValueError(f"ts must be a 1-D list of integers in [1, {n - 1}], got {ts.tolist()}")
-    return jnp.asarray(ts)
+    return jnp.asarray(ts.astype(np.int32))  # int32 on the host: no conversion compiled on the device
 
 
 @partial(jax.jit, static_argnames=("config",))
@@ -164,14 +164,15 @@ def compare(params: M.Params, config: M.ModelConfig, ctx: Context, key: jax.Arra
     M.check_params(params, config)
     if (ctx.n, ctx.d) != (config.n, config.d):
         raise ValueError(f"contexts have (N, D) = ({ctx.n}, {ctx.d}); the model expects ({config.n}, {config.d})")
-    if ctx.x.ndim != 2:
-        raise ValueError(f"ctx must have one leading batch axis, got x of shape {ctx.x.shape}")
+    gd.check_batched_contexts(ctx, config.n)
+    check_key("key", key)
     for name in learners:
         check_choice("learner", name, gd.LEARNERS)
-    ts = np.arange(1, config.n) if ts is None else np.asarray(ts)
-    ts_j = _check_ts(ts, config.n)
     B = ctx.x.shape[0]
     n_sens = min(check_int("n_sensitivity", n_sensitivity, minimum=0), B)
+    gd_steps = check_int("gd_steps", gd_steps, minimum=0)
+    ts = np.arange(1, config.n) if ts is None else np.asarray(ts)
+    ts_j = _check_ts(ts, config.n)
     k_gd = key  # one init key per context, shared by every learner (common random numbers)
 
     y_tf = transformer_predictions(params, ctx, config)[:, ts_j]  # (B, T, D)

@@ -31,7 +31,7 @@ from icalign.core.metrics import normalised_mse, ranking_loss
 from icalign.core.sharding import shard_leading, sweep_mesh, to_host
 from icalign.core.stats import summarise
 from icalign.core.tasks import CORRUPTIONS, Context, check_corruption_levels
-from icalign.core.validate import check_choice, check_int
+from icalign.core.validate import check_choice, check_finite, check_int, check_key, check_positive
 from icalign.theory import gd
 
 __all__ = ["Curves", "corrupted_rewards", "transformer_curves", "gd_curves", "by_level"]
@@ -56,10 +56,12 @@ def _corrupt_all(key, r_true_BxN, levels_L, corruption: str):
 
 def corrupted_rewards(key, ctx: Context, corruption: str, levels: Sequence[float]) -> jax.Array:
     """Shown rewards (B, L, N): ``ctx.r_true`` corrupted by ``corruption`` at each level."""
+    check_key("key", key)
+    gd.check_batched_contexts(ctx)
     check_corruption_levels(corruption, levels)
     levels = np.atleast_1d(np.asarray(levels, dtype=float))
-    if levels.ndim != 1:
-        raise ValueError(f"levels must be a 1-D list of numbers, got shape {levels.shape}")
+    if levels.ndim != 1 or levels.size == 0:
+        raise ValueError(f"levels must be a non-empty 1-D list of numbers, got {levels.tolist()}")
     return _corrupt_all(key, ctx.r_true, jnp.asarray(levels, ctx.ys.dtype), corruption)
 
 
@@ -81,8 +83,8 @@ def _tf_curves(params_R, ctx: Context, rewards_BxLxN, config: M.ModelConfig):
 
 
 def _check(ctx: Context, rewards_BxLxN, n: int | None = None):
-    if ctx.x.ndim != 2:
-        raise ValueError(f"ctx must have one leading batch axis, got x of shape {ctx.x.shape}")
+    gd.check_batched_contexts(ctx, n)
+    check_finite("rewards", rewards_BxLxN)
     B, N = ctx.r_true.shape
     if rewards_BxLxN.ndim != 3 or rewards_BxLxN.shape[0] != B or rewards_BxLxN.shape[2] != N:
         raise ValueError(f"rewards must have shape (B={B}, L, N={N}) (see corrupted_rewards), "
@@ -118,9 +120,11 @@ def gd_curves(key, ctx: Context, rewards_BxLxN, learner: str = "adam", steps: in
     candidates with the same shown rewards. One init key per context, shared by all levels
     and t. One compiled call; contexts sharded."""
     check_choice("learner", learner, gd.LEARNERS)
+    check_key("key", key)
     steps = check_int("steps", steps, minimum=0)
     _check(ctx, rewards_BxLxN)
     lr = gd.LEARNERS[learner][1] if lr is None else lr
+    check_positive("lr", lr)  # checked here: inside the compiled sweep lr is traced
     B = ctx.x.shape[0]
     keys = jax.random.split(key, B)
     mesh = sweep_mesh(B)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from icalign.core.validate import check_choice, check_last_axis, check_positive
+from icalign.core.validate import (check_bool_array, check_choice, check_finite, check_int_values, check_last_axis,
+                                   check_positive)
 
 __all__ = [
     "REWARDS",
@@ -50,6 +51,9 @@ def cosine_reward(y_hat: jax.Array, ys: jax.Array, eps=COSINE_EPS) -> jax.Array:
 def reward_scores(y_hat: jax.Array, ys: jax.Array, reward: str = "sqdist", beta=1.0) -> jax.Array:
     """Model reward of every candidate under the named reward model ('sqdist' or 'cosine')."""
     check_choice("reward", reward, REWARDS)
+    y_shape, c_shape = jnp.shape(y_hat), jnp.shape(ys)
+    if len(y_shape) < 1 or len(c_shape) < 2 or y_shape[-1] != c_shape[-1]:
+        raise ValueError(f"y_hat (..., D) and ys (..., N, D) must share D, got shapes {y_shape} and {c_shape}")
     if reward == "sqdist":
         return sqdist_reward(y_hat, ys, beta)
     return cosine_reward(y_hat, ys)
@@ -62,6 +66,8 @@ def bradley_terry(score_preferred: jax.Array, score_other: jax.Array) -> jax.Arr
             "score_preferred and score_other must have the same shape, got "
             f"{jnp.shape(score_preferred)} and {jnp.shape(score_other)}"
         )
+    check_finite("score_preferred", score_preferred)
+    check_finite("score_other", score_other)
     return jax.nn.softplus(score_other - score_preferred)
 
 
@@ -79,6 +85,8 @@ def _check_scores_rewards(scores, rewards):
             f"scores must have a last axis of N >= 2 candidates, got shape {jnp.shape(scores)}"
         )
     check_last_axis("rewards", rewards, n, "scores")
+    check_finite("scores", scores)
+    check_finite("rewards", rewards)
 
 
 def plackett_luce(scores: jax.Array, rewards: jax.Array, mask: jax.Array | None = None) -> jax.Array:
@@ -95,6 +103,7 @@ def plackett_luce(scores: jax.Array, rewards: jax.Array, mask: jax.Array | None 
         mask = jnp.ones(jnp.shape(scores), dtype=bool)
     else:
         check_last_axis("mask", mask, jnp.shape(scores)[-1], "scores")
+        check_bool_array("mask", mask)
     scores, rewards, mask = jnp.broadcast_arrays(scores, rewards, mask)
     order = ranking_order(rewards, mask)
     s = jnp.take_along_axis(scores, order, axis=-1)
@@ -127,5 +136,7 @@ def prefix_plackett_luce(scores: jax.Array, rewards: jax.Array, lengths: jax.Arr
         lengths = jnp.arange(t)
     elif jnp.shape(lengths) != (t,):
         raise ValueError(f"lengths must have shape ({t},) to match scores, got {jnp.shape(lengths)}")
+    else:
+        check_int_values("lengths", lengths, 0, n)
     mask = jnp.arange(n)[None, :] < jnp.asarray(lengths)[:, None]  # (T, N)
     return plackett_luce(scores, rewards[..., None, :], mask)

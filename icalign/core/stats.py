@@ -41,12 +41,18 @@ def summarise(values, unit: str) -> dict:
     per context (a GD learner has no training seed).
     """
     v = np.asarray(values, np.float64)
-    if unit == "seeds":
-        per = v.mean(axis=1)
-    elif unit == "contexts":
-        per = v
-    else:
+    want = {"seeds": 3, "contexts": 2}
+    if unit not in want:
         raise ValueError(f"unit must be 'seeds' or 'contexts', got {unit!r}")
+    if v.ndim != want[unit]:
+        layout = "(seeds R, contexts B, T)" if unit == "seeds" else "(contexts B, T)"
+        raise ValueError(f"values must have shape {layout} for unit={unit!r}, got shape {v.shape}")
+    if v.shape[0] < 2:
+        raise ValueError(f"values need at least 2 {unit} for an interval, got {v.shape[0]}")
+    if not np.all(np.isfinite(v)):
+        raise ValueError(f"values must be finite, got {int(np.sum(~np.isfinite(v)))} NaN or inf entries "
+                         "(a diverged learner is reported as such, not averaged)")
+    per = v.mean(axis=1) if unit == "seeds" else v
     mean, lo, hi = mean_ci(per, axis=0)
     return {"mean": mean.tolist(), "low": lo.tolist(), "high": hi.tolist(), "n": int(per.shape[0]),
             "unit": unit}

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from icalign.core.validate import check_choice, check_int, check_level
+from icalign.core.validate import check_choice, check_finite, check_int, check_key, check_level, check_memory
 
 __all__ = [
     "Context",
@@ -63,6 +63,7 @@ class Context:
 
 def mixed_linear(key: jax.Array, d: int = 5, n: int = 20) -> Context:
     """The published "mixed linear alignment" context (docs/theory.md section 4)."""
+    check_key("key", key)
     d = check_int("d", d, minimum=1)
     n = check_int("n", n, minimum=2)
     k_x, k_star, k_eps, k_r = jax.random.split(key, 4)
@@ -78,11 +79,19 @@ def mixed_linear(key: jax.Array, d: int = 5, n: int = 20) -> Context:
 
 def sample_contexts(key: jax.Array, batch: int, d: int = 5, n: int = 20) -> Context:
     """``batch`` independent contexts, fields with a leading (batch,) axis."""
+    check_key("key", key)
     batch = check_int("batch", batch, minimum=1)
     d = check_int("d", d, minimum=1)
     n = check_int("n", n, minimum=2)
+    check_memory(f"{batch} contexts of d={d}, n={n}", contexts_bytes(batch, d, n), "the number of contexts (batch)")
     keys = jax.random.split(key, batch)
     return jax.vmap(lambda k: mixed_linear(k, d, n))(keys)
+
+
+def contexts_bytes(batch: int, d: int, n: int) -> float:
+    """float32 bytes of ``batch`` contexts while they are generated: x, y*, eps (D), W*, W_eps
+    (D x D), candidates (N x D), rewards, plus the keys."""
+    return 4.0 * batch * (2 * d * d + (n + 3) * d + 3 * n + 8)
 
 
 def with_shown_rewards(ctx: Context, rewards: jax.Array) -> Context:
@@ -96,8 +105,16 @@ def with_shown_rewards(ctx: Context, rewards: jax.Array) -> Context:
 # ---------------------------------------------------------------------------------------------
 
 
+def _check_corruption_inputs(key, rewards) -> None:
+    check_key("key", key)
+    check_finite("rewards", rewards)
+    if jnp.ndim(rewards) < 1:
+        raise ValueError(f"rewards must have a last axis of N candidates, got shape {jnp.shape(rewards)}")
+
+
 def replace_random(key: jax.Array, rewards: jax.Array, p) -> jax.Array:
     """Published model: each shown reward is replaced, with probability p, by a fresh U(0,1)."""
+    _check_corruption_inputs(key, rewards)
     check_level("p", p, 0.0, 1.0)
     k_mask, k_new = jax.random.split(key)
     hit = jax.random.bernoulli(k_mask, p, rewards.shape)
@@ -107,12 +124,14 @@ def replace_random(key: jax.Array, rewards: jax.Array, p) -> jax.Array:
 
 def gaussian_noise(key: jax.Array, rewards: jax.Array, sigma) -> jax.Array:
     """Additive critic noise: r + sigma * N(0, 1). sigma = 0 is the clean critic."""
-    check_level("sigma", sigma, 0.0, None)
+    _check_corruption_inputs(key, rewards)
+    check_level("sigma", sigma, 0.0, LEVEL_RANGES["gaussian"][1])
     return rewards + sigma * jax.random.normal(key, rewards.shape, dtype=rewards.dtype)
 
 
 def reverse_random(key: jax.Array, rewards: jax.Array, p) -> jax.Array:
     """Adversarial critic: each reward is reversed, r -> 1 - r, with probability p."""
+    _check_corruption_inputs(key, rewards)
     check_level("p", p, 0.0, 1.0)
     hit = jax.random.bernoulli(key, p, rewards.shape)
     return jnp.where(hit, 1.0 - rewards, rewards)
@@ -129,6 +148,7 @@ def subset_reversal(key: jax.Array, rewards: jax.Array, p) -> jax.Array:
     monotonically from 0 to 1 with p (at least p^2). Values are never invented, unlike
     ``replace_random``: only the critic's *ranking* is wrong.
     """
+    _check_corruption_inputs(key, rewards)
     check_level("p", p, 0.0, 1.0)
     n = rewards.shape[-1]
     in_s = jax.random.bernoulli(key, p, rewards.shape)
@@ -169,7 +189,8 @@ DEFAULT_LEVELS: dict[str, tuple[float, ...]] = {
 # Allowed level range of each corruption model (None: unbounded above).
 LEVEL_RANGES: dict[str, tuple[float, float | None]] = {
     "replace": (0.0, 1.0),
-    "gaussian": (0.0, None),
+    # sigma beyond 1e3 drowns every reward in [0, 1] and overflows float32 for absurd values
+    "gaussian": (0.0, 1000.0),
     "reverse": (0.0, 1.0),
     "subset_reversal": (0.0, 1.0),
 }

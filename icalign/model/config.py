@@ -79,8 +79,9 @@ class ModelConfig:
         if self.final_norm is not None and not isinstance(self.final_norm, bool):
             raise _field_error("final_norm", self.final_norm, "True, False or None (follow layer_norm)")
         std = self.init_std
-        if isinstance(std, bool) or not isinstance(std, (int, float)) or not (math.isfinite(std) and std > 0):
-            raise _field_error("init_std", std, "a finite number > 0")
+        if isinstance(std, bool) or not isinstance(std, (int, float)) or not (math.isfinite(std) and 0 < std <= 10):
+            # above ~10 the attention logits overflow float32 and the output collapses to 0
+            raise _field_error("init_std", std, "a number in (0, 10] (GPT-2 uses 0.02)")
 
     @property
     def head_size(self) -> int:

@@ -15,10 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from icalign.core.validate import check_key, check_memory
 from icalign.model.config import ModelConfig
 from icalign.model.tokens import seq_len, token_dim
 
-__all__ = ["Dense", "LayerNorm", "Attention", "FFN", "Block", "Params", "init", "param_count",
+__all__ = ["Dense", "LayerNorm", "Attention", "FFN", "Block", "Params", "init", "param_count", "config_param_count",
            "check_params", "stack_blocks", "unstack_blocks"]
 
 
@@ -103,6 +104,9 @@ def init(key: jax.Array, config: ModelConfig, dtype=jnp.float32) -> Params:
     stream's variance does not grow with depth (Radford et al. 2019)."""
     if not isinstance(config, ModelConfig):
         raise ValueError(f"config must be a ModelConfig, got {type(config).__name__}")
+    check_key("key", key)
+    check_memory(f"the parameters of {config}", np.dtype(dtype).itemsize * config_param_count(config),
+                 "n_layers, d_model, n_heads, head_dim or ffn_width")
     L, H, dh, dm, F = config.n_layers, config.n_heads, config.head_size, config.d_model, config.ffn_size
     std = config.init_std
     res_std = std / math.sqrt(2 * L)
@@ -157,6 +161,19 @@ def init(key: jax.Array, config: ModelConfig, dtype=jnp.float32) -> Params:
 
 def param_count(params) -> int:
     return int(sum(np.prod(np.shape(a)) for a in jax.tree_util.tree_leaves(params)))
+
+
+def config_param_count(config: ModelConfig) -> int:
+    """The number of parameters :func:`init` creates for ``config``, from the shapes alone
+    (nothing allocated): used to refuse a model that cannot fit before building it."""
+    L, H, dh, dm, F = config.n_layers, config.n_heads, config.head_size, config.d_model, config.ffn_size
+    b = config.bias
+    attn = 4 * dm * H * dh + (3 * H * dh + dm if b else 0)
+    ffn = (2 * dm * F + (F + dm if b else 0)) if config.ffn else 0
+    norms = 2 * dm * (int(config.layer_norm) + int(config.layer_norm and config.ffn))
+    io_ = token_dim(config) * dm + dm + dm * config.d + config.d
+    return L * (attn + ffn + norms) + io_ + (seq_len(config) * dm if config.positional else 0) \
+        + (2 * dm if config.use_final_norm else 0)
 
 
 def check_params(params: Params, config: ModelConfig) -> None:

@@ -26,12 +26,14 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from icalign.core.losses import REWARDS, ranking_order, reward_scores, smooth_norm
 from icalign.core.metrics import normalised_mse, prefix_mask, unit
 from icalign.core.tasks import CORRUPTIONS, Context, check_corruption_levels
-from icalign.core.validate import check_choice, check_int, check_positive
+from icalign.core.validate import (check_bool_array, check_choice, check_finite, check_int, check_int_values, check_key,
+                                   check_positive)
 
 __all__ = [
     "remaining_softmax",
@@ -44,6 +46,7 @@ __all__ = [
     "fit_linear",
     "baseline_sweep",
     "fit_contexts",
+    "check_batched_contexts",
     "LEARNERS",
 ]
 
@@ -56,13 +59,14 @@ LEARNERS = {
 
 def _check_policy_args(W, x, ys, rewards, reward, mask=None):
     check_choice("reward", reward, REWARDS)
-    ys_shape, x_shape, w_shape = jnp.shape(ys), jnp.shape(x), jnp.shape(W)
+    ys_shape, x_shape = jnp.shape(ys), jnp.shape(x)
+    w_shape = None if W is None else jnp.shape(W)
     if len(ys_shape) != 2 or ys_shape[0] < 2:
         raise ValueError(f"ys must have shape (N, D) with N >= 2, got {ys_shape}")
     n, d_out = ys_shape
     if len(x_shape) != 1:
         raise ValueError(f"x must have shape (D,), got {x_shape}")
-    if w_shape != (d_out, x_shape[0]):
+    if W is not None and w_shape != (d_out, x_shape[0]):
         raise ValueError(
             f"W must have shape (D_out, D_in) = ({d_out}, {x_shape[0]}) to match ys and x, got {w_shape}"
         )
@@ -70,6 +74,10 @@ def _check_policy_args(W, x, ys, rewards, reward, mask=None):
         raise ValueError(f"rewards must have shape ({n},) to match ys, got {jnp.shape(rewards)}")
     if mask is not None and jnp.shape(mask) != (n,):
         raise ValueError(f"mask must have shape ({n},) to match ys, got {jnp.shape(mask)}")
+    if mask is not None:
+        check_bool_array("mask", mask)
+    for name, value in (("W", W), ("x", x), ("ys", ys), ("rewards", rewards)):
+        check_finite(name, value)
 
 
 def remaining_softmax(scores_sorted: jax.Array, mask_sorted: jax.Array) -> jax.Array:
@@ -166,8 +174,13 @@ def pl_gradient(W, x, ys, rewards, reward: str = "sqdist", beta=1.0, mask=None) 
 def bt_gradient(W, x, y_preferred, y_other, reward: str = "sqdist", beta=1.0) -> jax.Array:
     """dL_BT/dW in closed form: sigmoid(s_l - s_w) (ds_l/dy_hat - ds_w/dy_hat) x^T;
     for sqdist this is -beta sigmoid(s_l - s_w) (y_w - y_l) x^T."""
+    if jnp.shape(y_preferred) != jnp.shape(y_other) or jnp.ndim(y_preferred) != 1:
+        raise ValueError(f"y_preferred and y_other must be vectors of the same shape (D,), got "
+                         f"{jnp.shape(y_preferred)} and {jnp.shape(y_other)}")
+    for name, v in (("y_preferred", y_preferred), ("y_other", y_other)):
+        check_finite(name, v)
     ys = jnp.stack([y_preferred, y_other])
-    _check_policy_args(W, x, ys, jnp.zeros(2), reward)
+    _check_policy_args(W, x, ys, np.zeros(2), reward)
     check_positive("beta", beta)
     y_hat = W @ x
     s = reward_scores(y_hat, ys, reward, beta)
@@ -183,6 +196,7 @@ def bt_gradient(W, x, y_preferred, y_other, reward: str = "sqdist", beta=1.0) ->
 def gd_step(W, x, ys, rewards, eta, reward: str = "sqdist", beta=1.0, mask=None) -> jax.Array:
     """One gradient step W - eta dL_PL/dW. Seen at the query (sqdist):
     y_hat+ = y_hat + eta beta ||x||^2 sum_i (y_tau(i) - ybar_i)."""
+    check_positive("eta", eta)
     return W - eta * pl_gradient(W, x, ys, rewards, reward, beta, mask)
 
 
@@ -213,7 +227,10 @@ def fit_linear(key, x, ys, rewards, t, learner: str = "adam", steps: int = 50, l
     (the published code silently ran 50 - 25p). ``t`` may be a traced array (vmapped).
     """
     check_choice("learner", learner, LEARNERS)
+    check_key("key", key)
     steps = check_int("steps", steps, minimum=0)
+    _check_policy_args(None, x, ys, rewards, reward)
+    check_int_values("t", t, 1, jnp.shape(ys)[0])  # t candidates of N (traced t: the caller checks ts)
     opt_name, default_lr = LEARNERS[learner]
     lr = default_lr if lr is None else lr
     check_positive("lr", lr)
@@ -277,17 +294,36 @@ def baseline_sweep(key, ctx: Context, levels, ts, corruption: str = "replace", l
     ``ctx``: a batch of contexts (leading axis B) whose ``r_true`` are corrupted at each level
     of ``corruption``; ``ts``: context lengths. Returns (nmse (L, B, T), y_hat (L, B, T, D)).
     """
+    check_key("key", key)
     check_corruption_levels(corruption, levels)
     check_choice("learner", learner, LEARNERS)
     steps = check_int("steps", steps, minimum=0)
-    levels = jnp.asarray(levels, dtype=ctx.ys.dtype)
-    ts = jnp.asarray(ts)
-    if levels.ndim != 1 or ts.ndim != 1:
-        raise ValueError(f"levels and ts must be 1-D, got shapes {levels.shape} and {ts.shape}")
-    n = ctx.ys.shape[-2]
-    if ts.size == 0 or int(ts.min()) < 1 or int(ts.max()) > n:
-        raise ValueError(f"ts must lie in [1, {n}] (the number of candidates), got {ts.tolist()}")
+    check_batched_contexts(ctx)
+    levels_np, ts_np = np.asarray(levels, dtype=float), np.asarray(ts)
+    if levels_np.ndim != 1 or levels_np.size == 0 or ts_np.ndim != 1 or ts_np.size == 0:
+        raise ValueError(f"levels and ts must be non-empty 1-D lists, got shapes {levels_np.shape} and {ts_np.shape}")
+    check_int_values("ts", ts_np, 1, ctx.ys.shape[-2])
     lr = LEARNERS[learner][1] if lr is None else lr
     check_positive("lr", lr)
-    return _sweep(key, ctx, levels, ts, jnp.asarray(lr, ctx.ys.dtype), corruption, learner, steps,
-                  int(ts.max()))
+    return _sweep(key, ctx, jnp.asarray(levels_np, ctx.ys.dtype), jnp.asarray(ts_np), jnp.asarray(lr, ctx.ys.dtype),
+                  corruption, learner, steps, int(ts_np.max()))
+
+
+def check_batched_contexts(ctx: Context, n: int | None = None) -> None:
+    """``ctx`` is a batch of contexts: x (B, D), ys (B, N, D), rewards and r_true (B, N), y* (B, D),
+    with finite values (a sweep would otherwise fail deep in XLA or answer with NaN)."""
+    if not isinstance(ctx, Context):
+        raise ValueError(f"ctx must be an icalign.tasks.Context, got {type(ctx).__name__}")
+    B = jnp.shape(ctx.x)[0] if jnp.ndim(ctx.x) == 2 else None
+    ok = B is not None and jnp.ndim(ctx.ys) == 3 and jnp.shape(ctx.ys)[0] == B
+    if ok:
+        N, D = jnp.shape(ctx.ys)[1:]
+        ok = (jnp.shape(ctx.x) == (B, D) and jnp.shape(ctx.rewards) == (B, N) and jnp.shape(ctx.r_true) == (B, N)
+              and jnp.shape(ctx.y_star) == (B, D))
+    if not ok:
+        raise ValueError("ctx must be a batch of contexts (tasks.sample_contexts): x (B, D), ys (B, N, D), rewards "
+                         f"(B, N); got x {jnp.shape(ctx.x)}, ys {jnp.shape(ctx.ys)}, rewards {jnp.shape(ctx.rewards)}")
+    if n is not None and N != n:
+        raise ValueError(f"contexts have N={N} candidates; the model expects n={n}")
+    for name in ("x", "ys", "rewards", "r_true"):
+        check_finite(f"ctx.{name}", getattr(ctx, name))

@@ -4,10 +4,12 @@ checkpoints (:mod:`icalign.training.checkpoint`). ``icalign.train`` is this pack
 
 from icalign.training.config import RunSpec, TrainConfig, make_runs, runs_from_keys, select_run
 from icalign.training.ica import (ICAObjective, TrainResult, batch_for_step, load_run, loss_fn, run_dir_for,
-                                  train, train_or_load)
-from icalign.training.loop import (LoopResult, NonFiniteLossError, Objective, RunExistsError, TrainState, fit,
-                                   init_states, run_chunk)
+                                  train, train_or_load, training_bytes)
+from icalign.training.checkpoint import CheckpointError
+from icalign.training.loop import (LoopResult, NonFiniteLossError, Objective, RunExistsError, RunIdentityError,
+                                   TrainState, fit, init_states, run_chunk, run_identity)
 
 __all__ = ["TrainConfig", "RunSpec", "make_runs", "runs_from_keys", "select_run", "ICAObjective", "TrainResult",
-           "loss_fn", "batch_for_step", "train", "train_or_load", "load_run", "run_dir_for", "Objective",
-           "TrainState", "LoopResult", "RunExistsError", "NonFiniteLossError", "fit", "init_states", "run_chunk"]
+           "loss_fn", "batch_for_step", "train", "train_or_load", "load_run", "run_dir_for", "training_bytes", "Objective",
+           "TrainState", "LoopResult", "RunExistsError", "RunIdentityError", "NonFiniteLossError", "CheckpointError", "fit",
+           "init_states", "run_chunk", "run_identity"]

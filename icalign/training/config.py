@@ -13,9 +13,9 @@ from flax import struct
 
 from icalign.core import keys
 from icalign.core.tasks import CORRUPTIONS, check_corruption_levels
-from icalign.core.validate import check_choice, check_int
+from icalign.core.validate import check_choice, check_int, check_seed
 
-__all__ = ["TrainConfig", "RunSpec", "make_runs", "runs_from_keys", "select_run"]
+__all__ = ["TrainConfig", "RunSpec", "make_runs", "run_settings", "runs_from_keys", "select_run"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,16 +95,24 @@ def _check_lrs(lrs):
             raise ValueError(f"learning rates must be finite numbers > 0, got {lrs}")
 
 
-def make_runs(seeds: Sequence[int], lrs=None, noise_levels=None, train_cfg: TrainConfig = TrainConfig()):
-    """Validate and broadcast per-run settings. Returns (RunSpec with leading axis R, list of
-    {"seed", "lr", "noise"} dicts). A length-1 (or scalar) setting is shared by all runs.
-    The keys are the seed's INIT, DATA and CORRUPT streams (:mod:`icalign.core.keys`)."""
-    seeds = [check_int("seed", s) for s in np.atleast_1d(np.asarray(seeds, dtype=object)).tolist()]
+def run_settings(seeds: Sequence[int], lrs=None, noise_levels=None, train_cfg: TrainConfig = TrainConfig()) -> list:
+    """Validate and broadcast per-run settings (nothing computed on a device): the list of
+    {"seed", "lr", "noise"} dicts, one per run. A length-1 (or scalar) setting is shared."""
+    seeds = [check_seed("seed", s) for s in np.atleast_1d(np.asarray(seeds, dtype=object)).tolist()]
     lrs = [train_cfg.lr] if lrs is None else np.atleast_1d(np.asarray(lrs, dtype=float)).tolist()
     noise = [train_cfg.noise] if noise_levels is None else np.atleast_1d(np.asarray(noise_levels, dtype=float)).tolist()
     seeds, lrs, noise = _broadcast(seeds, lrs, noise)
     _check_lrs(lrs)
     check_corruption_levels(train_cfg.corruption, noise)
+    return [{"seed": s, "lr": lr, "noise": nz} for s, lr, nz in zip(seeds, lrs, noise)]
+
+
+def make_runs(seeds: Sequence[int], lrs=None, noise_levels=None, train_cfg: TrainConfig = TrainConfig()):
+    """Validate and broadcast per-run settings (:func:`run_settings`). Returns (RunSpec with
+    leading axis R, the settings). The keys are the seed's INIT, DATA and CORRUPT streams
+    (:mod:`icalign.core.keys`)."""
+    runs = run_settings(seeds, lrs, noise_levels, train_cfg)
+    seeds, lrs, noise = ([r[k] for r in runs] for k in ("seed", "lr", "noise"))
     spec = RunSpec(
         k_init=jnp.stack([keys.stream(s, keys.INIT) for s in seeds]),
         k_data=jnp.stack([keys.stream(s, keys.DATA) for s in seeds]),
@@ -112,7 +120,7 @@ def make_runs(seeds: Sequence[int], lrs=None, noise_levels=None, train_cfg: Trai
         lr=jnp.asarray(lrs, jnp.float32),
         noise=jnp.asarray(noise, jnp.float32),
     )
-    return spec, [{"seed": s, "lr": lr, "noise": nz} for s, lr, nz in zip(seeds, lrs, noise)]
+    return spec, runs
 
 
 def runs_from_keys(init_keys, data_keys, lrs) -> RunSpec:

@@ -26,12 +26,13 @@ import optax
 from icalign import model as M
 from icalign.core.losses import cosine_reward, prefix_plackett_luce
 from icalign.core.tasks import Context, corrupt, sample_contexts
+from icalign.core.validate import check_memory
 from icalign.training import checkpoint as ck
-from icalign.training.config import RunSpec, TrainConfig, make_runs, select_run
-from icalign.training.loop import Objective, fit, init_states
+from icalign.training.config import RunSpec, TrainConfig, make_runs, run_settings, select_run
+from icalign.training.loop import Objective, fit, init_states, run_identity
 
 __all__ = ["ICAObjective", "TrainResult", "loss_fn", "batch_for_step", "train", "train_or_load", "load_run",
-           "run_dir_for"]
+           "run_dir_for", "training_bytes"]
 
 
 def loss_fn(params: M.Params, ctx: Context, model_cfg: M.ModelConfig, min_seen: int = 2) -> jax.Array:
@@ -95,16 +96,37 @@ class TrainResult:
         return select_run(self.params, i)
 
 
-def run_dir_for(model_cfg: M.ModelConfig, train_cfg: TrainConfig, runs: list, run_root="runs") -> Path:
-    """``run_root/run-<hash>``: the hash covers the model config, train config and runs."""
-    return Path(run_root) / f"run-{M.config_hash(model_cfg, train_cfg, runs)}"
+def run_dir_for(model_cfg: M.ModelConfig, train_cfg: TrainConfig, runs: list, run_root="runs",
+                shard: bool = True) -> Path:
+    """``run_root/run-<hash>``: the hash covers the model config, the train config, the runs
+    trained together and their identity (float64 mode, devices, package versions), so that
+    a run that would give other numbers never shares a folder."""
+    identity = run_identity(len(runs), shard)
+    return Path(run_root) / f"run-{M.config_hash(model_cfg, train_cfg, runs, identity)}"
 
 
-def _check_configs(model_cfg, train_cfg):
+def _check_configs(model_cfg, train_cfg, n_runs: int = 1):
     if not isinstance(model_cfg, M.ModelConfig):
         raise ValueError(f"model_cfg must be a ModelConfig, got {type(model_cfg).__name__}")
     if not isinstance(train_cfg, TrainConfig):
         raise ValueError(f"train_cfg must be a TrainConfig, got {type(train_cfg).__name__}")
+    if train_cfg.min_seen > model_cfg.n - 1:
+        raise ValueError(f"TrainConfig.min_seen={train_cfg.min_seen} must be <= ModelConfig.n - 1 = {model_cfg.n - 1}: "
+                         "the loss averages the rows of predictions that have seen at least min_seen candidates")
+    check_memory(f"training {n_runs} run(s) of {model_cfg.n_layers} layers x width {model_cfg.d_model} at batch "
+                 f"{train_cfg.batch}", training_bytes(model_cfg, train_cfg.batch, n_runs),
+                 "train.batch, the number of runs (seeds x levels) or the model size")
+
+
+def training_bytes(model_cfg: M.ModelConfig, batch: int, n_runs: int = 1) -> float:
+    """A rough float32 footprint of training: params and Adam's two moments, the activations
+    the backward pass keeps (the dense outputs of every layer) and one layer's attention
+    weights, per run. Good to a small factor: enough to refuse what cannot fit."""
+    c = model_cfg
+    tokens = batch * M.seq_len(c)
+    per_layer = tokens * (4 * c.n_heads * c.head_size + 2 * c.d_model + (c.ffn_size if c.ffn else 0))
+    attention = batch * c.n_heads * M.seq_len(c) ** 2
+    return 4.0 * n_runs * (3 * M.config_param_count(c) + c.n_layers * per_layer + 2 * attention)
 
 
 def train(model_cfg: M.ModelConfig, train_cfg: TrainConfig = TrainConfig(), seeds: Sequence[int] = (0,),
@@ -120,9 +142,9 @@ def train(model_cfg: M.ModelConfig, train_cfg: TrainConfig = TrainConfig(), seed
     is NaN or inf. ``shard=True`` splits the runs over the largest number of visible devices
     that divides their count; the returned params stay sharded.
     """
-    _check_configs(model_cfg, train_cfg)
+    _check_configs(model_cfg, train_cfg, len(run_settings(seeds, lrs, noise_levels, train_cfg)))
     runs_R, runs = make_runs(seeds, lrs, noise_levels, train_cfg)
-    run_dir = run_dir_for(model_cfg, train_cfg, runs, run_root) if checkpoint else None
+    run_dir = run_dir_for(model_cfg, train_cfg, runs, run_root, shard) if checkpoint else None
     meta = {"model_config": model_cfg.to_dict(), "train_config": train_cfg.to_dict()}
     out = fit(ICAObjective.of(model_cfg, train_cfg), runs_R, runs, steps=train_cfg.steps, chunk=train_cfg.chunk,
               checkpoint_every=train_cfg.checkpoint_every, run_dir=run_dir, force=force, meta=meta,
@@ -163,8 +185,8 @@ def train_or_load(model_cfg: M.ModelConfig, train_cfg: TrainConfig = TrainConfig
                   noise_levels=None, *, run_root="runs", force: bool = False, progress: bool = True) -> TrainResult:
     """Load the finished run with these settings if there is one (and not ``force``);
     otherwise train (resuming a partial run)."""
-    _check_configs(model_cfg, train_cfg)
-    _, runs = make_runs(seeds, lrs, noise_levels, train_cfg)
+    runs = run_settings(seeds, lrs, noise_levels, train_cfg)
+    _check_configs(model_cfg, train_cfg, len(runs))
     run_dir = run_dir_for(model_cfg, train_cfg, runs, run_root)
     meta = ck.read_meta(run_dir)
     if not force and meta is not None and meta.get("status") == "finished":

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from functools import partial
 from pathlib import Path
@@ -39,12 +40,16 @@ from icalign.core.sharding import shard_leading, sweep_mesh, to_host
 from icalign.training import checkpoint as ck
 from icalign.training.config import RunSpec
 
-__all__ = ["Objective", "TrainState", "LoopResult", "RunExistsError", "NonFiniteLossError", "fit",
-           "init_states", "run_chunk"]
+__all__ = ["Objective", "TrainState", "LoopResult", "RunExistsError", "RunIdentityError", "NonFiniteLossError",
+           "fit", "init_states", "run_chunk", "run_identity"]
 
 
 class RunExistsError(FileExistsError):
     """A finished run is already in the run folder (pass force=True to retrain)."""
+
+
+class RunIdentityError(ValueError):
+    """A run folder would be resumed under another identity (x64, devices, versions)."""
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -100,7 +105,8 @@ def _finite(tree) -> jax.Array:
 @partial(jax.jit, static_argnames=("objective", "length"), donate_argnums=(0,))
 def run_chunk(state_R: TrainState, runs_R: RunSpec, start, objective: Objective, length: int):
     """``length`` steps from ``start`` for every run: scan over steps, vmap over runs.
-    Returns (state, losses (R, length), params_finite (R,))."""
+    Returns (state, losses (R, length), healthy (R,): the params after the last update are
+    finite and give a finite loss)."""
 
     def step(state: TrainState, i, run: RunSpec):
         batch = objective.batch(run, i)
@@ -110,7 +116,10 @@ def run_chunk(state_R: TrainState, runs_R: RunSpec, start, objective: Objective,
 
     def one_run(state, run):
         state, losses = jax.lax.scan(lambda s, i: step(s, i, run), state, start + jnp.arange(length))
-        return state, losses, _finite(state.params)
+        # The chunk's last update is not followed by a loss of its own: check its params, and
+        # the loss they give on the last batch (params of 1e30 are finite but break the model).
+        after = objective.loss(state.params, objective.batch(run, start + length - 1))
+        return state, losses, _finite(state.params) & jnp.isfinite(after)
 
     if jax.tree_util.tree_leaves(runs_R)[0].shape[0] == 1:
         # One run: call it directly. A vmap over a run axis of size 1 turns every dense matmul
@@ -121,18 +130,34 @@ def run_chunk(state_R: TrainState, runs_R: RunSpec, start, objective: Objective,
     return jax.vmap(one_run)(state_R, runs_R)
 
 
+def _identity_change(old: dict, new: dict) -> str:
+    diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return "; ".join(diff)
+
+
 def _open_run_dir(run_dir: Path, force: bool, template: TrainState, meta: dict):
-    """Claim the run folder: (start step, state or None, losses or None, meta written)."""
+    """Claim the run folder; restore its newest valid checkpoint. Returns (restored or None,
+    the meta written). Refuses a finished run (unless ``force``) and a resume under another
+    identity (float64 mode, devices, package versions: they change a run's numbers)."""
+    ck.clean_temporaries(run_dir)
     old = ck.read_meta(run_dir)
     restored = None
     if force and run_dir.exists():
-        for name in (ck.CHECKPOINT, ck.LOG, ck.META):
-            (run_dir / name).unlink(missing_ok=True)
+        if io.is_writer():
+            for name in (ck.CHECKPOINTS, ck.MANIFESTS):
+                shutil.rmtree(run_dir / name, ignore_errors=True)
+            for name in (ck.LOG, ck.META):
+                (run_dir / name).unlink(missing_ok=True)
     elif old is not None and old.get("status") == "finished":
         raise RunExistsError(
             f"{run_dir} holds a finished run ({old.get('steps_done')} steps); pass force=True "
             "(--force) to retrain it, or load it (icalign.train.load_run)")
     else:
+        if old is not None and old.get("identity") not in (None, meta["identity"]):
+            raise RunIdentityError(
+                f"{run_dir} was trained under another identity ({_identity_change(old['identity'], meta['identity'])}); "
+                "resuming would continue on other numbers. Resume it under its own settings, or retrain with "
+                "force=True (--force)")
         restored = ck.load_checkpoint(run_dir, template)
     start = restored[0] if restored else 0
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -161,13 +186,14 @@ def fit(objective: Objective, runs_R: RunSpec, runs: list, *, steps: int, chunk:
     checkpoint_every = checkpoint_every or steps
     state = init_states(runs_R, objective)
     start, losses = 0, np.zeros((R, 0), np.float32)
+    mesh = sweep_mesh(R) if shard else None
     if run_dir is not None:
         run_dir = Path(run_dir)
-        restored, meta = _open_run_dir(run_dir, force, state, {**(meta or {}), "runs": runs})
+        meta = {**(meta or {}), "runs": runs, "identity": run_identity(R, shard)}
+        restored, meta = _open_run_dir(run_dir, force, state, meta)
         if restored is not None:
             start, state, losses = restored
-    if shard:
-        mesh = sweep_mesh(R)
+    if mesh is not None:
         if mesh.size > 1:
             # (A one-device mesh would change nothing but jit's cache key: the same program
             # compiled a second time next to unsharded calls.)
@@ -206,9 +232,20 @@ def fit(objective: Objective, runs_R: RunSpec, runs: list, *, steps: int, chunk:
                     ck.write_meta(run_dir, meta)
             if callback is not None:
                 callback(e, chunk_losses)
+        if run_dir is not None and meta.get("status") != "finished":
+            # Reached when a run killed after its last checkpoint (before its status was
+            # written) is opened again: its checkpoint holds every step, so it is finished.
+            meta = {**meta, "steps_done": steps, "status": "finished"}
+            ck.write_meta(run_dir, meta)
     finally:
         bar.close()
     return LoopResult(state=state, losses=np.concatenate(history, axis=1), run_dir=run_dir)
+
+
+def run_identity(n_runs: int, shard: bool = True) -> dict:
+    """The identity of a group of ``n_runs`` runs trained together (:func:`icalign.io.identity`
+    with the number of devices they are sharded over)."""
+    return io.identity(sweep_mesh(n_runs).size if shard else 1)
 
 
 def _nonfinite(losses_RxC: np.ndarray, finite_R: np.ndarray, s: int, e: int, runs: list) -> str:
@@ -220,6 +257,6 @@ def _nonfinite(losses_RxC: np.ndarray, finite_R: np.ndarray, s: int, e: int, run
         return f"training loss is {losses_RxC[r, i]} at step {s + i} (0-based) of run {r} {runs[r]}"
     if not np.all(finite_R):
         r = int(np.argmin(finite_R))
-        return (f"parameters are not finite after the update of step {e - 1} (0-based) of run {r} "
-                f"{runs[r]} (the loss before that update was finite)")
+        return (f"parameters after the update of step {e - 1} (0-based) of run {r} {runs[r]} are not finite "
+                "or give a non-finite loss (the loss before that update was finite)")
     return ""
