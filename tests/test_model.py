@@ -408,3 +408,23 @@ def test_stack_unstack_blocks_roundtrip():
     assert len(blocks) == TINY.n_layers
     back = M.stack_blocks(blocks)
     jax.tree_util.tree_map(np.testing.assert_array_equal, back, p.blocks)
+
+
+def test_bfloat16_precision_rounds_the_matmuls_only():
+    """precision='bfloat16': the blocks' matmuls see bfloat16 operands (forward and backward),
+    accumulating in float32; params, gradients and outputs stay float32, and the outputs stay
+    within bfloat16 rounding of the float32 model (not equal: the rounding is real)."""
+    cfg = dataclasses.replace(TINY, n_layers=2)
+    params = _params(cfg, 3)
+    _, tok = _tokens(cfg)
+    cfg16 = dataclasses.replace(cfg, precision="bfloat16")
+    with jax.disable_jit():
+        out32, out16 = M.apply(params, tok, cfg), M.apply(params, tok, cfg16)
+        grad = jax.grad(lambda p: jnp.sum(M.apply(p, tok, cfg16) ** 2))(params)
+    rel = float(jnp.max(jnp.abs(out16 - out32)) / jnp.max(jnp.abs(out32)))
+    assert 1e-5 < rel < 3e-2, rel
+    assert out16.dtype == jnp.float32 and {a.dtype for a in jax.tree_util.tree_leaves(grad)} == {jnp.dtype("float32")}
+    text = jax.jit(jax.grad(lambda p: jnp.sum(M.apply(p, tok, cfg16) ** 2))).lower(params).as_text()
+    assert "bf16" in text  # the products really run on bfloat16 operands
+    with pytest.raises(ValueError, match="ModelConfig.precision"):
+        M.ModelConfig(precision="float16")

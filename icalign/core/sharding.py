@@ -42,7 +42,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from icalign.core.validate import check_int
 
-__all__ = ["AXIS", "sweep_mesh", "shard_leading", "to_host", "describe"]
+__all__ = ["AXIS", "sweep_mesh", "shard_leading", "shard_contexts", "to_host", "describe"]
 
 AXIS = "sweep"
 
@@ -87,6 +87,14 @@ def shard_leading(tree, mesh: Mesh):
         return jax.device_put(x, target)
 
     return jax.tree_util.tree_map(place, tree)
+
+
+def shard_contexts(tree, n: int):
+    """``tree`` (leading axis n on its arrays) spread over the devices, or unchanged on one
+    device: a one-device placement would only give jit a new cache key (a second compile of
+    the same program) and change nothing else."""
+    mesh = sweep_mesh(n)
+    return shard_leading(tree, mesh) if mesh.size > 1 else tree
 
 
 def to_host(tree):

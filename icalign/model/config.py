@@ -14,9 +14,10 @@ from typing import Optional
 
 from icalign.core.validate import check_choice, check_int
 
-__all__ = ["ModelConfig", "BASE", "ATTENTIONS", "ACTIVATIONS", "LAYOUTS", "config_hash"]
+__all__ = ["ModelConfig", "BASE", "ATTENTIONS", "ACTIVATIONS", "LAYOUTS", "PRECISIONS", "config_hash"]
 
 ATTENTIONS = ("softmax", "linear", "relu")
+PRECISIONS = ("float32", "bfloat16")
 ACTIVATIONS = ("gelu", "relu")
 LAYOUTS = ("interleaved", "stacked")
 
@@ -35,6 +36,12 @@ class ModelConfig:
     means 4 * d_model (GPT-2). ``final_norm=None`` follows ``layer_norm``. The resolved
     values are the properties ``head_size``, ``ffn_size`` and ``use_final_norm``; the fields
     keep what was given, so ``dataclasses.replace(cfg, n_heads=4)`` re-derives them.
+
+    ``precision="bfloat16"`` runs the blocks' matmuls (q, k, v, output and FFN maps and both
+    attention products, forward and backward) on bfloat16 operands with float32 accumulation;
+    weights, optimizer state, read-in and read-out, the residual stream, norms and softmax stay
+    float32. For training speed on hardware
+    with bf16 units; theorem checks and constructions stay float32 / float64.
     """
 
     n_layers: int = 20
@@ -54,6 +61,7 @@ class ModelConfig:
     d: int = 5
     n: int = 20
     init_std: float = 0.02
+    precision: str = "float32"
 
     def __post_init__(self):
         # Messages name the field, the value and what is allowed (icalign._validate).
@@ -73,6 +81,7 @@ class ModelConfig:
         check_choice("ModelConfig.attention", self.attention, ATTENTIONS)
         check_choice("ModelConfig.ffn_activation", self.ffn_activation, ACTIVATIONS)
         check_choice("ModelConfig.token_layout", self.token_layout, LAYOUTS)
+        check_choice("ModelConfig.precision", self.precision, PRECISIONS)
         for name in ("ffn", "layer_norm", "causal", "positional", "bias"):
             if not isinstance(getattr(self, name), bool):
                 raise _field_error(name, getattr(self, name), "True or False")

@@ -37,6 +37,7 @@ from flax import struct
 
 from icalign import model
 from icalign.core.losses import cosine_reward, smooth_norm
+from icalign.core.sharding import shard_contexts
 from icalign.core.tasks import Context
 from icalign.core.validate import check_choice, check_int, check_positive
 from icalign.selfcorrect.critics import Critic, critic_score, pairwise_accuracy, true_reward, wrong_answer
@@ -267,7 +268,10 @@ def sweep(key, ctx: Context, critics: Critic, learner: Learner, rounds: int = 10
         y_wrong = wrong_answer(ctx)
     slots0 = initial_slots(ctx.x, ctx.ys, ctx.rewards, rounds)
     r_true0 = jnp.concatenate([ctx.r_true, jnp.zeros((b, rounds + 1), ctx.r_true.dtype)], -1)
-    return _sweep(learner.fn, learner.params, key, slots0, r_true0, ctx.y_star, y_wrong, critics, instructions,
+    # Contexts are independent: spread them over the devices (no-op on one device).
+    slots0, r_true0, y_star, y_wrong, instructions = shard_contexts((slots0, r_true0, ctx.y_star, y_wrong,
+                                                                     instructions), b)
+    return _sweep(learner.fn, learner.params, key, slots0, r_true0, y_star, y_wrong, critics, instructions,
                   jnp.asarray(beta, ctx.ys.dtype), n0=n0, rounds=rounds, draws=draws,
                   critic_on_initial=bool(critic_on_initial), rescale=bool(rescale))
 

@@ -31,6 +31,7 @@ import optax
 
 from icalign.core.losses import REWARDS, ranking_order, reward_scores, smooth_norm
 from icalign.core.metrics import normalised_mse, prefix_mask, unit
+from icalign.core.sharding import shard_contexts
 from icalign.core.tasks import CORRUPTIONS, Context, check_corruption_levels
 from icalign.core.validate import (check_bool_array, check_choice, check_finite, check_int, check_int_values, check_key,
                                    check_positive)
@@ -305,6 +306,7 @@ def baseline_sweep(key, ctx: Context, levels, ts, corruption: str = "replace", l
     check_int_values("ts", ts_np, 1, ctx.ys.shape[-2])
     lr = LEARNERS[learner][1] if lr is None else lr
     check_positive("lr", lr)
+    ctx = shard_contexts(ctx, ctx.x.shape[0])  # contexts are independent: one slice per device
     return _sweep(key, ctx, jnp.asarray(levels_np, ctx.ys.dtype), jnp.asarray(ts_np), jnp.asarray(lr, ctx.ys.dtype),
                   corruption, learner, steps, int(ts_np.max()))
 
