@@ -91,7 +91,7 @@ def attention_weights(logits_BxHxTxS, visible_TxS, kind: str):
     return jnp.where(visible_TxS, jax.nn.relu(logits_BxHxTxS), 0.0)
 
 
-def _attention(h_MxF, p: Attention, B: int, T: int, config: ModelConfig):
+def _attention(h_MxF, p: Attention, B: int, T: int, config: ModelConfig, gates=None):
     H, dh = config.n_heads, config.head_size
     # Heads move next to the batch axis before the T x T products: XLA's CPU batched matmul
     # ran them about twice as fast on (B, H, T, dh) operands as on (B, T, H, dh) ones. At the
@@ -109,6 +109,10 @@ def _attention(h_MxF, p: Attention, B: int, T: int, config: ModelConfig):
     else:
         visible_TxS = jnp.ones((T, T), bool)
     w_BxHxTxS = attention_weights(logits_BxHxTxS, visible_TxS, config.attention)
+    if gates is not None:  # a gated variant: its attention kind, its first `heads` heads
+        if config.attention == "softmax":
+            w_BxHxTxS = jnp.where(gates.softmax, w_BxHxTxS, attention_weights(logits_BxHxTxS, visible_TxS, "linear"))
+        w_BxHxTxS = jnp.where((jnp.arange(H) < gates.heads)[None, :, None, None], w_BxHxTxS, 0.0)
     mixed_BxHxTxK = _product("bhts,bhsk->bhtk", w_BxHxTxS, v_BxHxSxK, prec)
     mixed_MxHK = mixed_BxHxTxK.transpose(0, 2, 1, 3).reshape(B * T, H * dh)
     return _dense2d(mixed_MxHK, p.wo, p.bo, in_axes=2, precision=prec)
@@ -127,6 +131,19 @@ def _block(h_MxF, blk: Block, B: int, T: int, config: ModelConfig):
     return h_MxF
 
 
+def _gated_norm(h_MxF, p, gates):
+    return h_MxF if p is None else jnp.where(gates.layer_norm, _layer_norm(h_MxF, p), h_MxF)
+
+
+def _gated_block(h_MxF, blk: Block, layer, B: int, T: int, config: ModelConfig, gates):
+    """:func:`_block` of a gated variant (icalign.model.gates): where-selects, not products with
+    0/1, so an inactive part passes its input through exactly and gets a zero gradient."""
+    out = h_MxF + _attention(_gated_norm(h_MxF, blk.ln1, gates), blk.attn, B, T, config, gates)
+    if config.ffn:
+        out = jnp.where(gates.ffn, out + _ffn(_gated_norm(out, blk.ln2, gates), blk.ffn, config), out)
+    return jnp.where(layer < gates.depth, out, h_MxF)
+
+
 def _check_inputs(params: Params, tokens, config: ModelConfig):
     if not isinstance(config, ModelConfig):
         raise ValueError(f"config must be a ModelConfig, got {type(config).__name__}")
@@ -142,7 +159,7 @@ def _check_inputs(params: Params, tokens, config: ModelConfig):
     return shape[:-2], T
 
 
-def apply(params: Params, tokens: jax.Array, config: ModelConfig, capture: bool = False):
+def apply(params: Params, tokens: jax.Array, config: ModelConfig, capture: bool = False, gates=None):
     """Model output at every token: tokens (..., T, token_dim) -> (..., T, d). Pure.
 
     T may be shorter than ``seq_len(config)`` (a prefix of a context). With ``causal=True``
@@ -151,6 +168,9 @@ def apply(params: Params, tokens: jax.Array, config: ModelConfig, capture: bool 
     ``capture=True`` returns ``(out, residuals)``: ``residuals`` (n_layers + 1, ..., T,
     d_model) is the residual stream after the read-in (and positions), row 0, and after each
     block, rows 1..n_layers; ``readout(params, residuals[-1], config)`` is ``out``.
+
+    ``gates`` (:class:`icalign.model.gates.Gates`, scalars) run a gated variant of ``config``:
+    fewer layers or heads, linear attention, no FFN or no LayerNorm, chosen at run time.
     """
     if not isinstance(capture, bool):
         raise ValueError(f"capture must be True or False, got {capture!r}")
@@ -171,17 +191,27 @@ def apply(params: Params, tokens: jax.Array, config: ModelConfig, capture: bool 
         h = _block(h, blk, B, T, config)
         return h, (h if capture else None)
 
+    @partial(jax.checkpoint, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+             prevent_cse=False)
+    def gated_layer(h, blk_and_index):
+        h = _gated_block(h, *blk_and_index, B, T, config, gates)
+        return h, (h if capture else None)
+
     h0_MxF = h_MxF
-    h_MxF, hs_LxMxF = jax.lax.scan(layer, h_MxF, params.blocks)
-    out = _readout2d(params, h_MxF).reshape(*lead, T, config.d)
+    if gates is None:
+        h_MxF, hs_LxMxF = jax.lax.scan(layer, h_MxF, params.blocks)
+    else:
+        h_MxF, hs_LxMxF = jax.lax.scan(gated_layer, h_MxF, (params.blocks, jnp.arange(config.n_layers)))
+    out = _readout2d(params, h_MxF, gates).reshape(*lead, T, config.d)
     if not capture:
         return out
     residuals = jnp.concatenate([h0_MxF[None], hs_LxMxF], axis=0)
     return out, residuals.reshape(config.n_layers + 1, *lead, T, config.d_model)
 
 
-def _readout2d(params: Params, h_MxF):
-    return _dense2d(_layer_norm(h_MxF, params.ln_f), params.read_out.w, params.read_out.b)
+def _readout2d(params: Params, h_MxF, gates=None):
+    h_MxF = _layer_norm(h_MxF, params.ln_f) if gates is None else _gated_norm(h_MxF, params.ln_f, gates)
+    return _dense2d(h_MxF, params.read_out.w, params.read_out.b)
 
 
 def readout(params: Params, h: jax.Array, config: ModelConfig) -> jax.Array:
@@ -193,8 +223,8 @@ def readout(params: Params, h: jax.Array, config: ModelConfig) -> jax.Array:
     return _readout2d(params, jnp.reshape(h, (-1, config.d_model))).reshape(*jnp.shape(h)[:-1], config.d)
 
 
-def predict(params: Params, ctx: Context, config: ModelConfig) -> jax.Array:
+def predict(params: Params, ctx: Context, config: ModelConfig, gates=None) -> jax.Array:
     """y_hat (..., N, D): row n is the prediction after n seen (query, response, reward)
     triplets, n = 0..N-1 (the layout of ``losses.prefix_plackett_luce``)."""
-    out = apply(params, tokenize(ctx, config), config)
+    out = apply(params, tokenize(ctx, config), config, gates=gates)
     return out[..., readout_positions(config), :]

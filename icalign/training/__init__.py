@@ -6,10 +6,11 @@ from icalign.training.config import RunSpec, TrainConfig, make_runs, runs_from_k
 from icalign.training.ica import (ICAObjective, TrainResult, batch_for_step, load_run, loss_fn, run_dir_for,
                                   train, train_or_load, training_bytes)
 from icalign.training.checkpoint import CheckpointError
+from icalign.training.group import groups, train_group
 from icalign.training.loop import (LoopResult, NonFiniteLossError, Objective, RunExistsError, RunIdentityError,
                                    TrainState, fit, init_states, run_chunk, run_identity)
 
 __all__ = ["TrainConfig", "RunSpec", "make_runs", "runs_from_keys", "select_run", "ICAObjective", "TrainResult",
            "loss_fn", "batch_for_step", "train", "train_or_load", "load_run", "run_dir_for", "training_bytes", "Objective",
            "TrainState", "LoopResult", "RunExistsError", "RunIdentityError", "NonFiniteLossError", "CheckpointError", "fit",
-           "init_states", "run_chunk", "run_identity"]
+           "init_states", "run_chunk", "run_identity", "groups", "train_group"]

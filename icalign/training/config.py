@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -66,14 +66,16 @@ class TrainConfig:
 @struct.dataclass
 class RunSpec:
     """What differs between runs trained together (each field has a leading run axis when
-    several runs train at once): the init, data and corruption keys, the learning rate and
-    the reward-noise level (0 where a model has no corruption)."""
+    several runs train at once): the init, data and corruption keys, the learning rate, the
+    reward-noise level (0 where a model has no corruption) and, for a group of architecture
+    variants trained in one program, each run's gates (:mod:`icalign.model.gates`)."""
 
     k_init: jax.Array
     k_data: jax.Array
     k_corrupt: jax.Array
     lr: jax.Array
     noise: jax.Array
+    gates: Any = None  # icalign.model.gates.Gates when the runs are variants of one super model
 
 
 def select_run(tree, i: int):

@@ -35,13 +35,13 @@ __all__ = ["ICAObjective", "TrainResult", "loss_fn", "batch_for_step", "train", 
            "run_dir_for", "training_bytes"]
 
 
-def loss_fn(params: M.Params, ctx: Context, model_cfg: M.ModelConfig, min_seen: int = 2) -> jax.Array:
+def loss_fn(params: M.Params, ctx: Context, model_cfg: M.ModelConfig, min_seen: int = 2, gates=None) -> jax.Array:
     """Online PL with the cosine reward, averaged over rows n >= min_seen and the batch.
 
     L = mean_{b, n >= min_seen} sum_{i=1..n} [ -s_tau(i) + log sum_{j>=i} exp s_tau(j) ],
     s_j = cos(y_hat_n, y_j), tau = candidates 0..n-1 sorted by shown reward.
     """
-    y_hat_BxNxD = M.predict(params, ctx, model_cfg)
+    y_hat_BxNxD = M.predict(params, ctx, model_cfg, gates)
     scores_BxNxN = cosine_reward(y_hat_BxNxD, ctx.ys[..., None, :, :])
     rows_BxN = prefix_plackett_luce(scores_BxNxN, ctx.rewards)
     return jnp.mean(rows_BxN[..., min_seen:])
@@ -62,20 +62,23 @@ class ICAObjective(Objective):
 
     model: M.ModelConfig
     train: TrainConfig
+    gated: bool = False  # the runs are gated variants of ``model`` (their gates ride in the batch)
 
     @classmethod
-    def of(cls, model_cfg: M.ModelConfig, train_cfg: TrainConfig) -> "ICAObjective":
+    def of(cls, model_cfg: M.ModelConfig, train_cfg: TrainConfig, gated: bool = False) -> "ICAObjective":
         return cls(model_cfg, dataclasses.replace(train_cfg, lr=1.0, noise=0.0, steps=1, chunk=1,
-                                                  checkpoint_every=1))
+                                                  checkpoint_every=1), gated)
 
     def init(self, run):
         return M.init(run.k_init, self.model)
 
     def batch(self, run, step):
-        return batch_for_step(run, step, self.model, self.train)
+        ctx = batch_for_step(run, step, self.model, self.train)
+        return (ctx, run.gates) if self.gated else ctx
 
     def loss(self, params, batch):
-        return loss_fn(params, batch, self.model, self.train.min_seen)
+        ctx, gates = batch if self.gated else (batch, None)
+        return loss_fn(params, ctx, self.model, self.train.min_seen, gates)
 
     def optimizer(self, lr):
         return optax.adam(lr, b1=self.train.b1, b2=self.train.b2, eps=self.train.eps)

@@ -98,6 +98,12 @@ def _init_state(run: RunSpec, objective: Objective) -> TrainState:
 init_states = jax.jit(jax.vmap(_init_state, in_axes=(0, None)), static_argnums=1)
 
 
+@partial(jax.jit, static_argnums=2)
+def _states_from(params_R, runs_R: RunSpec, objective: Objective) -> TrainState:
+    opt = lambda params, run: TrainState(params=params, opt_state=objective.optimizer(run.lr).init(params))
+    return jax.vmap(opt)(params_R, runs_R)
+
+
 def _finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree_util.tree_leaves(tree)]))
 
@@ -170,7 +176,7 @@ def _open_run_dir(run_dir: Path, force: bool, template: TrainState, meta: dict):
 def fit(objective: Objective, runs_R: RunSpec, runs: list, *, steps: int, chunk: int,
         checkpoint_every: Optional[int] = None, run_dir: Optional[Path] = None, force: bool = False,
         meta: Optional[dict] = None, progress: bool = True, desc: str = "train", shard: bool = True,
-        callback: Optional[Callable[[int, np.ndarray], None]] = None) -> LoopResult:
+        callback: Optional[Callable[[int, np.ndarray], None]] = None, initial=None) -> LoopResult:
     """Train every run of ``runs_R`` (leading axis R; ``runs`` describes each, JSON-able)
     for ``steps`` steps of ``objective``.
 
@@ -180,11 +186,12 @@ def fit(objective: Objective, runs_R: RunSpec, runs: list, *, steps: int, chunk:
     ``chunk``; default: only at the end) and logs every chunk; ``meta`` is stored with it.
     ``callback(step, losses_RxC)`` runs after each chunk (after its checkpoint).
     Raises NonFiniteLossError naming the first step whose loss is NaN or inf, or the chunk
-    after which a run's parameters are.
+    after which a run's parameters are. ``initial`` (params with a leading run axis) replaces
+    ``objective.init`` (e.g. each variant's own init, embedded in a gated group's shapes).
     """
     R = len(runs)
     checkpoint_every = checkpoint_every or steps
-    state = init_states(runs_R, objective)
+    state = init_states(runs_R, objective) if initial is None else _states_from(initial, runs_R, objective)
     start, losses = 0, np.zeros((R, 0), np.float32)
     mesh = sweep_mesh(R) if shard else None
     if run_dir is not None:
