@@ -9,6 +9,7 @@ the one training runs (``icalign.train``'s compiled chunk, here one step per cal
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from icalign import model as M
-from icalign.benchmarks._common import median_seconds
+from icalign.benchmarks._common import median_seconds, peak_matmul_gflops
 from icalign import training as T
 from icalign.io import hardware
 
@@ -45,20 +46,6 @@ def model_flops(config: M.ModelConfig, batch: int) -> dict:
     io = 2 * M.token_dim(config) * dm + 2 * dm * config.d
     forward = tokens * (L * (proj + ffn + attn) + io)
     return {"forward": forward, "step": 3 * forward, "recompute": tokens * L * attn}
-
-
-def peak_matmul_gflops(n: int | None = None, reps: int = 10) -> dict:
-    """fp32 matmul GFLOP/s of a jitted n x n @ n x n (best and median of ``reps``).
-
-    ``n`` defaults to 2048 on a CPU and 8192 on an accelerator: a 2048 matmul takes about
-    0.1 ms on an H200, too short to time, and measured 64-130 TFLOP/s there across runs."""
-    if n is None:
-        n = 2048 if jax.default_backend() == "cpu" else 8192
-    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
-    median, ts = median_seconds(jax.jit(jnp.matmul), a, b, repeats=reps)
-    flops = 2.0 * n ** 3
-    return {"n": n, "best": flops / min(ts) / 1e9, "median": flops / median / 1e9}
 
 
 def dense_only_step(config: M.ModelConfig, batch: int):
@@ -108,23 +95,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=256, help="batch size (default 256, the published one)")
 
 
-def run(args) -> int:
-    steps = 2 if getattr(args, "quick", False) else getattr(args, "steps", 5)
-    batch = getattr(args, "batch", 256)
-    if steps < 1 or batch < 1:
-        raise SystemExit("--steps and --batch must be >= 1")
-    load_before = os.getloadavg()
-    model_cfg = M.BASE
+def time_step(model_cfg: M.ModelConfig, batch: int, steps: int) -> dict:
+    """Compile seconds and per-step seconds (after one untimed warm-up call) of the train step
+    that training runs: ``icalign.training``'s compiled chunk, one step per call."""
     train_cfg = T.TrainConfig(batch=batch, steps=steps + 1, chunk=1, checkpoint_every=1)
     objective = T.ICAObjective.of(model_cfg, train_cfg)
     runs, _ = T.make_runs((0,), train_cfg=train_cfg)
     state = T.init_states(runs, objective)
     jax.block_until_ready(state)
-
     t0 = time.perf_counter()
     compiled = T.run_chunk.lower(state, runs, jnp.int32(0), objective, 1).compile()
     compile_s = time.perf_counter() - t0
-    state, loss, _ = compiled(state, runs, jnp.int32(0))  # first call: allocation warm-up, untimed
+    state, loss, _ = compiled(state, runs, jnp.int32(0))
     jax.block_until_ready(loss)
     times = []
     for i in range(1, steps + 1):
@@ -134,35 +116,38 @@ def run(args) -> int:
         times.append(time.perf_counter() - t0)
     if not np.all(np.isfinite(np.asarray(loss))):
         raise SystemExit(f"benchmark step produced a non-finite loss: {np.asarray(loss)}")
+    return {"compile_seconds": compile_s, "seconds_per_step_median": float(np.median(times)),
+            "seconds_per_step_all": times}
 
-    sec = float(np.median(times))
-    flops = model_flops(model_cfg, batch)
-    peak = peak_matmul_gflops()
-    floor = dense_matmul_floor(model_cfg, batch)
-    achieved = flops["step"] / sec / 1e9
+
+def run(args) -> int:
+    steps = 2 if getattr(args, "quick", False) else getattr(args, "steps", 5)
+    batch = getattr(args, "batch", 256)
+    if steps < 1 or batch < 1:
+        raise SystemExit("--steps and --batch must be >= 1")
+    load_before = os.getloadavg()
+    flops = model_flops(M.BASE, batch)
     out = {
-        "benchmark": "train-step",
-        "config": model_cfg.to_dict(),
-        "batch": batch,
-        "tokens_per_context": M.seq_len(model_cfg),
-        "n_params": M.param_count(jax.eval_shape(lambda: M.init(jax.random.PRNGKey(0), model_cfg))),
-        "compile_seconds": compile_s,
-        "seconds_per_step_median": sec,
-        "seconds_per_step_all": times,
-        "model_gflop_per_step": flops["step"] / 1e9,
-        "recompute_gflop_per_step": flops["recompute"] / 1e9,
+        "benchmark": "train-step", "config": M.BASE.to_dict(), "batch": batch,
+        "tokens_per_context": M.seq_len(M.BASE), "n_params": M.config_param_count(M.BASE),
+        "model_gflop_per_step": flops["step"] / 1e9, "recompute_gflop_per_step": flops["recompute"] / 1e9,
         "flops_counted": "analytic matmul FLOPs, 3 x forward (icalign.benchmarks.train_step.model_flops)",
-        "achieved_gflops": achieved,
-        "peak_matmul_gflops": peak["best"],
-        "peak_matmul_gflops_median": peak["median"],
-        "peak_matmul_n": peak["n"],
-        "fraction_of_peak": achieved / peak["best"],
-        "dense_matmul_floor_seconds": floor["seconds"],
-        "dense_matmul_floor_gflop": floor["gflop"],
-        "dense_matmul_floor_gflops": floor["gflops"],
-        "step_over_dense_floor": sec / floor["seconds"],
-        "loadavg_before_after": [list(load_before), list(os.getloadavg())],
-        "hardware": hardware(),
     }
+    # float32 and bfloat16 (ModelConfig.precision) side by side, each against the matmul peak
+    # of its own operand type, both measured in this run.
+    for precision in ("float32", "bfloat16"):
+        cfg = dataclasses.replace(M.BASE, precision=precision)
+        timing = time_step(cfg, batch, steps)
+        peak = peak_matmul_gflops(precision=precision)
+        achieved = flops["step"] / timing["seconds_per_step_median"] / 1e9
+        out[precision] = {**timing, "achieved_gflops": achieved, "peak_matmul_gflops": peak["best"],
+                          "peak_matmul_gflops_median": peak["median"], "peak_matmul_n": peak["n"],
+                          "fraction_of_peak": achieved / peak["best"]}
+    floor = dense_matmul_floor(M.BASE, batch)
+    out.update(dense_matmul_floor_seconds=floor["seconds"], dense_matmul_floor_gflop=floor["gflop"],
+               dense_matmul_floor_gflops=floor["gflops"],
+               step_over_dense_floor=out["float32"]["seconds_per_step_median"] / floor["seconds"],
+               bf16_speedup=out["float32"]["seconds_per_step_median"] / out["bfloat16"]["seconds_per_step_median"],
+               loadavg_before_after=[list(load_before), list(os.getloadavg())], hardware=hardware())
     print(json.dumps(out, indent=1))
     return 0

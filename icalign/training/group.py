@@ -25,9 +25,9 @@ from icalign.model import gates as G
 from icalign.training.config import TrainConfig, make_runs, run_settings, select_run
 from icalign.training.ica import ICAObjective, TrainResult, _check_configs, training_bytes
 from icalign.training import checkpoint as ck
-from icalign.training.loop import _states_from, fit, run_identity
+from icalign.training.loop import fit, run_identity, states_from
 
-__all__ = ["groups", "train_group", "max_runs_per_program"]
+__all__ = ["groups", "train_group", "max_runs_per_program", "prepare"]
 
 
 def groups(configs: Sequence[M.ModelConfig]) -> list[list[M.ModelConfig]]:
@@ -74,22 +74,27 @@ def train_group(variants: Sequence[M.ModelConfig], train_cfg: TrainConfig, seeds
     return out
 
 
-def _train_chunk(sup, rows, train_cfg, run_root, force, progress):
-    runs_R, runs = make_runs([r["seed"] for _, r in rows], [r["lr"] for _, r in rows],
-                             [r["noise"] for _, r in rows], train_cfg)
-    gates = G.stack_gates([G.gates_for(v, sup) for v, _ in rows])
-    runs_R = runs_R.replace(gates=gates)
+def prepare(sup: M.ModelConfig, rows: list, train_cfg: TrainConfig):
+    """(objective, RunSpec with gates, initial params) of one program: ``rows`` are
+    (variant config, run settings) pairs, every variant a gated variant of ``sup``."""
+    runs_R, _ = make_runs([r["seed"] for _, r in rows], [r["lr"] for _, r in rows], [r["noise"] for _, r in rows],
+                          train_cfg)
+    runs_R = runs_R.replace(gates=G.stack_gates([G.gates_for(v, sup) for v, _ in rows]))
     # each run's own init: the variant's standalone params (same INIT key), in the super shapes
     initial = [G.embed(M.init(runs_R.k_init[i], v), v, sup) for i, (v, _) in enumerate(rows)]
     initial = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *initial)
+    return ICAObjective.of(sup, train_cfg, gated=True), runs_R, initial
+
+
+def _train_chunk(sup, rows, train_cfg, run_root, force, progress):
+    objective, runs_R, initial = prepare(sup, rows, train_cfg)
     described = [{**r, "variant": v.to_dict()} for v, r in rows]
     run_dir = None
     if run_root is not None:
         run_dir = Path(run_root) / f"group-{M.config_hash(sup, train_cfg, described, run_identity(len(rows)))}"
-    objective = ICAObjective.of(sup, train_cfg, gated=True)
     old = None if run_dir is None or force else ck.read_meta(run_dir)
     if old is not None and old.get("status") == "finished":  # load it instead of training again
-        step, state, losses = ck.load_checkpoint(run_dir, _states_from(initial, runs_R, objective))
+        step, state, losses = ck.load_checkpoint(run_dir, states_from(initial, runs_R, objective))
         return state.params, losses, run_dir
     meta = {"super_config": sup.to_dict(), "train_config": train_cfg.to_dict(), "grouped": True}
     res = fit(objective, runs_R, described, steps=train_cfg.steps,

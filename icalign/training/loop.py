@@ -41,7 +41,7 @@ from icalign.training import checkpoint as ck
 from icalign.training.config import RunSpec
 
 __all__ = ["Objective", "TrainState", "LoopResult", "RunExistsError", "RunIdentityError", "NonFiniteLossError",
-           "fit", "init_states", "run_chunk", "run_identity"]
+           "fit", "init_states", "states_from", "run_chunk", "run_identity"]
 
 
 class RunExistsError(FileExistsError):
@@ -99,7 +99,8 @@ init_states = jax.jit(jax.vmap(_init_state, in_axes=(0, None)), static_argnums=1
 
 
 @partial(jax.jit, static_argnums=2)
-def _states_from(params_R, runs_R: RunSpec, objective: Objective) -> TrainState:
+def states_from(params_R, runs_R: RunSpec, objective: Objective) -> TrainState:
+    """Initial states (leading run axis) from given params: each run's optimizer state."""
     opt = lambda params, run: TrainState(params=params, opt_state=objective.optimizer(run.lr).init(params))
     return jax.vmap(opt)(params_R, runs_R)
 
@@ -191,7 +192,7 @@ def fit(objective: Objective, runs_R: RunSpec, runs: list, *, steps: int, chunk:
     """
     R = len(runs)
     checkpoint_every = checkpoint_every or steps
-    state = init_states(runs_R, objective) if initial is None else _states_from(initial, runs_R, objective)
+    state = init_states(runs_R, objective) if initial is None else states_from(initial, runs_R, objective)
     start, losses = 0, np.zeros((R, 0), np.float32)
     mesh = sweep_mesh(R) if shard else None
     if run_dir is not None:
