@@ -40,7 +40,6 @@ TINY_CONFIGS = {
         model=dataclasses.replace(TINY, d=5, n=6), train=TINY_TRAIN,
         concept=self_correction.ConceptConfig(n=6, rounds=2, n_layers=1, d_model=8, steps=4, batch=4,
                                               probe_contexts=8, loop_contexts=4)),
-    "verify": verify.Config(contexts=2),
 }
 MODULES = {"gd-baseline": gd_baseline, "tf-vs-gd": tf_vs_gd, "reward-noise": reward_noise, "ablations": ablations,
            "necessity": necessity, "self-correction": self_correction, "verify": verify}
@@ -135,15 +134,18 @@ def test_bad_overrides_are_one_line_errors_naming_the_key(flag, match):
 
 def test_bad_override_fails_before_any_compilation(tmp_path):
     """In a fresh process: the error comes within the import time of icalign plus a second,
-    and as one line on stderr (no traceback)."""
+    and as one line on stderr (no traceback). Each timing is the best of two, so that a busy
+    machine (another test worker) does not decide the comparison."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import icalign.cli"], check=True, env=env)
-    import_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "icalign.cli", "run", "reward-noise", "--set", "seeds=1"],
-                          capture_output=True, text=True, env=env, cwd=tmp_path)
-    elapsed = time.perf_counter() - t0
+
+    def timed(cmd):
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
+        return time.perf_counter() - t0, proc
+
+    import_s = min(timed([sys.executable, "-c", "import icalign.cli"])[0] for _ in range(2))
+    runs = [timed([sys.executable, "-m", "icalign.cli", "run", "reward-noise", "--set", "seeds=1"]) for _ in range(2)]
+    elapsed, proc = min(runs, key=lambda r: r[0])
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
         "icalign: error: config key 'seeds' = '1' is not allowed: seeds must be >= 2 "
@@ -152,10 +154,13 @@ def test_bad_override_fails_before_any_compilation(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_verify_runs_through_both_entry_points(tmp_path):
-    for argv in (["verify"], ["run", "verify"]):
+def test_verify_runs_in_memory_and_through_both_entry_points(tmp_path, monkeypatch):
+    res = verify.run(verify.Config(contexts=2), progress=False)
+    assert res["all_pass"] and C.from_dict(verify.Config, res["config"]) == verify.Config(contexts=2)
+    for argv in (["verify"], ["run", "verify"]):  # through the console entry point, as `icalign ...`
         out = tmp_path / "_".join(argv)
-        assert cli.main(argv + ["--set", "contexts=2", "--out", str(out)]) == 0
+        monkeypatch.setattr("sys.argv", ["icalign", *argv, "--set", "contexts=2", "--out", str(out)])
+        assert cli.entry() == 0
         written = list((out / "verify").iterdir())
         assert len(written) == 1
         res = json.loads((written[0] / "verify.json").read_text())

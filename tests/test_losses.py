@@ -32,7 +32,7 @@ def pl_bruteforce(s, r):
 
 
 @SETTINGS
-@given(seed=st.integers(0, 2**31), n=st.integers(2, 10))
+@given(seed=st.integers(0, 2**31), n=st.sampled_from([2, 3, 6, 10]))
 def test_plackett_luce_matches_definition(x64, seed, n):
     s, r = draw(seed, n, scale=3.0), draw(seed + 1, n)
     assert abs(float(losses.plackett_luce(s, r)) - pl_bruteforce(s, r)) < 1e-10
@@ -47,7 +47,7 @@ def test_pl_with_two_candidates_is_bradley_terry(x64, seed):
 
 
 @SETTINGS
-@given(seed=st.integers(0, 2**31), n=st.integers(2, 12))
+@given(seed=st.integers(0, 2**31), n=st.sampled_from([2, 3, 7, 12]))
 def test_pl_invariant_to_joint_permutation(x64, seed, n):
     s, r = draw(seed, n), draw(seed + 1, n)
     perm = np.random.default_rng(seed).permutation(n)
@@ -55,7 +55,7 @@ def test_pl_invariant_to_joint_permutation(x64, seed, n):
 
 
 @SETTINGS
-@given(seed=st.integers(0, 2**31), n=st.integers(2, 12), c=st.floats(-1e3, 1e3))
+@given(seed=st.integers(0, 2**31), n=st.sampled_from([2, 3, 7, 12]), c=st.floats(-1e3, 1e3))
 def test_pl_invariant_to_score_shift(x64, seed, n, c):
     s, r = draw(seed, n), draw(seed + 1, n)
     np.testing.assert_allclose(losses.plackett_luce(s, r), losses.plackett_luce(s + c, r), atol=1e-9)
@@ -68,7 +68,7 @@ def test_pl_changes_when_ranking_changes(x64):
 
 
 @SETTINGS
-@given(seed=st.integers(0, 2**31), n=st.integers(2, 10), beta=st.floats(0.05, 5.0))
+@given(seed=st.integers(0, 2**31), n=st.sampled_from([2, 3, 6, 10]), beta=st.floats(0.05, 5.0))
 def test_softmax_identity(x64, seed, n, beta):
     """softmax(-beta/2 ||y_hat - y_j||^2) = softmax(beta y_hat.y_j - beta/2 ||y_j||^2)."""
     y_hat, ys = draw(seed, 4), draw(seed + 1, n, 4)
@@ -78,7 +78,7 @@ def test_softmax_identity(x64, seed, n, beta):
 
 
 @SETTINGS
-@given(seed=st.integers(0, 2**31), n=st.integers(3, 12))
+@given(seed=st.integers(0, 2**31), n=st.sampled_from([3, 7, 12]))
 def test_prefix_pl_equals_full_pl_on_prefix(x64, seed, n):
     scores, r = draw(seed, n, n), draw(seed + 1, n)
     prefix = losses.prefix_plackett_luce(scores, r)
