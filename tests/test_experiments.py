@@ -123,7 +123,7 @@ def test_show_config_round_trips_through_a_toml_file(tmp_path, capsys):
     ("model.n_layers=0", r"'model.n_layers' = '0' is not allowed: ModelConfig.n_layers must be >= 1"),
     ("train.steps=0", r"'train.steps' = '0' is not allowed: TrainConfig.steps must be >= 1"),
     ("train.lr=abc", r"'train.lr': cannot use 'abc'; expected a number"),
-    ("model.attention=sigmoid", r"must be one of \['softmax', 'linear', 'relu'\]"),
+    ("model.attention=sigmoid", r"must be one of \['softmax', 'linear', 'relu', 'linear_mean'\]"),
     ("eval.contexts=0", "EvalConfig.contexts must be >= 2"),
     ("model.ffn=maybe", "expected true or false"),
     ("seed=-1", "seed must be >= 0"),
