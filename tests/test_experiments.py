@@ -66,6 +66,10 @@ def test_every_experiment_runs_in_memory_and_writes_nothing(name, tmp_path, monk
             assert res["transformer"]["0.0"][kind]["0.0"] == res["transformer"]["0.0"]["replace"]["0.0"]
             assert set(res["transformer"]["0.5"][kind]) == {str(lv) for lv in DEFAULT_LEVELS[kind]}
         assert res["claims"] and all("verdict" in c for c in res["claims"])
+    if name in ("reward-noise", "ablations"):  # 4 training steps: no trained model may count as evidence
+        gd_only = [c for c in res["claims"] if "TF" not in c["worse"] + c["better"] and name == "reward-noise"]
+        assert all(c["verdict"] == "not trained" for c in res["claims"] if c not in gd_only)
+        assert all(c["verdict"] != "not trained" for c in gd_only) and (gd_only or name == "ablations")
     if name == "tf-vs-gd":
         assert res["comparison"]["t"] == [1, 2, 3] and "sensitivity" in res["comparison"]
     if name != "verify":
