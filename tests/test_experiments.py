@@ -36,7 +36,7 @@ TINY_CONFIGS = {
     "necessity": necessity.Config(ns=(3,), variants=("full", "no FFN"), d=2, seeds=2, steps=4, batch=8,
                                   construction_contexts=8),
     "self-correction": self_correction.Config(
-        contexts=4, draws=2, rounds=2, n0=3, gd_steps=5, injections=(1,),
+        contexts=4, draws=2, rounds=2, n0=3, gd_steps=5, injections=(1,), seeds=2,
         model=dataclasses.replace(TINY, d=5, n=6), train=TINY_TRAIN,
         concept=self_correction.ConceptConfig(n=6, rounds=2, n_layers=1, d_model=8, steps=4, batch=4,
                                               probe_contexts=8, loop_contexts=4)),
