@@ -60,11 +60,11 @@ def ablation_panels(res: dict):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     for ax in axes.flat[:len(factors)]:
-        clip_ylim(ax, means)
+        clip_ylim(ax, means + [0.0])
     for row in axes:
         row[0].set_ylabel(NMSE_LABEL)
-    fig.suptitle(f"Ablations, one factor at a time (causal mask kept); bands: {band_note('seeds', len(res['seeds']))}; "
-                 f"t = 1 omitted; dotted: not trained\n{size_title(res)}", fontsize=9)
+    fig.suptitle(f"Ablations, one factor at a time (causal mask kept); bands: {band_note('seeds', len(res['seeds']))}, "
+                 f"cut at the frame; t = 1 omitted; dotted: not trained\n{size_title(res)}", fontsize=9)
     fig.tight_layout()
     return fig
 
