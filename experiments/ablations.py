@@ -16,6 +16,7 @@ from icalign import model as M
 from icalign import training as T
 from icalign.analysis import ablations as A
 from icalign.analysis import evaluate as E
+from icalign.analysis import health as H
 from icalign.analysis import report
 from icalign.core import keys
 from icalign.core.sharding import describe, sweep_mesh
@@ -24,7 +25,7 @@ from icalign.core.tasks import sample_contexts
 from icalign.experiment import (EvalConfig, Progress, check_seed, check_seeds, config_record, publish,
                                 result_path, runner)
 from icalign.io import hardware
-from icalign.viz import sweeps
+from icalign.viz import ablations as figs
 
 NAME = "ablations"
 DESCRIPTION = "one-factor ablations (depth, heads x2, softmax, FFN, LayerNorm), >= 2 seeds each"
@@ -38,43 +39,29 @@ class Config:
     factors: tuple[str, ...] = tuple(A.FACTORS)
     depths: tuple[int, ...] = A.DEPTHS
     heads: tuple[int, ...] = A.HEADS
+    probe_lrs: tuple[float, ...] = ()  # the attention factor again at these learning rates
     seeds: int = 3
     seed: int = 0
 
     def __post_init__(self):
         check_seed(self.seed)
         check_seeds(self.seeds)
-        A.grid(self.model, self.factors, self.depths, self.heads)  # validates the grid
+        A.jobs(A.grid(self.model, self.factors, self.depths, self.heads), self.probe_lrs)  # validates the grid
 
 
 # quick: reduced width, depth grid, batch and steps (a 2-core CPU in < 15 min; with depth 8 it
 # took 14.8 min and 8 layers were undertrained at 400 steps); the theory's stacked layout,
 # since small interleaved models stay on the initial plateau for this budget (tf_vs_gd.py).
-# d_model 24 is divisible by every head count of the grid.
+# d_model 24 is divisible by every head count of the grid. At lr 3e-3 one seed of three of
+# unnormalised linear attention stayed at the trivial loss in a probe; lr 1e-3 is the probe.
 QUICK = Config(model=M.ModelConfig(n_layers=2, n_heads=3, d_model=24, token_layout="stacked"),
-               train=T.TrainConfig(lr=3e-3, batch=64, steps=400, chunk=100, checkpoint_every=200), depths=(1, 2, 4))
+               train=T.TrainConfig(lr=3e-3, batch=64, steps=400, chunk=100, checkpoint_every=200), depths=(1, 2, 4),
+               probe_lrs=(1e-3,))
 FULL = Config()
 
 
-def _train_and_score(cfg, arch, ctx, clean, seeds, run_root, progress) -> dict:
-    entry = {}
-    try:
-        if run_root is None:
-            res = T.train(arch, cfg.train, seeds=seeds, checkpoint=False, progress=progress)
-        else:
-            res = T.train_or_load(arch, cfg.train, seeds=seeds, run_root=run_root, progress=progress)
-    except T.NonFiniteLossError as e:  # a diverged architecture is a result, not a crash
-        return dict(status="diverged", message=str(e))
-    curves = E.transformer_curves(res.params, arch, ctx, clean)  # (R, 1, B, T)
-    entry.update(status="ok", run_folder=None if res.run_dir is None else res.run_dir.name, train_loaded=res.loaded,
-                 nmse=summarise(curves.nmse[:, 0], "seeds"), pl=summarise(curves.pl[:, 0], "seeds"),
-                 nmse_per_seed=curves.nmse[:, 0].mean(axis=1), n_params=M.param_count(res.params_of(0)),
-                 train_loss_last50=res.losses[:, -50:].mean(axis=1))
-    return entry
-
-
 def figures(res: dict) -> dict:
-    return {"": sweeps.ablation_panels(res), "bars": sweeps.ablation_bars(res)}
+    return {"": figs.ablation_panels(res), "bars": figs.ablation_bars(res)}
 
 
 markdown = report.ablation_markdown
@@ -83,30 +70,35 @@ markdown = report.ablation_markdown
 @runner
 def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = True, run_root=None) -> dict:
     path = result_path(out, NAME, force)
-    variants = A.grid(cfg.model, cfg.factors, cfg.depths, cfg.heads)
+    jobs = A.jobs(A.grid(cfg.model, cfg.factors, cfg.depths, cfg.heads), cfg.probe_lrs)
     seeds = tuple(cfg.seed + i for i in range(cfg.seeds))
     k_ctx, k_gd = keys.eval_keys(cfg.seed, 2)
     ctx = sample_contexts(k_ctx, cfg.eval.contexts, cfg.model.d, cfg.model.n)
-    clean = ctx.r_true[:, None, :]  # (B, 1, N): the clean critic, one "level"
     saved = Progress(out, NAME, cfg, force)
     t0 = time.perf_counter()
-    groups = A.unique_configs(variants)
-    for i, (arch, members) in enumerate(groups.items()):
-        key, names = M.config_hash(arch), ", ".join(v.name for v in members)
-        if key in saved:
-            print(f"[{NAME}] {i + 1}/{len(groups)} {names}: resumed from {saved.path}")
+    for i, job in enumerate(jobs):
+        names = ", ".join(v["name"] for v in job["variants"])
+        if job["key"] in saved:
+            print(f"[{NAME}] {i + 1}/{len(jobs)} {names}: resumed from {saved.path}")
             continue
         t1 = time.perf_counter()
-        entry = {"config": arch.to_dict(), "variants": [v.name for v in members],
-                 **_train_and_score(cfg, arch, ctx, clean, seeds, run_root, progress)}
+        train = cfg.train if job["lr"] is None else dataclasses.replace(cfg.train, lr=job["lr"])
+        entry = {"config": job["arch"].to_dict(), "train_config": train.to_dict(),
+                 "variants": [v["name"] for v in job["variants"]],
+                 **A.train_and_score(job["arch"], train, ctx, seeds, run_root, progress)}
+        if entry["status"] == "ok":
+            entry["health"] = H.variant_gate(entry["train_loss_last50"], train.to_dict(), job["arch"].to_dict(),
+                                             nmse_per_seed=entry["nmse_per_seed"])
         entry["seconds"] = time.perf_counter() - t1
-        saved.put(key, entry)
-        last = f"nmse(t={cfg.model.n - 1}) {entry['nmse']['mean'][-1]:.3f}" if entry["status"] == "ok" else entry["status"]
-        print(f"[{NAME}] {i + 1}/{len(groups)} {names}: {last} ({entry['seconds']:.0f} s)", flush=True)
+        saved.put(job["key"], entry)
+        last = (f"nmse(t={cfg.model.n - 1}) {entry['nmse']['mean'][-1]:.3f}, {entry['health']['status']}"
+                if entry["status"] == "ok" else entry["status"])
+        print(f"[{NAME}] {i + 1}/{len(jobs)} {names}: {last} ({entry['seconds']:.0f} s)", flush=True)
     gd = {}
     for learner in ("adam", "gd"):
-        c = E.gd_curves(k_gd, ctx, clean, learner, cfg.eval.gd_steps)
+        c = E.gd_curves(k_gd, ctx, ctx.r_true[:, None, :], learner, cfg.eval.gd_steps)
         gd[learner] = {"nmse": summarise(c.nmse[0], "contexts"), "pl": summarise(c.pl[0], "contexts")}
+    ref = H.reference_nmse(ctx, ctx.r_true[:, None, :], [("replace", 0.0)])
     m, t = cfg.model, cfg.train
     res = {
         "experiment": NAME, "name": None if out is None else out.name, **config_record(cfg),
@@ -114,12 +106,9 @@ def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = 
                       f"depths {'/'.join(map(str, cfg.depths))}; batch {t.batch}, {t.steps} steps, lr {t.lr:g}"),
         "seed": cfg.seed, "seeds": list(seeds), "interval": report.INTERVAL_NOTE,
         "base_config": m.to_dict(), "train_config": t.to_dict(), "n_eval_contexts": cfg.eval.contexts,
-        "ts": list(range(1, m.n)),
-        "variants": [{"name": v.name, "factor": v.factor, "field": v.field, "value": v.value, "is_base": v.is_base,
-                      "arch": M.config_hash(A.canonical(v.config)),
-                      "changed_fields": A.changed_fields(v.reference, v.config)} for v in variants],
-        "architectures": saved.entries, "gd": gd, "devices": describe(sweep_mesh(len(seeds))),
-        "seconds": time.perf_counter() - t0, "hardware": hardware(),
+        "ts": list(range(1, m.n)), "variants": [v for job in jobs for v in job["variants"]],
+        "architectures": saved.entries, "gd": gd, "reference": {k: v["replace"]["0.0"] for k, v in ref.items()},
+        "devices": describe(sweep_mesh(len(seeds))), "seconds": time.perf_counter() - t0, "hardware": hardware(),
     }
     res["claims"] = report.ablation_claims(res)
     res = publish(path, res, figures=figures, markdown=report.ablation_markdown)

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from icalign import model as M
 from icalign import training as T
 from icalign.analysis import evaluate as E
+from icalign.analysis import health as H
 from icalign.analysis import report
 from icalign.core import keys
 from icalign.core.sharding import describe, sweep_mesh
@@ -104,7 +105,7 @@ def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = 
         "n_eval_contexts": cfg.eval.contexts, "ts": curves.t.tolist(),
         "metrics": {"nmse": "1 - cos(y_hat_t, y*)",
                     "pl": "PL loss of y_hat_t on all N candidates ranked by their true rewards (cosine reward)"},
-        "transformer": transformer, "gd": gd,
+        "transformer": transformer, "gd": gd, "reference": H.reference_nmse(ctx, rewards, cols),
         "run_folder": None if trained.run_dir is None else trained.run_dir.name,
         "train_loss_last50": trained.losses[:, -50:].mean(axis=1),
         "devices": describe(sweep_mesh(len(run_seeds))),
@@ -112,6 +113,7 @@ def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = 
         "seconds": {"train": t_train, "evaluate": t_eval, "total": time.perf_counter() - t0},
         "hardware": hardware(),
     }
+    res["health"] = report.noise_health(res)
     res["claims"] = report.noise_claims(res)
     res = publish(path, res, figures=figures, markdown=report.noise_markdown)
     print(report.noise_markdown(res, claims_only=True))

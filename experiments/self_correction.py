@@ -3,7 +3,10 @@
 Part 1, critic sweep (icalign.selfcorrect.metrics.critic_sweep): mixed-linear contexts with
 N0 clean candidates, T rounds; each round the learner answers, a critic scores the answer and
 it is appended. Learners: the published Adam baseline, plain GD, and a small transformer
-trained here on the published task. Critics: exact, Gaussian noise, flips, bias.
+trained here on the published task (``seeds`` seeds, the unit of its claims, after the
+training-health gate). Critics: the null critic (random scores), exact, Gaussian noise, flips,
+bias. Claims (icalign.selfcorrect.critic_study): a critic's gain minus the null critic's,
+and the choice entropy at ``entropy_beta``, where it is not saturated.
 Part 2, latent concept (icalign.selfcorrect.concept_study): a transformer trained on the
 right-vs-wrong family mixture, per-layer probes, and the loop against the exact Bayes
 posterior, with and without contrary instructions.
@@ -19,11 +22,13 @@ import jax
 from icalign import model as M
 from icalign import training as T
 from icalign.core import tasks
+from icalign.analysis import health as H
 from icalign.core.validate import check_int, check_positive
-from icalign.experiment import check_seed, config_record, publish, result_path, runner
+from icalign.experiment import check_seed, check_seeds, config_record, publish, result_path, runner
 from icalign.io import hardware
-from icalign.selfcorrect import CRITIC_SETTINGS, critic_sweep, gd_learner, make_critics, transformer_learner
-from icalign.selfcorrect.metrics import metric_notes
+from icalign.selfcorrect import CRITIC_SETTINGS, NULL_CRITIC, critic_sweep, gd_learner, make_critics, transformer_learner
+from icalign.selfcorrect.critic_study import loop_claims
+from icalign.selfcorrect.metrics import combine_seeds, metric_notes
 from icalign.selfcorrect.concept_study import ConceptConfig, concept_study
 from icalign.viz.selfcorrect import figures  # noqa: F401  (this experiment's figures)
 
@@ -40,7 +45,9 @@ class Config:
     n0: int = 9
     gd_steps: int = 50
     tolerance: float = 1e-3
+    entropy_beta: float = 10.0  # beta = 1 saturates the choice entropy near log N0
     transformer: bool = True
+    seeds: int = 3
     model: M.ModelConfig = M.ModelConfig(n_layers=3, n_heads=2, d_model=32, n=20, token_layout="stacked")
     train: T.TrainConfig = T.TrainConfig(lr=1e-3, batch=64, steps=500, chunk=50, checkpoint_every=500)
     concept: ConceptConfig = ConceptConfig()
@@ -53,6 +60,8 @@ class Config:
             check_int(name, getattr(self, name), minimum=1)
         check_int("n0", self.n0, minimum=2)
         check_positive("tolerance", self.tolerance)
+        check_positive("entropy_beta", self.entropy_beta)
+        check_seeds(self.seeds)
         if self.model.n != self.n0 + self.rounds + 1 or self.model.d != 5:
             raise ValueError(f"model.n must be n0 + rounds + 1 = {self.n0 + self.rounds + 1} and model.d 5 "
                              f"(the transformer reads the whole loop), got n={self.model.n}, d={self.model.d}")
@@ -73,28 +82,32 @@ def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = 
     t_start = time.perf_counter()
     path = result_path(out, STEM, force)
     key = jax.random.PRNGKey(cfg.seed)
-    k_ctx, k_sweep, k_tf, k_concept = (jax.random.fold_in(key, i) for i in range(4))
+    k_ctx, k_sweep, k_eval, k_concept = (jax.random.fold_in(key, i) for i in range(4))
     ctx = tasks.sample_contexts(k_ctx, cfg.contexts, 5, cfg.n0)
     names, critics = make_critics()
-    sweep = lambda learner: critic_sweep(k_sweep, learner, ctx, critics, names, cfg.rounds, cfg.draws, cfg.tolerance)
-    learners = {}
+    sweep = lambda learner: critic_sweep(k_sweep, learner, ctx, critics, names, cfg.rounds, cfg.draws, cfg.tolerance,
+                                         null=NULL_CRITIC, betas=(cfg.entropy_beta,))
+    learners, claims = {}, []
     for kind, label in (("adam", f"Adam baseline (lr 0.1, {cfg.gd_steps} steps)"),
                         ("gd", f"plain GD (lr 1.0, {cfg.gd_steps} steps)")):
         learners[kind] = {"label": label, **sweep(gd_learner(kind, cfg.gd_steps))}
-        c = learners[kind]["correlation"]["critic_accuracy"]
-        print(f"[{NAME}] {kind}: r(accuracy, gain) = {c['r']:.3f} (p = {c['p']:.2g})")
+        claims += loop_claims(learners[kind], kind, cfg.entropy_beta, cfg.n0, cfg.contexts)
     concept_res = None
     if cfg.transformer:
-        t0 = time.perf_counter()
-        trained = T.train(cfg.model, cfg.train, seeds=(cfg.seed,), checkpoint=run_root is not None,
-                          run_root=run_root or "runs", progress=progress)
+        t0, seeds = time.perf_counter(), tuple(cfg.seed + i for i in range(cfg.seeds))
+        trained = (T.train_or_load(cfg.model, cfg.train, seeds=seeds, run_root=run_root, progress=progress) if run_root
+                   else T.train(cfg.model, cfg.train, seeds=seeds, checkpoint=False, progress=progress))
+        health = H.run_gate(trained, tasks.sample_contexts(k_eval, 256, cfg.model.d, cfg.model.n))
         info = {"model_config": cfg.model.to_dict(), "train_config": cfg.train.to_dict(),
-                "seconds": time.perf_counter() - t0, "loss_first50": float(trained.losses[0, :50].mean()),
-                "loss_last50": float(trained.losses[0, -50:].mean())}
-        m = cfg.model
+                "seconds": time.perf_counter() - t0, "train_loaded": trained.loaded,
+                "loss_first50": trained.losses[:, :50].mean(1),
+                "loss_last50": trained.losses[:, -50:].mean(1), "health": health}
+        m, tf = cfg.model, transformer_learner(trained.params_of(0), cfg.model)  # one learner: one compile
         learners["transformer"] = {
-            "label": f"transformer ({m.n_layers} layers, width {m.d_model}, {cfg.train.steps} steps, stacked)",
-            "train": info, **sweep(transformer_learner(trained.params_of(0), cfg.model))}
+            "label": f"transformer ({m.n_layers} layers, width {m.d_model}, {cfg.train.steps} steps, stacked; "
+                     f"{cfg.seeds} seeds)", "train": info,
+            **combine_seeds([sweep(dataclasses.replace(tf, params=trained.params_of(i))) for i in range(cfg.seeds)])}
+        claims += loop_claims(learners["transformer"], "transformer", cfg.entropy_beta, cfg.n0, cfg.contexts, health)
         cc = cfg.concept
         concept_res = concept_study(
             k_concept, cc.task(), cc.model(), steps=cc.steps, batch=cc.batch, lr=cc.lr, beta=cc.beta,
@@ -107,12 +120,11 @@ def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = 
         "sizes": {"contexts": cfg.contexts, "draws": cfg.draws, "c_loop_contexts": cfg.concept.loop_contexts},
         "rounds": cfg.rounds, "n0": cfg.n0, "concept_rounds": cfg.concept.rounds, "injections": list(cfg.injections),
         "tolerance": cfg.tolerance, "critic_names": names, "critic_settings": dict(CRITIC_SETTINGS),
-        "metrics": metric_notes(cfg.tolerance),
-        "learners": learners, "concept": concept_res, "wall_seconds": time.perf_counter() - t_start,
+        "null_critic": NULL_CRITIC, "entropy_beta": cfg.entropy_beta, "metrics": metric_notes(cfg.tolerance),
+        "learners": learners, "claims": claims, "concept": concept_res, "wall_seconds": time.perf_counter() - t_start,
         "hardware": hardware(),
     }
     res = publish(path, res, figures=figures)
-    for lname, L in res["learners"].items():
-        print(f"  {lname}: median convergence round per critic "
-              f"{ {n: L['settings'][n]['conv_round']['median'] for n in names} }")
+    for c in res["claims"]:
+        print(f"  {c['claim']}: {c['verdict']} ({c['effect']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}])")
     return res

@@ -51,3 +51,19 @@ def test_identical_architectures_train_once():
 def test_bad_grids_fail_clearly(kwargs, match):
     with pytest.raises(ValueError, match=match):
         A.grid(**kwargs)
+
+
+def test_probe_learning_rates_train_the_attention_factor_again_under_their_own_keys():
+    variants = A.grid(QUICK_BASE, ("attention", "ffn"))
+    jobs = A.jobs(variants, probe_lrs=(1e-3,))
+    plain = [j for j in jobs if j["lr"] is None]
+    probe = [j for j in jobs if j["lr"] == 1e-3]
+    assert len(plain) == len(A.unique_configs(variants)) and len(probe) == 3  # softmax, linear, linear_mean
+    assert {v["value"] for j in probe for v in j["variants"]} == {"softmax", "linear", "linear_mean"}
+    keys = [j["key"] for j in jobs]
+    assert len(set(keys)) == len(keys)  # the same architecture at another lr is another result
+    names = [v["name"] for j in jobs for v in j["variants"]]
+    assert len(set(names)) == len(names) and "attention=linear (lr 0.001)" in names
+    with pytest.raises(ValueError, match="probe_lrs"):
+        A.jobs(variants, probe_lrs=(0.0,))
+    assert all(j["lr"] is None for j in A.jobs(A.grid(QUICK_BASE, ("ffn",)), probe_lrs=(1e-3,)))

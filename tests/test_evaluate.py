@@ -9,7 +9,7 @@ import pytest
 from icalign.analysis import evaluate as E
 from icalign.core.stats import summarise
 from icalign import model as M
-from icalign.analysis import report
+from icalign.analysis import claims as CL
 from icalign.analysis.compare import gd_predictions
 from icalign.core.metrics import normalised_mse
 from icalign.core.stats import mean_ci
@@ -109,9 +109,11 @@ def test_summarise_uses_seeds_as_the_unit():
     assert s["low"][1] == s["high"][1] == 0.0
 
 
-def test_verdicts():
-    s = lambda m, lo, hi: {"mean": [m], "low": [lo], "high": [hi]}
-    assert report.verdict(s(0.8, 0.7, 0.9), s(0.3, 0.2, 0.4)) == "supported"
-    assert report.verdict(s(0.3, 0.2, 0.4), s(0.8, 0.7, 0.9)) == "contradicted"
-    assert report.verdict(s(0.5, 0.3, 0.7), s(0.4, 0.2, 0.6)).startswith("not resolved")
-    assert report.verdict(None, s(0.4, 0.2, 0.6)).startswith("not comparable")
+def test_verdicts_of_summaries_without_units_are_conservative():
+    """Old result files stored only mean and interval: the engine bounds the sd of the
+    difference and still gives the three verdicts (tests/test_claims.py tests the engine)."""
+    s = lambda m, lo, hi: CL.arm("x", {"mean": [m], "low": [lo], "high": [hi], "n": 3, "unit": "seeds"}, n_contexts=8)
+    assert CL.claim("c", s(0.8, 0.7, 0.9), s(0.3, 0.2, 0.4))["verdict"] == "supported"
+    assert CL.claim("c", s(0.3, 0.2, 0.4), s(0.8, 0.7, 0.9))["verdict"] == "contradicted"
+    assert CL.claim("c", s(0.5, 0.3, 0.7), s(0.4, 0.2, 0.6))["verdict"] == "not resolved"
+    assert CL.unresolvable("c", "a", "b", "not trained", "diverged")["verdict"] == "not trained"

@@ -36,7 +36,7 @@ TINY_CONFIGS = {
     "necessity": necessity.Config(ns=(3,), variants=("full", "no FFN"), d=2, seeds=2, steps=4, batch=8,
                                   construction_contexts=8),
     "self-correction": self_correction.Config(
-        contexts=4, draws=2, rounds=2, n0=3, gd_steps=5, injections=(1,),
+        contexts=4, draws=2, rounds=2, n0=3, gd_steps=5, injections=(1,), seeds=2,
         model=dataclasses.replace(TINY, d=5, n=6), train=TINY_TRAIN,
         concept=self_correction.ConceptConfig(n=6, rounds=2, n_layers=1, d_model=8, steps=4, batch=4,
                                               probe_contexts=8, loop_contexts=4)),
@@ -65,6 +65,10 @@ def test_every_experiment_runs_in_memory_and_writes_nothing(name, tmp_path, monk
             assert res["transformer"]["0.0"][kind]["0.0"] == res["transformer"]["0.0"]["replace"]["0.0"]
             assert set(res["transformer"]["0.5"][kind]) == {str(lv) for lv in DEFAULT_LEVELS[kind]}
         assert res["claims"] and all("verdict" in c for c in res["claims"])
+    if name in ("reward-noise", "ablations"):  # 4 training steps: no trained model may count as evidence
+        gd_only = [c for c in res["claims"] if "TF" not in c["worse"] + c["better"] and name == "reward-noise"]
+        assert all(c["verdict"] == "not trained" for c in res["claims"] if c not in gd_only)
+        assert all(c["verdict"] != "not trained" for c in gd_only) and (gd_only or name == "ablations")
     if name == "tf-vs-gd":
         assert res["comparison"]["t"] == [1, 2, 3] and "sensitivity" in res["comparison"]
     if name != "verify":
@@ -122,7 +126,7 @@ def test_show_config_round_trips_through_a_toml_file(tmp_path, capsys):
     ("model.n_layers=0", r"'model.n_layers' = '0' is not allowed: ModelConfig.n_layers must be >= 1"),
     ("train.steps=0", r"'train.steps' = '0' is not allowed: TrainConfig.steps must be >= 1"),
     ("train.lr=abc", r"'train.lr': cannot use 'abc'; expected a number"),
-    ("model.attention=sigmoid", r"must be one of \['softmax', 'linear', 'relu'\]"),
+    ("model.attention=sigmoid", r"must be one of \['softmax', 'linear', 'relu', 'linear_mean'\]"),
     ("eval.contexts=0", "EvalConfig.contexts must be >= 2"),
     ("model.ffn=maybe", "expected true or false"),
     ("seed=-1", "seed must be >= 0"),

@@ -74,6 +74,8 @@ def _ref_forward(params, tokens, config, weights=None, capture=False):
             return z / z.sum(-1, keepdims=True)
         if config.attention == "linear":
             return np.where(visible, logits, 0.0)
+        if config.attention == "linear_mean":
+            return np.where(visible, logits, 0.0) / visible.sum(-1, keepdims=True)
         return np.where(visible, np.maximum(logits, 0.0), 0.0)
 
     weights = weights or default_weights
@@ -150,7 +152,7 @@ def test_bad_config_fails_with_clear_message(kwargs, field, shown):
 
 
 def test_unknown_attention_lists_allowed_values():
-    with pytest.raises(ValueError, match=r"attention.*\['softmax', 'linear', 'relu'\].*'cosine'"):
+    with pytest.raises(ValueError, match=r"attention.*\['softmax', 'linear', 'relu', 'linear_mean'\].*'cosine'"):
         M.ModelConfig(attention="cosine")
 
 
@@ -208,6 +210,8 @@ TOGGLES = [
     dict(),
     dict(attention="linear"),
     dict(attention="relu"),
+    dict(attention="linear_mean"),
+    dict(attention="linear_mean", causal=False),
     dict(ffn=False),
     dict(ffn_activation="relu"),
     dict(ffn_width=5),

@@ -79,3 +79,20 @@ def test_missing_block_is_a_clear_error(tmp_path):
         "<!-- /generated:necessity -->", ""))
     with pytest.raises(ValueError, match="necessity"):
         readme.update(copy, ROOT / "figures", write=False)
+
+
+@pytest.mark.parametrize("block", ["reward-noise", "ablations", "self-correction"])
+def test_readme_check_fails_when_one_verdict_changes(tmp_path, block):
+    """The claims tables are generated too: flipping one verdict is caught like a number."""
+    text = README.read_text()
+    start = text.index(f"<!-- generated:{block} -->")
+    m = re.compile(r"\*\*(supported|contradicted|not resolved|not trained)").search(text, start)
+    other = "contradicted" if m.group(1) != "contradicted" else "supported"
+    copy = tmp_path / "README.md"
+    copy.write_text(text[:m.start(1)] + other + text[m.end(1):])
+    assert readme.check(copy, ROOT / "figures") == [block]
+
+
+def test_no_result_section_uses_the_old_interval_overlap_rule():
+    text = README.read_text()
+    assert "intervals overlap" not in text and "(intervals overlap)" not in text

@@ -101,7 +101,7 @@ def test_convergence_round():
 
 @pytest.mark.parametrize("bad, match", [
     ({"c": (-0.1, 0, 0)}, "sigma"), ({"c": (0, 1.5, 0)}, "flip"), ({"c": (0, 0, 2)}, "bias"),
-    ({"c": (0, 0)}, "sigma, flip, bias"), ({}, "at least one"),
+    ({"c": (0, 0)}, "sigma, flip, bias"), ({"c": (0, 0, 0, 1.5)}, "random"), ({}, "at least one"),
 ])
 def test_make_critics_rejects_bad_settings(bad, match):
     with pytest.raises(ValueError, match=match):

@@ -11,7 +11,8 @@ Factors (``FACTORS``):
   attention widens with the head count (the published, confounded grid). Its reference is
   the base with ``head_dim`` written out explicitly, an architecturally identical config
   (same shapes, same function), so that the variants differ from it in ``n_heads`` alone;
-* ``attention``: softmax (base) or linear (scaled, unnormalised);
+* ``attention``: softmax (base), linear (scaled, unnormalised: the published variant) or
+  linear_mean (linear divided by the number of visible keys);
 * ``ffn``: on (base) or off;
 * ``layer_norm``: on (base) or off (the final norm follows it).
 
@@ -26,9 +27,11 @@ import dataclasses
 from typing import Any, Sequence
 
 from icalign import model as M
-from icalign.core.validate import check_choice, check_int
+from icalign.core.stats import summarise
+from icalign.core.validate import check_choice, check_int, check_positive
 
-__all__ = ["FACTORS", "Variant", "canonical", "reference", "grid", "unique_configs", "changed_fields"]
+__all__ = ["FACTORS", "Variant", "canonical", "reference", "grid", "unique_configs", "changed_fields", "jobs",
+           "train_and_score"]
 
 #: factor -> (the one ModelConfig field it varies, a short description)
 FACTORS: dict[str, tuple[str, str]] = {
@@ -91,7 +94,7 @@ def _values(factor: str, base: M.ModelConfig, depths, heads) -> list:
         "depth": list(depths),
         "heads_fixed_width": list(heads),
         "heads_fixed_head_dim": list(heads),
-        "attention": ["softmax", "linear"],
+        "attention": ["softmax", "linear", "linear_mean"],
         "ffn": [True, False],
         "layer_norm": [True, False],
     }[factor]
@@ -136,3 +139,51 @@ def unique_configs(variants: Sequence[Variant]) -> dict[M.ModelConfig, list[Vari
     for v in variants:
         groups.setdefault(canonical(v.config), []).append(v)
     return groups
+
+
+def jobs(variants: Sequence[Variant], probe_lrs: Sequence[float] = ()) -> list[dict]:
+    """What to train: every distinct architecture of ``variants`` once at the sweep's learning
+    rate, then the attention factor again at each of ``probe_lrs`` (does an attention kind
+    train at another learning rate?; nothing when the grid has no attention factor). Each job: {"key", "arch", "lr" (None: the sweep's),
+    "variants": [record]}; a record is what the result file lists per variant."""
+    out = []
+
+    def add(members, lr):
+        arch = canonical(members[0].config)
+        key = M.config_hash(arch) if lr is None else M.config_hash(arch, float(lr))
+        recs = [{"name": v.name if lr is None else f"{v.name} (lr {lr:g})",
+                 "factor": v.factor if lr is None else f"{v.factor} (lr {lr:g})", "field": v.field, "value": v.value,
+                 "is_base": v.is_base, "arch": key, "lr": lr, "changed_fields": changed_fields(v.reference, v.config)}
+                for v in members]
+        out.append({"key": key, "arch": arch, "lr": lr, "variants": recs})
+
+    for members in unique_configs(variants).values():
+        add(members, None)
+    att = [v for v in variants if v.factor == "attention"]  # none: the probe has nothing to train
+    for lr in probe_lrs:
+        check_positive("probe_lrs", lr)
+        for v in att:
+            add([v], lr)
+    return out
+
+
+def train_and_score(arch: M.ModelConfig, train_cfg, ctx, seeds, run_root=None, progress: bool = True) -> dict:
+    """Train ``arch`` for every seed (one vmapped program) and score it on the clean
+    contexts ``ctx``: {"status": "ok" | "diverged", "nmse" (summary over seeds), "pl",
+    "nmse_per_seed" (S, T), "train_loss_last50" (S,), ...}. A diverged architecture is a
+    result, not a crash."""
+    from icalign import training as T
+    from icalign.analysis import evaluate as E
+
+    try:
+        if run_root is None:
+            res = T.train(arch, train_cfg, seeds=seeds, checkpoint=False, progress=progress)
+        else:
+            res = T.train_or_load(arch, train_cfg, seeds=seeds, run_root=run_root, progress=progress)
+    except T.NonFiniteLossError as e:
+        return dict(status="diverged", message=str(e))
+    curves = E.transformer_curves(res.params, arch, ctx, ctx.r_true[:, None, :])  # (R, 1, B, T)
+    return dict(status="ok", run_folder=None if res.run_dir is None else res.run_dir.name, train_loaded=res.loaded,
+                nmse=summarise(curves.nmse[:, 0], "seeds"), pl=summarise(curves.pl[:, 0], "seeds"),
+                nmse_per_seed=curves.nmse[:, 0].mean(axis=1), n_params=M.param_count(res.params_of(0)),
+                train_loss_last50=res.losses[:, -50:].mean(axis=1))

@@ -37,7 +37,7 @@ import numpy as np
 from icalign import model as M
 from icalign.core.losses import smooth_norm
 from icalign.core.metrics import normalised_mse, unit
-from icalign.core.stats import mean_sem
+from icalign.core.stats import mean_ci, mean_sem
 from icalign.core.tasks import Context
 from icalign.core.validate import check_choice, check_int, check_key
 from icalign.theory import gd
@@ -147,14 +147,22 @@ def similarity(a: jax.Array, b: jax.Array, n_axes: int):
     return cos, jnp.linalg.norm(a - b, axis=-1)
 
 
+def _ci(per) -> dict:
+    mean, low, high = mean_ci(np.asarray(per), axis=0)
+    return {"mean": mean, "low": low, "high": high}
+
+
 def compare(params: M.Params, config: M.ModelConfig, ctx: Context, key: jax.Array,
             ts: Sequence[int] | None = None, learners: Sequence[str] = ("adam", "gd"),
             gd_steps: int = 50, n_sensitivity: int = 0, progress: bool = False) -> dict:
     """All TF-vs-GD metrics on the contexts ``ctx`` (leading batch axis B), per t in ``ts``
     (default 1..N-1). Returns plain numpy arrays in a dict:
 
-    ``t``; ``nmse[name] = {mean, sem, per_context (B, T)}`` for "transformer" and each
-    learner; ``pred_diff[learner] = {cos, l2}`` (mean over contexts, per t);
+    ``t``; ``nmse[name] = {mean, sem, low, high, per_context (B, T)}`` for "transformer" and
+    each learner (low, high: 95% Student-t interval over contexts); ``nmse_diff[learner] =
+    {mean, low, high}``: transformer minus learner, paired per context, with its 95% interval
+    over contexts (conditional on the one trained model: no seed variation in it);
+    ``pred_diff[learner] = {cos, l2}`` (mean over contexts, per t);
     ``sensitivity[learner][block] = {cos, l2}`` for block in candidates / rewards / joint,
     on the first ``n_sensitivity`` contexts (0, the default: no Jacobians, which cost far
     more than the predictions; ``progress`` shows a bar over them).
@@ -184,7 +192,9 @@ def compare(params: M.Params, config: M.ModelConfig, ctx: Context, key: jax.Arra
            "pred_diff": {}, "sensitivity": {}}
     for name, y in preds.items():
         per = np.asarray(normalised_mse(y, y_star))
-        out["nmse"][name] = {**mean_sem(per), "per_context": per}
+        out["nmse"][name] = {**mean_sem(per), **_ci(per), "per_context": per}
+    out["nmse_diff"] = {name: _ci(out["nmse"]["transformer"]["per_context"] - out["nmse"][name]["per_context"])
+                        for name in learners}
     for name in learners:
         cos, l2 = similarity(unit(y_tf), unit(preds[name]), 1)
         out["pred_diff"][name] = {"cos": mean_sem(cos), "l2": mean_sem(l2)}

@@ -137,10 +137,11 @@ def by_level(curves: Curves, columns: Sequence[tuple[str, float]], unit: str) ->
     """``{kind: {str(level): {"nmse": summary, "pl": summary}}}`` from curves whose level axis
     holds ``columns`` = [(corruption, level), ...] in order: the level axis is second to last
     but two (R, L, B, T) for ``unit="seeds"`` and first (L, B, T) for ``unit="contexts"``
-    (:func:`icalign.core.stats.summarise`)."""
+    (:func:`icalign.core.stats.summarise`). The nmse summaries keep their units (per-seed
+    curves, or every context at the last t), which the claims pair."""
     out: dict = {}
     for c, (kind, level) in enumerate(columns):
         pick = (lambda a: a[:, c]) if unit == "seeds" else (lambda a: a[c])
-        out.setdefault(kind, {})[str(level)] = {"nmse": summarise(pick(curves.nmse), unit),
+        out.setdefault(kind, {})[str(level)] = {"nmse": summarise(pick(curves.nmse), unit, keep=True),
                                                 "pl": summarise(pick(curves.pl), unit)}
     return out

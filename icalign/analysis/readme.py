@@ -13,7 +13,10 @@ import re
 from pathlib import Path
 from typing import Callable
 
+from icalign.analysis import claims as CL
+from icalign.analysis import report
 from icalign.io import read_json, write_text
+from icalign.selfcorrect.critic_study import loop_claims, saturation
 
 __all__ = ["SECTIONS", "render", "update", "check"]
 
@@ -79,6 +82,8 @@ def tf_vs_gd(root: Path) -> str:
                      f"{_hw(res)}, {_f(res['seconds']['total'], 0)} s including the evaluation"
                      f"{_loaded(res)}):\n\n"
                      + _table(head, _tf_rows(res)))
+    for res, what in ((quick, "quick"), (full, "full")):
+        parts.append(_tf_diff(res, what))
     cmp, ts = full["comparison"], full["comparison"]["t"]
     late = [c for t, c in zip(ts, cmp["pred_diff"]["adam"]["cos"]["mean"]) if t >= 4]
     sens = cmp["sensitivity"]["adam"]["candidates"]["cos"]["mean"]
@@ -86,6 +91,18 @@ def tf_vs_gd(root: Path) -> str:
                  f"with the Adam learner's; the cosine between their sensitivities to the candidates falls from "
                  f"{_f(sens[_idx(ts, 2)], 2)} at t = 2 to {_f(sens[-1], 2)} at t = {ts[-1]}.")
     return "\n\n".join(parts)
+
+
+def _tf_diff(res: dict, what: str) -> str:
+    cmp, ts = res["comparison"], res["comparison"]["t"]
+    t = 15 if 15 in ts else ts[-1]
+    if "nmse_diff" not in cmp:
+        return (f"{what.capitalize()}: per-context values are not stored in this file, so the paired difference "
+                f"transformer - GD is not available (the table's means are).")
+    d, i = cmp["nmse_diff"], _idx(ts, t)
+    cells = "; ".join(f"{k} {_f(v['mean'][i])} [{_f(v['low'][i])}, {_f(v['high'][i])}]" for k, v in d.items())
+    return (f"{what.capitalize()}, transformer minus GD learner at t = {t}, paired over {cmp['n_contexts']} contexts "
+            f"(95% interval; one trained model, so it says nothing about other seeds): {cells}.")
 
 
 def train_step_bench(root: Path) -> str:
@@ -104,9 +121,11 @@ def _loaded(res: dict) -> str:
     return "; training loaded from its finished run folder, not timed" if res.get("train_loaded") else ""
 
 
-def _claims(res: dict) -> str:
-    return "\n".join(f"- {c['claim']}: **{c['verdict']}** ({c['worse']} {c['worse_value']} vs "
-                     f"{c['better']} {c['better_value']})" for c in res["claims"])
+def _health(health: dict, label) -> str:
+    bad = {k: g for k, g in health.items() if g["status"] != "trained"}
+    if not bad:
+        return "Training health: every trained model beats both trivial predictors and its own t = 1 error."
+    return "Not trained (no evidence either way): " + "; ".join(f"{label(k)} ({g['reason']})" for k, g in bad.items()) + "."
 
 
 def reward_noise(root: Path) -> str:
@@ -117,17 +136,23 @@ def reward_noise(root: Path) -> str:
         i2, i1 = _idx(ts, 2), len(ts) - 1
         clean = str(res["train_levels"][0])
         pair = lambda s: f"{_f(s['mean'][i2])} / {_f(s['mean'][i1])}"
+        ref = res.get("reference")
         rows = []
         for lv in res["corruptions"]["replace"]["levels"]:
             lv = str(lv)
             at = tf.get(lv, {}).get("replace", {}).get(lv)
             rows.append([lv, pair(tf[clean]["replace"][lv]["nmse"]), pair(at["nmse"]) if at else "-",
-                         pair(gd["adam"]["replace"][lv]["nmse"]), pair(gd["gd"]["replace"][lv]["nmse"])])
+                         pair(gd["adam"]["replace"][lv]["nmse"]), pair(gd["gd"]["replace"][lv]["nmse"])]
+                        + ([_f(ref[k]["replace"][lv][-1]) for k in ref] if ref else []))
         secs = res["seconds"]["total"]
+        extra = [f"{k} t = {ts[-1]}" for k in ref] if ref else []
         parts.append(f"**{what}** ({res['size_note']}; {len(res['seeds'])} seeds; {_hw(res)}, "
-                     f"{_f(secs / 60, 1)} min{_loaded(res)}), normalised MSE under `replace` at t = 2 / t = {ts[-1]}:\n\n"
-                     + _table(["p", "TF trained clean", "TF trained at p", "GD (Adam)", "GD (plain)"], rows)
-                     + f"\n\nClaims ({res['interval']}):\n\n" + _claims(res))
+                     f"{_f(secs / 60, 1)} min{_loaded(res)}), normalised MSE under `replace` at t = 2 / t = {ts[-1]}"
+                     + ("" if ref else " (this file stores no trivial-predictor reference)") + ":\n\n"
+                     + _table(["p", "TF trained clean", "TF trained at p", "GD (Adam)", "GD (plain)"] + extra, rows)
+                     + "\n\n" + _health(report.noise_health(res), lambda k: f"TF trained at p = {k}")
+                     + f"\n\nClaims (normalised MSE at t = {ts[-1]}; effect = worse - better, 95% interval):\n\n"
+                     + CL.table(report.noise_claims(res)))
     return "\n\n".join(parts)
 
 
@@ -136,20 +161,26 @@ def ablations(root: Path) -> str:
     for what in ("full", "quick"):
         res = read_json(root / f"ablations/{what}/ablations.json")
         ts, i2 = res["ts"], _idx(res["ts"], 2)
+        health = report.ablation_health(res)
         rows = []
         for v in res["variants"]:
             arch = res["architectures"].get(v["arch"], {})
             s = arch.get("nmse") if arch.get("status") == "ok" else None
             cell = lambda i: "diverged" if s is None else (
                 f"{_f(s['mean'][i])} [{_f(s['low'][i])}, {_f(s['high'][i])}]")
-            rows.append([v["factor"], f"{v['field']}={v['value']}" + (" (base)" if v["is_base"] else ""),
-                         cell(i2), cell(-1)])
+            rows.append([v["name"] + (" (base)" if v["is_base"] else ""), cell(i2), cell(-1),
+                         health[v["arch"]]["status"] if v["arch"] in health else arch.get("status", "missing")])
         g = res["gd"]["adam"]["nmse"]
-        rows.append(["GD learner", "adam", _f(g["mean"][i2]), _f(g["mean"][-1])])
+        rows.append(["GD learner (adam)", _f(g["mean"][i2]), _f(g["mean"][-1]), "reference"])
+        for k, curve in res.get("reference", {}).items():
+            rows.append([f"{k} (trivial predictor)", _f(curve[i2]), _f(curve[-1]), "reference"])
+        names = {v["arch"]: v["name"] for v in res["variants"]}
         parts.append(f"**{what}** ({res['size_note']}; {len(res['seeds'])} seeds; {_hw(res)}, "
                      f"{_f(res['seconds'] / 60, 1)} min), normalised MSE, mean [95% interval over seeds]:\n\n"
-                     + _table(["factor", "variant", "t = 2", f"t = {ts[-1]}"], rows)
-                     + "\n\nClaims:\n\n" + _claims(res))
+                     + _table(["variant", "t = 2", f"t = {ts[-1]}", "training health"], rows)
+                     + "\n\n" + _health(health, lambda k: names[k])
+                     + f"\n\nClaims (normalised MSE at t = {ts[-1]}; effect = worse - better, paired by seed):\n\n"
+                     + CL.table(report.ablation_claims(res)))
     return "\n\n".join(parts)
 
 
@@ -178,20 +209,29 @@ def necessity(root: Path) -> str:
 
 def self_correction(root: Path) -> str:
     res = read_json(root / "self-correction/quick/self_correction.json")
-    rows = []
+    n0, beta, C = res["n0"], res["entropy_beta"], res["sizes"]["contexts"]
+    claims, rows = [], []
     for name, L in res["learners"].items():
+        h = L.get("train", {}).get("health")
+        claims += loop_claims(L, name, beta, n0, C, h)
+        e1 = L["settings"]["exact"]["entropy"]["mean"]
+        eb = L["settings"]["exact"][f"entropy_b{beta:g}"]["mean"]
         c = L["correlation"]["critic_accuracy"]
-        g = {k: L["settings"][k]["gain_T"] for k in ("exact", "flip 0.5", "bias 1 (adversarial)")}
-        rows.append([L["label"]] + [f"{_f(x['mean'])} [{_f(x['low'])}, {_f(x['high'])}]" for x in g.values()]
-                    + [f"{_f(c['r'], 2)} (p = {float(c['p']):.2g})"])
-    ent = res["learners"]["adam"]["settings"]["exact"]["entropy"]["mean"]
-    n0 = res["n0"]
-    return (f"Gain after {res['rounds']} rounds (normalised MSE at round 0 minus round {res['rounds']}; mean [95% "
-            f"interval over {res['sizes']['contexts']} contexts]) and its correlation with the critic's pairwise "
-            f"accuracy over {len(res['critic_names'])} critic settings:\n\n"
-            + _table(["learner", "exact critic", "flip 0.5", "bias 1 (adversarial)", "Pearson r"], rows)
-            + f"\n\nThe Adam learner's PL choice entropy with the exact critic goes {_f(ent[0], 2)} -> {_f(ent[-1], 2)} "
-              f"nats over the rounds (maximum ln {n0} = {_log(n0)}).")
+        rows.append([L["label"], _f(L["settings"][res["null_critic"]]["gain_T"]["mean"]),
+                     f"{_f(e1[0], 2)} -> {_f(e1[-1], 2)} ({_f(100 * saturation(e1[0], n0), 1)}%)",
+                     f"{_f(eb[0], 2)} -> {_f(eb[-1], 2)} ({_f(100 * saturation(eb[0], n0), 1)}%)",
+                     f"{_f(c['r'], 2)} (p = {float(c['p']):.2g})"])
+    tf = res["learners"].get("transformer", {}).get("train", {})
+    return (f"{res['rounds']} rounds, N0 = {n0} candidates, {C} contexts x {res['sizes']['draws']} critic draws; "
+            f"{len(res['critic_names'])} critic settings including the null critic (scores independent of the "
+            f"answer); {_hw(res)}, {_f(res['wall_seconds'] / 60, 1)} min.\n\n"
+            + _table(["learner", "gain with the null critic", "entropy beta = 1, exact critic (headroom)",
+                      f"entropy beta = {beta:g}, exact critic (headroom)", "Pearson r(accuracy, gain)"], rows)
+            + (f"\n\nTransformer training health: **{tf['health']['status']}**"
+               + (f" ({tf['health']['reason']})" if tf["health"]["reason"] else "") + "." if tf else "")
+            + f"\n\nClaims (effect = worse - better, 95% interval; contexts are the unit for GD, seeds for the "
+              f"transformer; headroom: how far the round-0 entropy lies below its maximum ln {n0} = {_log(n0)}):\n\n"
+            + CL.table(claims))
 
 
 def _log(n) -> str:

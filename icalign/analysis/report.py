@@ -1,74 +1,45 @@
-"""Markdown summaries of sweep results, and the verdict on each claim of docs/theory.md section 3.
+"""The claims of the sweeps (reward noise, ablations) and their markdown summaries.
 
-Reads result dicts (as written to JSON); computes nothing but comparisons of stored means and
-95% intervals. A claim "A is worse than B" at the largest t is:
-
-* **supported** when A's mean is higher and the two intervals do not overlap;
-* **contradicted** when A's mean is lower and the intervals do not overlap;
-* **not resolved** when the intervals overlap (more seeds or contexts would be needed).
-
-Non-overlap of two 95% intervals is a conservative test (roughly p < 0.01 for equal
-widths); with three seeds the intervals are wide, so "not resolved" is the honest common case.
+Reads result dicts (as written to JSON). Every claim goes through the one claim engine
+(:mod:`icalign.analysis.claims`: paired differences, seeds as the unit for trained models,
+power) and every trained model through its training-health gate
+(:mod:`icalign.analysis.health`). Claims are recomputed from the stored values whenever a
+summary is drawn, so an old result file is judged by the current rules; the claims stored
+in a file are the ones its run printed.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Callable, Sequence
+from typing import Optional
 
 import numpy as np
 
+from icalign.analysis import claims as CL
+from icalign.analysis import health as H
 from icalign.analysis.ablations import FACTORS
-from icalign.io import read_json, write_json, write_text
 
-__all__ = ["verdict", "ablation_claims", "ablation_markdown", "noise_claims", "noise_markdown", "publish"]
-
+__all__ = ["INTERVAL_NOTE", "fmt", "noise_health", "noise_claims", "noise_markdown", "ablation_health",
+           "ablation_claims", "ablation_markdown", "table"]
 
 #: How the sweeps' intervals are formed (stored in their results JSON and shown in the markdown).
-INTERVAL_NOTE = ("mean and 95% Student-t interval over seeds (each seed: mean over the evaluation contexts); "
-                 "GD learners: over contexts")
-
-
-def publish(out: Path, res: dict, markdown: Callable[[dict], str],
-            figures: Sequence[Callable[[dict], list[Path]]]) -> tuple[dict, Path, list[Path]]:
-    """Write the results JSON ``out``, then the markdown summary next to it and the figures,
-    both made from the file as written (so they show exactly what a reader of the JSON sees).
-    Returns (the results as read back, the markdown path, the figure paths)."""
-    write_json(out, res)
-    loaded = read_json(out)
-    md = write_text(Path(out).with_suffix(".md"), markdown(loaded))
-    return loaded, md, [p for draw in figures for p in draw(loaded)]
+INTERVAL_NOTE = ("95% Student-t intervals: over seeds for trained models (each seed averaged over the evaluation "
+                 "contexts), over contexts for GD learners; claims use paired differences")
 
 
 def _num(x) -> float:
     return float(x) if x is not None else float("nan")
 
 
-def _at(summary: dict, i: int):
-    return _num(summary["mean"][i]), _num(summary["low"][i]), _num(summary["high"][i])
-
-
-def fmt(summary: dict | None, i: int) -> str:
+def fmt(summary: Optional[dict], i: int) -> str:
     if summary is None:
         return "diverged"
-    m, lo, hi = _at(summary, i)
+    m, lo, hi = (_num(summary[k][i]) for k in ("mean", "low", "high"))
     return f"{m:.3f} [{lo:.3f}, {hi:.3f}]" if np.isfinite(lo) else f"{m:.3f}"
 
 
-def verdict(worse: dict | None, better: dict | None, i: int = -1) -> str:
-    """Is ``worse`` (predicted to have the higher error) really higher than ``better`` at t
-    index i? See the module docstring."""
-    if worse is None or better is None:
-        return "not comparable (a variant diverged in training)"
-    m_a, lo_a, hi_a = _at(worse, i)
-    m_b, lo_b, hi_b = _at(better, i)
-    if not all(np.isfinite([lo_a, hi_a, lo_b, hi_b])):
-        return "not resolved (no interval)"
-    if lo_a > hi_b:
-        return "supported"
-    if hi_a < lo_b:
-        return "contradicted"
-    return "not resolved (intervals overlap)"
+def table(headers: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
 
 
 def _hardware(hw: dict) -> str:
@@ -78,108 +49,22 @@ def _hardware(hw: dict) -> str:
 
 def _header(title: str, res: dict) -> str:
     return (f"# {title} ({res.get('name') or res.get('size') or 'in memory'})\n\n{res['size_note']}. Seeds {res['seeds']}; "
-            f"{res['n_eval_contexts']} evaluation contexts. {res['interval']}. "
+            f"{res['n_eval_contexts']} evaluation contexts. {INTERVAL_NOTE}. "
             f"Hardware: {_hardware(res.get('hardware') or {})}.\n")
 
 
-def _claims_table(claims: list[dict], heading: str) -> str:
-    rows = [[c["claim"], f"{c['worse']}: {c['worse_value']}", f"{c['better']}: {c['better_value']}",
-             f"**{c['verdict']}**"] for c in claims]
-    return f"\n## {heading}\n\n" + _table(["claim", "worse (predicted)", "better (predicted)", "verdict"], rows)
+def _health_table(health: dict, label) -> str:
+    rows = [[label(k), f"**{g['status']}**", g["reason"] or "beats both trivial predictors and its own t = 1 error"]
+            for k, g in health.items()]
+    return ("\n## Training health (icalign.analysis.health)\n\n"
+            + table(["trained model", "status", "reason"], rows) + "\n")
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(map(str, r)) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------
-# Ablations
-# ---------------------------------------------------------------------------------------------
-
-
-def _variant_summary(res: dict, name: str, metric: str = "nmse"):
-    for v in res["variants"]:
-        if v["name"] == name:
-            arch = res["architectures"].get(v["arch"])
-            if arch is None or arch.get("status") != "ok":
-                return None
-            return arch[metric]
-    raise KeyError(name)
-
-
-def _base_name(res: dict, factor: str):
-    for v in res["variants"]:
-        if v["factor"] == factor and v["is_base"]:
-            return v["name"]
-    return None
-
-
-def ablation_claims(res: dict) -> list[dict]:
-    """Verdicts on docs/theory.md section 3 at the largest t (normalised MSE)."""
-    factors = {v["factor"] for v in res["variants"]}
-    values = lambda f: [v["value"] for v in res["variants"] if v["factor"] == f]
-    claims = []
-
-    def add(claim, worse, better):
-        w, b = _variant_summary(res, worse), _variant_summary(res, better)
-        claims.append({"claim": claim, "worse": worse, "better": better, "worse_value": fmt(w, -1),
-                       "better_value": fmt(b, -1), "verdict": verdict(w, b)})
-
-    if "attention" in factors:
-        add("softmax attention does the ranking: linear attention is worse", "attention=linear", "attention=softmax")
-    for fam, label in (("heads_fixed_width", "at fixed width"), ("heads_fixed_head_dim", "at fixed head dim")):
-        if fam in factors and 1 in values(fam) and _base_name(res, fam):
-            add(f"multi-head attention discriminates tokens: one head is worse than the base ({label})",
-                f"{fam}=1", _base_name(res, fam))
-    if "ffn" in factors:
-        add("the FFN transforms the selected token: no FFN is worse", "ffn=False", "ffn=True")
-    if "depth" in factors:
-        depths = sorted(values("depth"))
-        add("depth handles many responses: the shallowest model is worse than the deepest",
-            f"depth={depths[0]}", f"depth={depths[-1]}")
-    if "layer_norm" in factors:
-        add("(not a claim of the theory; reported for completeness) no LayerNorm is worse",
-            "layer_norm=False", "layer_norm=True")
-    return claims
-
-
-def _document(title: str, res: dict, claims: list[dict], claims_heading: str, body) -> str:
-    """A sweep's markdown: header and ``body()`` parts (both skipped if ``body`` is None),
-    then the claims table."""
-    parts = [] if body is None else [_header(title, res), *body()]
-    parts.append(_claims_table(claims, claims_heading))
-    return "\n".join(parts) + "\n"
-
-
-def _t2(ts: list) -> int:
-    """Index of t = 2 in ``ts`` (the first column of the tables), or 0."""
-    return ts.index(2) if 2 in ts else 0
-
-
-def ablation_markdown(res: dict, claims_only: bool = False) -> str:
-    ts = res["ts"]
-    i2 = _t2(ts)
-
-    def body():
-        ran = list(dict.fromkeys(v["factor"] for v in res["variants"]))
-        missing = [f for f in FACTORS if f not in ran]
-        factors = (f"Factors run: {', '.join(ran)}." + (f" Not run here: {', '.join(missing)}." if missing else "")
-                   + "\n")
-        rows = []
-        for v in res["variants"]:
-            arch = res["architectures"].get(v["arch"], {})
-            s = arch.get("nmse") if arch.get("status") == "ok" else None
-            rows.append([v["factor"], f"{v['field']}={v['value']}" + (" (base)" if v["is_base"] else ""),
-                         fmt(s, i2), fmt(s, -1), arch.get("status", "missing")])
-        for name, g in res.get("gd", {}).items():
-            rows.append(["GD learner", name, fmt(g["nmse"], i2), fmt(g["nmse"], -1), "reference"])
-        return [factors, _table(["factor", "variant", "nmse t=2", f"nmse t={ts[-1]}", "status"], rows)]
-
-    return _document("Ablations", res, res.get("claims") or ablation_claims(res),
-                     f"Claims of docs/theory.md section 3 (normalised MSE at t = {ts[-1]}, mean [95% interval])",
-                     None if claims_only else body)
+def _claims_section(cl: list[dict], t: int, stored: bool) -> str:
+    note = "" if stored else ("\n(Per-unit values are missing from this file where a claim says so; "
+                              "such claims use the conservative bound of icalign.analysis.claims.)\n")
+    return (f"\n## Claims (normalised MSE at t = {t}; worse - better > 0 is the prediction)\n\n"
+            + CL.table(cl) + "\n\n" + "\n".join(CL.line(c) for c in cl) + "\n" + note)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,59 +72,167 @@ def ablation_markdown(res: dict, claims_only: bool = False) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+def noise_health(res: dict) -> dict:
+    """{train level: gate} of every trained transformer (stored, or computed for old files)."""
+    if "health" in res:
+        return res["health"]
+    S, out = len(res["seeds"]), {}
+    loss = np.asarray(res["train_loss_last50"], float)
+    for j, tl in enumerate(res["train_levels"]):
+        s = res["transformer"][str(tl)]["replace"][str(tl)]["nmse"]
+        out[str(tl)] = H.variant_gate(loss[j * S:(j + 1) * S], res["train_config"], res["model_config"], float(tl),
+                                      nmse_per_seed=s.get("per_seed"), nmse_mean=s["mean"])
+    return out
+
+
 def noise_claims(res: dict) -> list[dict]:
-    """Verdicts at the largest t (normalised MSE), published corruption model ``replace``."""
-    kind = "replace"
-    levels = [str(lv) for lv in res["corruptions"][kind]["levels"]]
-    clean_tf = res["transformer"][str(res["train_levels"][0])][kind]
-    adam = res["gd"]["adam"][kind]
-    claims = []
-
-    def add(claim, worse_label, worse, better_label, better):
-        claims.append({"claim": claim, "worse": worse_label, "better": better_label,
-                       "worse_value": fmt(worse, -1), "better_value": fmt(better, -1),
-                       "verdict": verdict(worse, better)})
-
+    """Claims at the largest t (normalised MSE): see the README's reward-noise section."""
+    C, t = res["n_eval_contexts"], res["ts"][-1]
+    health = noise_health(res)
+    clean = str(res["train_levels"][0])
+    tf = lambda tl, kind, lv: CL.arm(f"TF(trained at p={tl})" if tl != clean else "TF(clean-trained)",
+                                     res["transformer"][tl][kind][lv]["nmse"], n_contexts=C, health=health[tl])
+    gd = lambda kind, lv: CL.arm("GD (adam)", res["gd"]["adam"][kind][lv]["nmse"], n_contexts=C)
+    levels = [str(lv) for lv in res["corruptions"]["replace"]["levels"]]
     lo, hi = levels[0], levels[-1]
-    add("corrupted rewards degrade the transformer's in-context update",
-        f"TF(clean-trained) at p={hi}", clean_tf[hi]["nmse"], f"TF(clean-trained) at p={lo}", clean_tf[lo]["nmse"])
-    add("corrupted rewards degrade the GD learner",
-        f"GD adam at p={hi}", adam[hi]["nmse"], f"GD adam at p={lo}", adam[lo]["nmse"])
+    out = [CL.claim("corrupted rewards (replace, p = 1 vs 0) degrade the clean-trained transformer",
+                    tf(clean, "replace", hi), tf(clean, "replace", lo), t=t),
+           CL.claim("corrupted rewards (replace, p = 1 vs 0) degrade GD (adam)", gd("replace", hi), gd("replace", lo),
+                    t=t),
+           CL.claim("on clean rewards the clean-trained transformer beats GD (adam)", gd("replace", lo),
+                    tf(clean, "replace", lo), t=t)]
+    for kind, spec in res["corruptions"].items():
+        top = str(spec["levels"][-1])
+        out.append(CL.claim(f"under {kind} at {spec['level_name']} = {top} the clean-trained transformer beats GD "
+                            f"(adam)", gd(kind, top), tf(clean, kind, top), t=t))
     for lv in levels[1:-1]:
-        noisy_tf = res["transformer"].get(lv, {}).get(kind)
-        if noisy_tf is None:
+        if lv not in res["transformer"]:
             continue
-        add(f"at p={lv}, a transformer trained on that noisy critic beats GD (adam)",
-            f"GD adam at p={lv}", adam[lv]["nmse"], f"TF(trained at p={lv})", noisy_tf[lv]["nmse"])
-        add(f"at p={lv}, training on the noisy critic beats training on the clean one",
-            f"TF(clean-trained) at p={lv}", clean_tf[lv]["nmse"], f"TF(trained at p={lv})", noisy_tf[lv]["nmse"])
-    return claims
+        out.append(CL.claim(f"at p = {lv}, the transformer trained on that noisy critic beats GD (adam)",
+                            gd("replace", lv), tf(lv, "replace", lv), t=t))
+        out.append(CL.claim(f"at p = {lv}, training on the noisy critic beats training on the clean one",
+                            tf(clean, "replace", lv), tf(lv, "replace", lv), t=t))
+    return out
 
 
 def noise_markdown(res: dict, claims_only: bool = False) -> str:
     ts = res["ts"]
-    i2 = _t2(ts)
+    cl = noise_claims(res)
+    clean = str(res["train_levels"][0])
+    stored = "per_seed" in res["transformer"][clean]["replace"][clean]["nmse"]
+    if claims_only:
+        return _claims_section(cl, ts[-1], stored)
+    parts = [_header("Reward noise", res),
+             _health_table(noise_health(res), lambda k: f"TF trained at p = {k}" if float(k) else "TF clean-trained")]
+    i2 = ts.index(2) if 2 in ts else 0
+    ref = res.get("reference", {})
+    for kind, spec in res["corruptions"].items():
+        rows = []
+        for lv in (str(x) for x in spec["levels"]):
+            noisy = res["transformer"].get(lv, {}).get(kind) if kind == "replace" else None
+            row = [f"{spec['level_name']}={lv}"]
+            for s in (res["transformer"][clean][kind][lv]["nmse"], noisy[lv]["nmse"] if noisy else None,
+                      res["gd"]["adam"][kind][lv]["nmse"], res["gd"]["gd"][kind][lv]["nmse"]):
+                row += ["-", "-"] if s is None else [fmt(s, i2), fmt(s, -1)]
+            row += [f"{ref[p][kind][lv][-1]:.3f}" if ref else "not stored" for p in H.PREDICTORS]
+            rows.append(row)
+        heads = ["level"] + [f"{w} t={t}" for w in ("TF clean-trained", "TF trained at level", "GD adam", "GD plain")
+                             for t in (ts[i2], ts[-1])] + [f"{p} t={ts[-1]}" for p in H.PREDICTORS]
+        parts += [f"\n## Corruption model `{kind}` (normalised MSE)\n", table(heads, rows)]
+    parts.append(_claims_section(cl, ts[-1], stored))
+    return "\n".join(parts) + "\n"
 
-    def body():
-        parts = []
-        clean = str(res["train_levels"][0])
-        for kind, spec in res["corruptions"].items():
-            rows = []
-            for lv in spec["levels"]:
-                lv = str(lv)
-                row = [f"{spec['level_name']}={lv}"]
-                noisy = res["transformer"].get(lv, {}).get(kind) if kind == "replace" else None
-                for s in (res["transformer"][clean][kind][lv]["nmse"], noisy[lv]["nmse"] if noisy else None,
-                          res["gd"]["adam"][kind][lv]["nmse"], res["gd"]["gd"][kind][lv]["nmse"]):
-                    row += ["-", "-"] if s is None else [fmt(s, i2), fmt(s, -1)]
-                rows.append(row)
-            heads = ["level"]
-            for who in ("TF clean-trained", "TF trained at level", "GD adam", "GD plain"):
-                heads += [f"{who} t=2", f"{who} t={ts[-1]}"]
-            parts.append(f"\n## Corruption model `{kind}` (normalised MSE)\n")
-            parts.append(_table(heads, rows))
-        return parts
 
-    return _document("Reward noise", res, res.get("claims") or noise_claims(res),
-                     f"Claims (normalised MSE at t = {ts[-1]}, corruption `replace`, mean [95% interval])",
-                     None if claims_only else body)
+# ---------------------------------------------------------------------------------------------
+# Ablations
+# ---------------------------------------------------------------------------------------------
+
+
+def _arch_summary(arch: dict) -> dict:
+    """The architecture's nmse summary with its per-seed curves (stored next to it)."""
+    return {**arch["nmse"], "unit": "seeds", "per_seed": arch["nmse_per_seed"]}
+
+
+def ablation_health(res: dict) -> dict:
+    """{architecture hash: gate} of every architecture that finished training."""
+    out = {}
+    for key, a in res["architectures"].items():
+        if a.get("status") != "ok":
+            continue
+        out[key] = a.get("health") or H.variant_gate(a["train_loss_last50"], a.get("train_config", res["train_config"]),
+                                                     a["config"], nmse_per_seed=a["nmse_per_seed"])
+    return out
+
+
+def _variant(res: dict, name: str) -> Optional[dict]:
+    return next((v for v in res["variants"] if v["name"] == name), None)
+
+
+def ablation_claims(res: dict) -> list[dict]:
+    """Claims of docs/theory.md section 3 at the largest t (normalised MSE)."""
+    C, t = res["n_eval_contexts"], res["ts"][-1]
+    health = ablation_health(res)
+    out = []
+
+    def add(text, worse, better):
+        w, b = _variant(res, worse), _variant(res, better)
+        if w is None or b is None:
+            return
+        aw, ab = res["architectures"].get(w["arch"], {}), res["architectures"].get(b["arch"], {})
+        if aw.get("status") != "ok" or ab.get("status") != "ok":
+            out.append(CL.unresolvable(text, worse, better, "not trained", "a variant diverged in training"))
+            return
+        out.append(CL.claim(text, CL.arm(worse, _arch_summary(aw), n_contexts=C, health=health[w["arch"]]),
+                            CL.arm(better, _arch_summary(ab), n_contexts=C, health=health[b["arch"]]), t=t))
+
+    factors = {v["factor"]: [x for x in res["variants"] if x["factor"] == v["factor"]] for v in res["variants"]}
+    for factor, vs in factors.items():
+        base = next((v["name"] for v in vs if v["is_base"]), None)
+        lr = f" (lr {vs[0]['lr']:g})" if vs[0].get("lr") is not None else ""
+        if factor.startswith("attention"):
+            for kind in ("linear", "linear_mean"):
+                add(f"softmax attention does the ranking: {kind} attention is worse{lr}",
+                    next((v["name"] for v in vs if v["value"] == kind), ""), next(v["name"] for v in vs
+                                                                                 if v["value"] == "softmax"))
+        elif factor.startswith("heads") and base:
+            one = next((v["name"] for v in vs if v["value"] == 1), None)
+            if one:
+                add(f"multi-head attention discriminates tokens: one head is worse than the base "
+                    f"({FACTORS[factor][1].split(' (')[0]})", one, base)
+        elif factor == "ffn":
+            add("the FFN transforms the selected token: no FFN is worse", "ffn=False", "ffn=True")
+        elif factor == "depth":
+            depths = sorted(vs, key=lambda v: v["value"])
+            add("depth handles many responses: the shallowest model is worse than the deepest", depths[0]["name"],
+                depths[-1]["name"])
+        elif factor == "layer_norm":
+            add("(not a claim of the theory) no LayerNorm is worse", "layer_norm=False", "layer_norm=True")
+    return out
+
+
+def ablation_markdown(res: dict, claims_only: bool = False) -> str:
+    ts = res["ts"]
+    cl = ablation_claims(res)
+    if claims_only:
+        return _claims_section(cl, ts[-1], True)
+    health = ablation_health(res)
+    i2 = ts.index(2) if 2 in ts else 0
+    ran = list(dict.fromkeys(v["factor"] for v in res["variants"]))
+    missing = [f for f in FACTORS if f not in ran]
+    rows = []
+    for v in res["variants"]:
+        a = res["architectures"].get(v["arch"], {})
+        s = a.get("nmse") if a.get("status") == "ok" else None
+        rows.append([v["factor"], v["name"] + (" (base)" if v["is_base"] else ""), fmt(s, i2), fmt(s, -1),
+                     health[v["arch"]]["status"] if v["arch"] in health else a.get("status", "missing")])
+    for name, g in res.get("gd", {}).items():
+        rows.append(["GD learner", name, fmt(g["nmse"], i2), fmt(g["nmse"], -1), "reference"])
+    for name, curve in res.get("reference", {}).items():
+        rows.append(["trivial predictor", name, f"{curve[i2]:.3f}", f"{curve[-1]:.3f}", "reference"])
+    names = {v["arch"]: ", ".join(x["name"] for x in res["variants"] if x["arch"] == v["arch"]) for v in res["variants"]}
+    parts = [_header("Ablations", res),
+             f"Factors run: {', '.join(ran)}." + (f" Not run here: {', '.join(missing)}." if missing else "") + "\n",
+             table(["factor", "variant", f"nmse t={ts[i2]}", f"nmse t={ts[-1]}", "health"], rows),
+             _health_table({k: g for k, g in health.items() if g["status"] != "trained"} or health, lambda k: names[k]),
+             _claims_section(cl, ts[-1], True)]
+    return "\n".join(parts) + "\n"

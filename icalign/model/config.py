@@ -16,7 +16,7 @@ from icalign.core.validate import check_choice, check_int
 
 __all__ = ["ModelConfig", "BASE", "ATTENTIONS", "ACTIVATIONS", "LAYOUTS", "PRECISIONS", "config_hash"]
 
-ATTENTIONS = ("softmax", "linear", "relu")
+ATTENTIONS = ("softmax", "linear", "relu", "linear_mean")
 PRECISIONS = ("float32", "bfloat16")
 ACTIVATIONS = ("gelu", "relu")
 LAYOUTS = ("interleaved", "stacked")

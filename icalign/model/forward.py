@@ -81,13 +81,19 @@ def _dense2d(h_MxF, w, b, in_axes: int = 1, precision: str = "float32"):
 
 def attention_weights(logits_BxHxTxS, visible_TxS, kind: str):
     """Mixing weights from scaled logits q.k/sqrt(dh); ``visible`` is the causal mask (or all
-    True). softmax normalises over visible keys; linear and relu do not normalise."""
+    True). softmax normalises over visible keys; linear and relu do not normalise;
+    linear_mean is linear attention divided by the number of visible keys (still bilinear in
+    the tokens, so it cannot form the PL softmax weights, but its output no longer grows with
+    the context length)."""
     visible_TxS = jnp.broadcast_to(visible_TxS, logits_BxHxTxS.shape)
     if kind == "softmax":
         neg = jnp.asarray(jnp.finfo(logits_BxHxTxS.dtype).min / 2, logits_BxHxTxS.dtype)
         return jax.nn.softmax(jnp.where(visible_TxS, logits_BxHxTxS, neg), axis=-1)
     if kind == "linear":
         return jnp.where(visible_TxS, logits_BxHxTxS, 0.0)
+    if kind == "linear_mean":
+        count = jnp.maximum(jnp.sum(visible_TxS, axis=-1, keepdims=True), 1).astype(logits_BxHxTxS.dtype)
+        return jnp.where(visible_TxS, logits_BxHxTxS, 0.0) / count
     return jnp.where(visible_TxS, jax.nn.relu(logits_BxHxTxS), 0.0)
 
 

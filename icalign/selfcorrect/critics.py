@@ -8,7 +8,14 @@ Critic (parameters are arrays, so a sweep over settings is a vmap):
                                       mixing weight 1 - bias.
     s -> 1 - s with probability flip  (mirrors the score, as ``tasks.reverse_random``: a good
                                       answer is then ranked as a bad one)
+    s -> u ~ U(0, 1) with probability random  (a fresh draw independent of the answer, as
+                                      ``tasks.replace_random``)
     s -> s + sigma * N(0, 1)          (Gaussian noise on the score)
+
+The **null critic** (random = 1) scores independently of the answer: whatever the loop gains
+with it comes from the loop itself (appending the learner's own answers), not from any
+information about y*. Its gain is measured and subtracted (``NULL_CRITIC``). A flip-0.5 critic
+is *not* a null: |s - 1/2| = |r - 1/2| still carries the answer's distance from the middle.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from icalign.core.metrics import unit
 from icalign.core.tasks import Context
 from icalign.core.validate import check_level
 
-__all__ = ["Critic", "CRITIC_SETTINGS", "make_critics", "critic_score", "true_reward", "R_FLOOR",
+__all__ = ["Critic", "CRITIC_SETTINGS", "NULL_CRITIC", "make_critics", "critic_score", "true_reward", "R_FLOOR",
            "wrong_answer", "pairwise_accuracy"]
 
 
@@ -37,15 +44,21 @@ class Critic:
     flip:  probability that a score is reversed, s -> 1 - s (in [0, 1]).
     bias:  in [0, 1]; the critic's ideal response has mixing weight 1 - bias (0: exact,
            1: it prefers the wrong answer eps).
+    random: probability that a score is replaced by an independent U(0, 1) draw (1: the null
+           critic).
     """
 
     sigma: jax.Array
     flip: jax.Array
     bias: jax.Array
+    random: jax.Array = 0.0
 
 
-#: The default sweep: name -> (sigma, flip, bias).
-CRITIC_SETTINGS: dict[str, tuple[float, float, float]] = {
+NULL_CRITIC = "null (random scores)"
+
+#: The default sweep: name -> (sigma, flip, bias[, random]).
+CRITIC_SETTINGS: dict[str, tuple[float, ...]] = {
+    NULL_CRITIC: (0.0, 0.0, 0.0, 1.0),
     "exact": (0.0, 0.0, 0.0),
     "noise 0.1": (0.1, 0.0, 0.0),
     "noise 0.3": (0.3, 0.0, 0.0),
@@ -60,33 +73,38 @@ CRITIC_SETTINGS: dict[str, tuple[float, float, float]] = {
 }
 
 
-def make_critics(settings: Mapping[str, tuple[float, float, float]] | None = None, dtype=jnp.float32):
-    """(names, Critic with (S,) fields) from ``{name: (sigma, flip, bias)}`` (default:
-    ``CRITIC_SETTINGS``). Ranges are checked here, before anything is traced."""
+def make_critics(settings: Mapping[str, tuple[float, ...]] | None = None, dtype=jnp.float32):
+    """(names, Critic with (S,) fields) from ``{name: (sigma, flip, bias[, random])}``
+    (default: ``CRITIC_SETTINGS``; random defaults to 0). Ranges are checked here, before
+    anything is traced."""
     settings = CRITIC_SETTINGS if settings is None else dict(settings)
     if not settings:
         raise ValueError("settings must name at least one critic, got an empty mapping")
     names, rows = [], []
     for name, row in settings.items():
-        if len(tuple(row)) != 3:
-            raise ValueError(f"critic {name!r} must be (sigma, flip, bias), got {row!r}")
-        sigma, flip, bias = (float(v) for v in row)
+        if len(tuple(row)) not in (3, 4):
+            raise ValueError(f"critic {name!r} must be (sigma, flip, bias) or (sigma, flip, bias, random), got {row!r}")
+        sigma, flip, bias, rand = (*(float(v) for v in row), 0.0)[:4]
         check_level(f"critic {name!r} sigma", sigma, 0.0, None)
         check_level(f"critic {name!r} flip", flip, 0.0, 1.0)
         check_level(f"critic {name!r} bias", bias, 0.0, 1.0)
+        check_level(f"critic {name!r} random", rand, 0.0, 1.0)
         names.append(str(name))
-        rows.append((sigma, flip, bias))
+        rows.append((sigma, flip, bias, rand))
     arr = np.asarray(rows, dtype=float)
-    return names, Critic(*(jnp.asarray(arr[:, i], dtype) for i in range(3)))
+    return names, Critic(*(jnp.asarray(arr[:, i], dtype) for i in range(4)))
 
 
 def critic_score(key: jax.Array, r: jax.Array, critic: Critic) -> jax.Array:
     """The critic's scores of responses with true rewards ``r`` (any shape): see the module
     docstring. Critic fields must be scalars here (vmap over a settings axis outside)."""
-    k_flip, k_noise = jax.random.split(key)
+    k_flip, k_noise = jax.random.split(key)  # the random draws use a third, folded key, so
+    k_rep, k_u = jax.random.split(jax.random.fold_in(key, 2))  # the other draws are unchanged
     s = 1.0 - jnp.abs(r - (1.0 - critic.bias))
     hit = jax.random.bernoulli(k_flip, critic.flip, jnp.shape(r))
     s = jnp.where(hit, 1.0 - s, s)
+    fresh = jax.random.bernoulli(k_rep, critic.random, jnp.shape(r))
+    s = jnp.where(fresh, jax.random.uniform(k_u, jnp.shape(r), s.dtype), s)
     return s + critic.sigma * jax.random.normal(k_noise, jnp.shape(r), s.dtype)
 
 

@@ -258,7 +258,7 @@ def sweep(key, ctx: Context, critics: Critic, learner: Learner, rounds: int = 10
     b, n0, _ = ctx.ys.shape
     if n0 < 2:
         raise ValueError(f"contexts need N0 >= 2 initial candidates, got {n0}")
-    shapes = {jnp.shape(critics.sigma), jnp.shape(critics.flip), jnp.shape(critics.bias)}
+    shapes = {jnp.shape(getattr(critics, f)) for f in ("sigma", "flip", "bias", "random")}
     if len(shapes) != 1 or len(next(iter(shapes))) != 1:
         raise ValueError(f"critics fields must all have shape (S,), got {sorted(shapes)}; use make_critics")
     if instructions is not None and jnp.shape(instructions) != (b, rounds + 1):

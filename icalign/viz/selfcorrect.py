@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from icalign.viz.style import band, colormap, floats, new_figure
+from icalign.viz.style import band, clip_ylim, colormap, floats, new_figure
 
 __all__ = ["rounds_figure", "accuracy_gain_figure", "concept_figure", "probe_figure", "figures"]
 
@@ -14,71 +14,92 @@ def _colors(n):
     return [cmap(i % cmap.N) for i in range(n)]
 
 
+def _unit(L: dict) -> str:
+    return "seeds" if L.get("units", {}).get("unit") == "seeds" else "contexts"
+
+
 def rounds_figure(res: dict):
-    """Rows: learners; columns: normalised MSE, choice entropy, spread across critic draws,
-    against round; one curve per critic setting (mean over contexts, 95% band)."""
+    """Rows: learners; columns: normalised MSE, the gain beyond the null critic's (paired per
+    context or seed), and the choice entropy at the unsaturated beta, against round; one curve
+    per critic setting (mean, 95% band over contexts, or over seeds for the transformer).
+    Older results without the null critic show the gain and the beta = 1 entropy instead."""
     learners = res["learners"]
     names = res["critic_names"]
     colors = _colors(len(names))
     rounds = np.arange(res["rounds"] + 1)
+    beta = res.get("entropy_beta")
+    null = res.get("null_critic")
     cols = [("nmse", "normalised MSE  1 - cos(y_hat, y*)"),
-            ("entropy", "entropy of PL choice over N0 initial (nats)"),
-            ("spread", "spread of y_hat across critic draws")]
-    fig, axes = new_figure(len(learners), 3, figsize=(14, 3.3 * len(learners)))
+            ("excess_gain", "gain minus the null critic's gain") if null else ("gain", "gain nmse_0 - nmse_t"),
+            (f"entropy_b{beta:g}", f"choice entropy over N0, beta = {beta:g} (nats)") if beta else
+            ("entropy", "PL choice entropy over N0, beta = 1 (nats; saturated)")]
+    fig, axes = new_figure(len(learners), 3, figsize=(12, 3.0 * len(learners)))
     for row, (lname, L) in enumerate(learners.items()):
         for col, (key, ylabel) in enumerate(cols):
             ax = axes[row][col]
             for name, color in zip(names, colors):
-                band(ax, rounds, L["settings"][name][key], color, name, alpha=0.12, ms=2.5)
+                lw = 2.4 if name == null else 1.2
+                band(ax, rounds, L["settings"][name][key], color, name, alpha=0.12, ms=2.5, lw=lw,
+                     ls="--" if name == null else "-")
+            means = [m for n in names for m in floats(L["settings"][n][key]["mean"])]
+            clip_ylim(ax, means, *((-2.0, 2.0) if "gain" in key else (0.0, 2.0) if key == "nmse"
+                                   else (0.0, np.log(res["n0"]) + 0.05)))
+            if key == "excess_gain":
+                ax.axhline(0.0, color="k", lw=0.8)
+            if key.startswith("entropy"):
+                ax.axhline(np.log(res["n0"]), color="grey", ls=":", lw=1)
             ax.set_xlabel("self-correction round t")
             ax.set_ylabel(ylabel, fontsize=8)
             ax.grid(alpha=0.3)
             if col == 0:
-                ax.set_title(f"{L['label']}", fontsize=9, loc="left")
+                ax.set_title(f"{L['label']} (bands over {_unit(L)})", fontsize=9, loc="left")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center right", fontsize=8, title="critic")
     fig.suptitle(f"Self-correction rounds per critic setting ({res['size']} size: {res['sizes']['contexts']} contexts x "
-                 f"{res['sizes']['draws']} critic draws, N0 = {res['n0']}); mean over contexts, 95% band",
-                 fontsize=10)
-    fig.tight_layout(rect=(0, 0, 0.89, 1))
+                 f"{res['sizes']['draws']} critic draws, N0 = {res['n0']}); bands: 95% interval (GD: over contexts; "
+                 f"transformer: over seeds), cut at the frame; dashed: null critic; dotted: log N0", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 0.86, 1))
     return fig
 
 
 def accuracy_gain_figure(res: dict):
-    """Gain after T rounds (nmse_0 - nmse_T) against the critic's pairwise ranking accuracy,
-    one point per critic setting, per learner (columns). Top row: accuracy on the candidates
-    (a property of the critic); bottom row: accuracy on the loop's own answers. Pearson r and
-    p-value over critic settings in each title; dashed: least-squares line."""
+    """Gain after T rounds beyond the null critic's (or the raw gain for older results)
+    against the critic's pairwise ranking accuracy, one point per critic setting, per learner
+    (columns). Top row: accuracy on the candidates (a property of the critic); bottom row:
+    accuracy on the loop's own answers. Pearson r and p-value over critic settings in each
+    title (a shift by the null gain leaves r unchanged); dashed: least-squares line."""
     learners = res["learners"]
     names = res["critic_names"]
     colors = _colors(len(names))
+    key = "excess_gain_T" if res.get("null_critic") else "gain_T"
     rows = (("critic_accuracy", "critic accuracy on the N0 candidates"),
             ("loop_accuracy", "critic accuracy on the loop's answers"))
-    fig, axes = new_figure(2, len(learners), figsize=(5.0 * len(learners), 8.0))
+    fig, axes = new_figure(2, len(learners), figsize=(4.2 * len(learners) + 1.5, 7.0))
     for row, (which, xlabel) in enumerate(rows):
         for ax, (lname, L) in zip(axes[row], learners.items()):
             for name, color in zip(names, colors):
                 s = L["settings"][name]
-                g = s["gain_T"]
+                g = s[key]
                 ax.errorbar(s[which], g["mean"], yerr=[[g["mean"] - g["low"]], [g["high"] - g["mean"]]],
                             fmt="o", color=color, label=name, ms=5, capsize=2)
             acc = np.array([L["settings"][n][which] for n in names])
-            gain = np.array([L["settings"][n]["gain_T"]["mean"] for n in names])
+            gain = np.array([L["settings"][n][key]["mean"] for n in names])
             slope, icept = np.polyfit(acc, gain, 1)
             xs = np.linspace(acc.min(), acc.max(), 10)
             ax.plot(xs, icept + slope * xs, color="grey", lw=1, ls="--")
             c = L["correlation"][which]
             ax.set_title(f"{L['label']}\nPearson r = {float(c['r']):.2f}, p = {float(c['p']):.2g} (n = {c['n']} critics)",
-                         fontsize=9)
+                         fontsize=8)
             ax.axhline(0, color="k", lw=0.6)
             ax.set_xlabel(xlabel)
-            ax.set_ylabel(f"gain after T = {res['rounds']} rounds (nmse_0 - nmse_T)", fontsize=8)
+            ax.set_ylabel(f"gain after T = {res['rounds']} rounds" + (" minus null" if key == "excess_gain_T" else ""),
+                          fontsize=8)
             ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center right", fontsize=8, title="critic")
-    fig.suptitle("Self-correction gain against the critic's pairwise ranking accuracy "
-                 "(mean over contexts, 95% interval)", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 0.88, 1))
+    fig.suptitle("Self-correction gain (minus the null critic's) against the critic's pairwise ranking accuracy; "
+                 "whiskers: 95% interval (GD: over contexts; transformer: over seeds)", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 0.84, 1))
     return fig
 
 

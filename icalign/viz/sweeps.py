@@ -1,187 +1,131 @@
-"""Figures of the sweeps (reward noise, ablations), drawn from result dicts alone.
+"""Figures of the reward-noise sweep, drawn from its result dict alone.
 
-Every curve is a mean with its 95% interval shaded (over seeds for transformers, over
-contexts for the GD learners; the results file says which).
+Every band and whisker is a 95% Student-t interval: over seeds for transformers, over
+contexts for the GD learners; differences are the claim engine's paired differences
+(icalign.analysis.claims). y-limits follow the means inside the metric's range, so a wide
+3-seed interval is cut at the frame instead of flattening the curves; t = 1 (one candidate,
+nothing to rank) is left out of the curves.
 """
 
 from __future__ import annotations
 
-import numpy as np
+from icalign.analysis import claims as CL
+from icalign.analysis import report
+from icalign.viz.style import (NMSE_LABEL, T_LABEL, band, band_note, clip_ylim, colormap, effects, floats,
+                               integer_ticks, new_figure)
 
-from icalign.viz.style import NMSE_LABEL, T_LABEL, band, colormap, floats, integer_ticks, new_figure
+__all__ = ["noise_curves", "noise_summary", "size_title"]
 
-__all__ = ["ablation_panels", "ablation_bars", "noise_curves", "noise_summary"]
 
-def _size_title(res: dict) -> str:
+def size_title(res: dict) -> str:
     hw = res.get("hardware") or {}
-    return f"{res['size_note']}; {hw.get('device', '?')}"
+    return f"{res['size_note']}; {len(res['seeds'])} seeds; {hw.get('device', '?')}"
 
 
-# ---------------------------------------------------------------------------------------------
-# Ablations
-# ---------------------------------------------------------------------------------------------
-
-
-def _factors(res):
-    seen = []
-    for v in res["variants"]:
-        if v["factor"] not in seen:
-            seen.append(v["factor"])
-    return seen
-
-
-def ablation_panels(res: dict):
-    """One panel per factor: normalised MSE against t for each value, the base in black,
-    the GD (adam) learner dashed."""
+def _from_t2(res: dict, summary: dict) -> tuple[list, dict]:
+    """t and summary without t = 1."""
     ts = res["ts"]
-    factors = _factors(res)
-    ncol = min(3, len(factors))
-    nrow = -(-len(factors) // ncol)
-    fig, axes = new_figure(nrow, ncol, figsize=(5.0 * ncol, 3.8 * nrow), sharey=True)
-    for ax in axes.flat[len(factors):]:
-        ax.axis("off")
-    for ax, factor in zip(axes.flat, factors):
-        vs = [v for v in res["variants"] if v["factor"] == factor]
-        cmap = colormap("plasma")
-        for i, v in enumerate(vs):
-            arch = res["architectures"].get(v["arch"], {})
-            label = f"{v['field']}={v['value']}" + (" (base)" if v["is_base"] else "")
-            if arch.get("status") != "ok":
-                ax.plot([], [], "x", color="red", label=f"{label}: {arch.get('status', 'missing')}")
-                continue
-            color = "black" if v["is_base"] else cmap(0.85 * i / max(len(vs) - 1, 1))
-            band(ax, ts, arch["nmse"], color, label=label, lw=2.0 if v["is_base"] else 1.2)
-        if "adam" in res.get("gd", {}):
-            band(ax, ts, res["gd"]["adam"]["nmse"], "grey", ls="--", marker=None, label="GD (adam)")
-        ax.axhline(1.0, color="grey", lw=0.6, ls=":")
-        ax.set_title(factor.replace("_", " "))
-        ax.set_xlabel(T_LABEL)
-        integer_ticks(ax)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    for row in axes:
-        row[0].set_ylabel(NMSE_LABEL)
-    fig.suptitle(f"Ablations, one factor at a time (causal mask kept); mean and 95% interval over "
-                 f"{len(res['seeds'])} seeds\n{_size_title(res)}", fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
-def ablation_bars(res: dict):
-    """Normalised MSE at the largest t for every variant (95% interval as whiskers), grouped
-    by factor; base variants hatched; GD (adam) as a dashed line."""
-    factors = _factors(res)
-    cmap = colormap("tab10")
-    labels, means, errs, colors, hatches, missing = [], [], [], [], [], []
-    for fi, factor in enumerate(factors):
-        for v in (v for v in res["variants"] if v["factor"] == factor):
-            arch = res["architectures"].get(v["arch"], {})
-            labels.append(f"{factor.replace('_', ' ')}\n{v['field']}={v['value']}")
-            colors.append(cmap(fi % 10))
-            hatches.append("//" if v["is_base"] else "")
-            if arch.get("status") == "ok":
-                m = float(arch["nmse"]["mean"][-1])
-                lo, hi = float(arch["nmse"]["low"][-1]), float(arch["nmse"]["high"][-1])
-                means.append(m)
-                errs.append([m - lo, hi - m] if np.isfinite([lo, hi]).all() else [0, 0])
-                missing.append(False)
-            else:
-                means.append(0.0)
-                errs.append([0, 0])
-                missing.append(True)
-    x = np.arange(len(labels))
-    fig, axes = new_figure(figsize=(max(8, 0.55 * len(labels)), 4.2))
-    ax = axes[0][0]
-    bars = ax.bar(x, means, yerr=np.array(errs).T, color=colors, capsize=2, edgecolor="black", lw=0.5)
-    for b, h in zip(bars, hatches):
-        b.set_hatch(h)
-    for xi, miss in zip(x, missing):
-        if miss:
-            ax.text(xi, 0.02, "diverged", rotation=90, ha="center", va="bottom", fontsize=7, color="red")
-    if "adam" in res.get("gd", {}):
-        ax.axhline(float(res["gd"]["adam"]["nmse"]["mean"][-1]), color="grey", ls="--", lw=1, label="GD (adam)")
-        ax.legend(fontsize=8)
-    ax.set_xticks(x, labels, rotation=90, fontsize=7)
-    ax.set_ylabel(f"normalised MSE at t = {res['ts'][-1]}")
-    ax.grid(axis="y", alpha=0.3)
-    ax.set_title(f"Error at the largest t per variant (hatched: base); mean and 95% interval over "
-                 f"{len(res['seeds'])} seeds\n{_size_title(res)}", fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
-# ---------------------------------------------------------------------------------------------
-# Reward noise
-# ---------------------------------------------------------------------------------------------
+    k = 1 if ts[0] == 1 else 0
+    return ts[k:], {key: summary[key][k:] for key in ("mean", "low", "high")}
 
 
 def noise_curves(res: dict):
     """Rows: normalised MSE and PL loss against t; columns: corruption models. One colour per
     level: the clean-trained transformer solid, GD (adam) dashed."""
-    ts = res["ts"]
     kinds = list(res["corruptions"])
     clean = str(res["train_levels"][0])
-    fig, axes = new_figure(2, len(kinds), figsize=(4.4 * len(kinds), 7.2), sharey="row")
+    fig, axes = new_figure(2, len(kinds), figsize=(3.4 * len(kinds), 6.4), sharey="row")
     cmap = colormap("viridis")
     for col, kind in enumerate(kinds):
         spec = res["corruptions"][kind]
         levels = [str(lv) for lv in spec["levels"]]
         for row, metric in enumerate(("nmse", "pl")):
-            ax = axes[row][col]
+            ax, means = axes[row][col], []
             for i, lv in enumerate(levels):
                 color = cmap(0.9 * i / max(len(levels) - 1, 1))
-                band(ax, ts, res["transformer"][clean][kind][lv][metric], color,
-                      label=f"{spec['level_name']}={lv}")
-                band(ax, ts, res["gd"]["adam"][kind][lv][metric], color, ls="--", marker=None)
+                for s, ls, lab in ((res["transformer"][clean][kind][lv][metric], "-", f"{spec['level_name']}={lv}"),
+                                   (res["gd"]["adam"][kind][lv][metric], "--", None)):
+                    t, cut = _from_t2(res, s)
+                    band(ax, t, cut, color, label=lab, ls=ls, marker=None if ls == "--" else "o")
+                    means += list(cut["mean"])
             ax.grid(alpha=0.3)
             integer_ticks(ax)
             if row == 0:
-                ax.set_title(f"corruption: {kind}")
+                ax.set_title(f"corruption: {kind}", fontsize=10)
                 ax.axhline(1.0, color="grey", lw=0.6, ls=":")
+                clip_ylim(ax, means)
             else:
                 ax.set_xlabel(T_LABEL)
         axes[0][col].legend(fontsize=7)
     axes[0][0].set_ylabel(NMSE_LABEL)
     axes[1][0].set_ylabel("PL loss on the true ranking")
-    fig.suptitle("Transformer trained on clean rewards (solid) vs GD, adam (dashed), evaluated under "
-                 f"corrupted rewards; 95% intervals shaded\n{_size_title(res)}", fontsize=9)
+    fig.suptitle("Transformer trained on clean rewards (solid) and GD, adam (dashed) under corrupted rewards; bands: "
+                 f"{band_note('seeds')} (transformer), over contexts (GD); t = 1 omitted\n{size_title(res)}", fontsize=9)
     fig.tight_layout()
     return fig
 
 
+def _arm(res, who: str, kind: str, lv: str, health: dict):
+    C = res["n_eval_contexts"]
+    if who == "gd":
+        return CL.arm("GD (adam)", res["gd"]["adam"][kind][lv]["nmse"], n_contexts=C)
+    return CL.arm(who, res["transformer"][who][kind][lv]["nmse"], n_contexts=C, health=health.get(who))
+
+
 def noise_summary(res: dict):
-    """Normalised MSE at the largest t against the corruption level, per corruption model:
-    the clean-trained transformer, the transformer trained at that level (the training
-    corruption model only), and both GD learners, each with its 95% interval."""
+    """Per corruption model (columns): top, normalised MSE at the largest t against the level
+    for the clean-trained transformer, the transformer trained at that level (training
+    corruption only), GD (adam) and the trivial reference predictors; bottom, the paired
+    difference transformer - GD (adam) with its 95% interval over seeds (below 0: the
+    transformer is better). Hollow markers: a transformer that did not pass its training-health
+    gate (no evidence)."""
     kinds = list(res["corruptions"])
     clean = str(res["train_levels"][0])
-    fig, axes = new_figure(1, len(kinds), figsize=(4.4 * len(kinds), 3.8), sharey=True)
+    health = report.noise_health(res)
     train_kind = res["train_config"]["corruption"]
-
-    def pick(getter, levels):
-        ss = [getter(lv) for lv in levels]
-        return {k: [s[k][-1] for s in ss] for k in ("mean", "low", "high")}
-
-    for ax, kind in zip(axes[0], kinds):
+    fig, axes = new_figure(2, len(kinds), figsize=(2.6 * len(kinds) + 0.6, 6.0), sharey="row")
+    pick = lambda ss: {k: [s[k][-1] for s in ss] for k in ("mean", "low", "high")}
+    hollow: set = set()  # series already in the legend as not trained
+    for col, kind in enumerate(kinds):
         spec = res["corruptions"][kind]
         levels = [str(lv) for lv in spec["levels"]]
         x = floats(levels)
-        band(ax, x, pick(lambda lv: res["transformer"][clean][kind][lv]["nmse"], levels), "C0",
-              label="TF trained clean")
+        ax, dax = axes[0][col], axes[1][col]
+        series = [(clean, levels, "C0", "TF trained clean", 0.0)]
         if kind == train_kind:
-            lv_tr = [lv for lv in levels if lv in res["transformer"]]
-            band(ax, floats(lv_tr), pick(lambda lv: res["transformer"][lv][kind][lv]["nmse"], lv_tr), "C3",
-                  label="TF trained at that level")
-        band(ax, x, pick(lambda lv: res["gd"]["adam"][kind][lv]["nmse"], levels), "C1", ls="--",
-              label="GD (adam)")
-        band(ax, x, pick(lambda lv: res["gd"]["gd"][kind][lv]["nmse"], levels), "C2", ls=":", label="GD (plain)")
-        ax.axhline(1.0, color="grey", lw=0.6, ls=":")
-        ax.set_title(f"corruption: {kind}")
-        ax.set_xlabel(f"level {spec['level_name']}")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(f"normalised MSE at t = {res['ts'][-1]}")
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle(f"Error at the largest t against the corruption level (95% intervals)\n{_size_title(res)}",
-                 fontsize=9)
-    fig.tight_layout()
+            series.append((None, [lv for lv in levels if lv in res["transformer"] and lv != clean], "C3",
+                           "TF trained at that level", 0.012 * (x.max() - x.min())))
+        means = []
+        for who, lvs, color, label, dx in series:
+            cells = [res["transformer"][who or lv][kind][lv]["nmse"] for lv in lvs]
+            band(ax, floats(lvs), pick(cells), color, label=label)
+            means += [c["mean"][-1] for c in cells]
+            for lv in lvs:
+                e = CL.effect(_arm(res, who or lv, kind, lv, health), _arm(res, "gd", kind, lv, health))
+                sick = health.get(who or lv, {}).get("status", "trained") != "trained"
+                effects(dax, floats([lv]) + dx, [e], color, hollow=sick,
+                        label=f"{label}: not trained (hollow)" if sick and label not in hollow else None)
+                hollow |= {label} if sick else set()
+        gd = [res["gd"]["adam"][kind][lv]["nmse"] for lv in levels]
+        band(ax, x, pick(gd), "C1", ls="--", label="GD (adam)")
+        means += [g["mean"][-1] for g in gd]
+        for p, ls in zip(res.get("reference", {}), (":", "-.")):
+            ref = [res["reference"][p][kind][lv][-1] for lv in levels]
+            ax.plot(x, ref, color="grey", ls=ls, lw=1, label=f"{p} (trivial)")
+            means += ref
+        ax.axhline(1.0, color="grey", lw=0.5, ls=":")
+        clip_ylim(ax, means)
+        ax.set_title(f"corruption: {kind}", fontsize=10)
+        dax.axhline(0.0, color="k", lw=0.8)
+        dax.set_xlabel(f"level {spec['level_name']}")
+        for a in (ax, dax):
+            a.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"nmse at t = {res['ts'][-1]}")
+    axes[1][0].set_ylabel("TF - GD (adam), paired\n(< 0: transformer better)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    h2, l2 = axes[1][0].get_legend_handles_labels()
+    fig.legend(handles + h2, labels + l2, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.suptitle(f"Error at the largest t against the corruption level. Bands and whiskers: {band_note('seeds')} "
+                 f"(transformers), over contexts (GD)\n{size_title(res)}", fontsize=9)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     return fig

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from icalign.viz.style import (NMSE_LABEL, RANDOM_LABEL, T_LABEL, band, floats, hardware_note, integer_ticks,
-                               new_figure, random_direction_line)
+from icalign.viz.style import (NMSE_LABEL, RANDOM_LABEL, T_LABEL, band, band_note, clip_ylim, floats, hardware_note,
+                               integer_ticks, new_figure, random_direction_line)
 
 __all__ = ["tf_vs_gd", "STYLE"]
 
@@ -16,28 +16,70 @@ STYLE = {
 }
 
 
+def _interval(stats: dict, n: int) -> dict:
+    """The 95% interval of a summary; results written before intervals were stored have only
+    the s.e.m., from which the Student-t interval over n contexts follows exactly."""
+    if "low" in stats:
+        return stats
+    from scipy import stats as st
+
+    half = st.t.ppf(0.975, n - 1) * floats(stats["sem"])
+    m = floats(stats["mean"])
+    return {"mean": m, "low": m - half, "high": m + half}
+
+
 def tf_vs_gd(res: dict):
-    """Left: normalised MSE 1 - cos(y_hat, y*) against t, mean +- s.e.m. over contexts, for the
-    transformer and the GD learners. Right: how GD-like the transformer is: cosine between
-    its predicted direction and each learner's, and between their sensitivities
-    d u / d candidates."""
+    """Left: normalised MSE 1 - cos(y_hat, y*) against t, 95% interval over contexts, for the
+    transformer and the GD learners. Middle: transformer minus each learner, paired per
+    context, with its 95% interval over contexts (one trained model: the interval says
+    nothing about other seeds). Right: how GD-like the transformer is: cosine between its
+    predicted direction and each learner's, and between their sensitivities d u / d
+    candidates (means over contexts)."""
     cmp = res["comparison"]
     t = np.asarray(cmp["t"])
-    fig, axes = new_figure(1, 2, figsize=(11, 4.2))
-    ax, ax2 = axes[0]
+    n = int(cmp["n_contexts"])
+    fig, axes = new_figure(1, 3, figsize=(13, 4.0))
+    ax, dax, ax2 = axes[0]
+    means = []
     for name, stats in cmp["nmse"].items():
         style = STYLE.get(name, dict(label=name))
-        band(ax, t, stats, style.get("color"), label=style["label"] + " (band: s.e.m.)", marker=style.get("marker"),
-             ms=4, alpha=0.2)
+        band(ax, t, _interval(stats, n), style.get("color"), label=style["label"], marker=style.get("marker"), ms=4,
+             alpha=0.2)
+        means += list(floats(stats["mean"]))
     random_direction_line(ax, RANDOM_LABEL)
     ax.set_xlabel(T_LABEL)
     ax.set_ylabel(NMSE_LABEL)
     integer_ticks(ax)
-    ax.set_ylim(bottom=0)
-    ax.legend(fontsize=8)
+    clip_ylim(ax, means + [1.0])
+    ax.legend(fontsize=7)
     m, tr = res["model_config"], res["train_config"]
     ax.set_title(f"{res.get('name') or res.get('size') or 'in memory'}: {m['n_layers']} layers, {m['n_heads']} heads, "
-                 f"width {m['d_model']}, {m['token_layout']}; {tr['steps']} steps", fontsize=9)
+                 f"width {m['d_model']}, {m['token_layout']}; {tr['steps']} steps\nbands: {band_note('contexts', n)}",
+                 fontsize=8)
+
+    diffs = cmp.get("nmse_diff")
+    k = 1 if t[0] == 1 else 0  # t = 1 (nothing to rank yet) would dwarf the differences that matter
+    if diffs:
+        dmeans = []
+        for name, d in diffs.items():
+            style = STYLE.get(name, {})
+            band(dax, t[k:], {key: floats(d[key])[k:] for key in ("mean", "low", "high")}, style.get("color"),
+                 label=f"transformer - {name}" + (f" (t = 1: {floats(d['mean'])[0]:+.3f})" if k else ""),
+                 marker=style.get("marker"), ms=4)
+            dmeans += list(floats(d["mean"])[k:])
+        dax.axhline(0.0, color="k", lw=0.8)
+        clip_ylim(dax, dmeans + [0.0], lo=-2.0, hi=2.0)
+        dax.legend(fontsize=7)
+    else:
+        dax.text(0.5, 0.5, "per-context values not stored\nin this result file:\nno paired difference",
+                 ha="center", va="center", transform=dax.transAxes, fontsize=9)
+        dax.set_xticks([])
+        dax.set_yticks([])
+    dax.set_xlabel(T_LABEL)
+    dax.set_ylabel("transformer - GD learner (< 0: transformer better)", fontsize=8)
+    integer_ticks(dax)
+    dax.set_title(f"paired per context, from t = 2; {band_note('contexts', n)}\n(one trained model: no seed "
+                  f"variation)", fontsize=8)
 
     for name, diff in cmp["pred_diff"].items():
         c = STYLE.get(name, {}).get("color")
@@ -48,12 +90,12 @@ def tf_vs_gd(res: dict):
                      label=f"cos of d u/d candidates, tf vs {name}")
     ax2.axhline(0.0, color="grey", lw=0.8, ls=":")
     ax2.set_xlabel(T_LABEL)
-    ax2.set_ylabel("cosine similarity")
+    ax2.set_ylabel("cosine similarity (mean over contexts)", fontsize=8)
     ax2.set_ylim(top=1.05)
     integer_ticks(ax2)
-    ax2.set_title(f"transformer vs GD ({cmp['n_contexts']} contexts; sensitivities on "
-                  f"{cmp['n_sensitivity']})", fontsize=9)
-    ax2.legend(fontsize=8)
+    ax2.set_title(f"transformer vs GD ({n} contexts; sensitivities on {cmp['n_sensitivity']})", fontsize=8)
+    ax2.legend(fontsize=7)
     fig.suptitle(f"TF vs GD, in-context alignment (d={m['d']}, N={m['n']}); measured on {hardware_note(res)}",
                  fontsize=10)
+    fig.tight_layout()
     return fig

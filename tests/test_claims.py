@@ -1,0 +1,152 @@
+"""The claim engine can fail: on synthetic data with a known effect, its paired seed-level
+interval covers the effect at the nominal rate and a "supported" verdict comes at the power it
+promises; a variant that did not train is labelled so and decides nothing; old result files
+are re-analysed exactly where they can be and conservatively where they cannot."""
+
+import numpy as np
+import pytest
+
+from icalign.analysis import claims as CL
+from icalign.analysis import health as H
+from icalign.core import stats
+
+RNG = np.random.default_rng(15)
+REPS = 4000  # Monte-Carlo replicates: the standard error of a 95% rate is 0.0034, of an 80% one 0.0063
+
+
+def _seed_arms(worse_SxC, better_SxC, health=None):
+    """Arms as an experiment stores them: each seed's mean over contexts at one t."""
+    summ = lambda v: {**stats.summarise(v[:, :, None], "seeds", keep=True)}
+    return (CL.arm("worse", summ(worse_SxC), n_contexts=worse_SxC.shape[1], health=health),
+            CL.arm("better", summ(better_SxC), n_contexts=better_SxC.shape[1]))
+
+
+def _simulate(delta, seeds, contexts, sd_seed, sd_ctx, reps):
+    """Two models on the same contexts: a shared context effect (cancels in the pairing),
+    an effect of each trained seed, and per-(seed, context) noise. Returns (reps, S, C) x 2."""
+    ctx = RNG.normal(0, 1.0, (reps, 1, contexts))
+    a = 0.3 + ctx + RNG.normal(0, sd_seed, (reps, seeds, 1)) + RNG.normal(0, sd_ctx, (reps, seeds, contexts))
+    b = 0.3 + ctx + RNG.normal(0, sd_seed, (reps, seeds, 1)) + RNG.normal(0, sd_ctx, (reps, seeds, contexts))
+    return a + delta, b
+
+
+def _verdicts_and_cover(delta, seeds, sd_seed=0.05, sd_ctx=0.3, contexts=32, reps=REPS):
+    a, b = _simulate(delta, seeds, contexts, sd_seed, sd_ctx, reps)
+    d = (a - b).mean(axis=2)  # (reps, S): what the engine computes from per-seed means
+    lo, hi = stats.mean_ci(d, axis=1)[1:]
+    # the engine on a few replicates gives exactly these intervals
+    for r in range(3):
+        e = CL.effect(*_seed_arms(a[r], b[r]))
+        np.testing.assert_allclose([e["low"], e["high"]], [lo[r], hi[r]], rtol=1e-9)
+        assert e["unit"] == "seeds" and e["n"] == seeds and e["n_contexts"] == contexts
+    sd_d = np.sqrt(2 * sd_seed ** 2 + 2 * sd_ctx ** 2 / contexts)  # true sd of one seed's paired difference
+    return np.mean((lo <= delta) & (delta <= hi)), np.mean(lo > 0), sd_d
+
+
+@pytest.mark.parametrize("seeds", [3, 5])
+def test_paired_seed_interval_covers_the_known_effect_at_the_nominal_rate(seeds):
+    cover, _, _ = _verdicts_and_cover(0.1, seeds)
+    assert abs(cover - 0.95) < 0.015, cover
+
+
+@pytest.mark.parametrize("seeds", [3, 5, 10])
+def test_power_at_the_smallest_detectable_effect_is_80_percent(seeds):
+    sd_d = np.sqrt(2 * 0.05 ** 2 + 2 * 0.3 ** 2 / 32)
+    mde = stats.mde(sd_d, seeds)
+    _, supported, _ = _verdicts_and_cover(mde, seeds)
+    assert abs(supported - 0.8) < 0.03, (seeds, mde, supported)
+    _, at_half, _ = _verdicts_and_cover(mde / 2, seeds)
+    assert at_half < 0.6  # and it is a threshold: half the effect is detected far less often
+
+
+def test_units_needed_is_the_first_count_with_80_percent_power():
+    for effect, sd in ((0.1, 0.2), (0.05, 0.3), (1.0, 0.1)):
+        n = stats.units_needed(effect, sd)
+        assert stats.power(effect, sd, n) >= 0.8
+        assert n == 2 or stats.power(effect, sd, n - 1) < 0.8
+    assert stats.units_needed(0.0, 1.0) is None and stats.units_needed(1e-6, 1.0) is None
+
+
+def test_sd_is_recovered_exactly_from_a_stored_interval():
+    v = RNG.normal(size=(4, 7))
+    m, lo, hi = stats.mean_ci(v, axis=0)
+    for j in range(7):
+        assert stats.sd_from_interval(m[j], lo[j], hi[j], 4) == pytest.approx(v[:, j].std(ddof=1), rel=1e-9)
+
+
+def test_verdicts_follow_the_interval_and_a_failed_training_decides_nothing():
+    base = np.full((3, 16), 0.3) + RNG.normal(0, 0.01, (3, 16))
+    sick = {"status": "not trained", "reason": "2 of 3 seeds: ..."}
+    assert CL.claim("x", *_seed_arms(base + 0.5, base))["verdict"] == "supported"
+    assert CL.claim("x", *_seed_arms(base - 0.5, base))["verdict"] == "contradicted"
+    shift = np.array([[0.05], [-0.04], [0.01]])  # seeds disagree about the sign
+    flat = CL.claim("x", *_seed_arms(base + shift, base))
+    assert flat["low"] < 0 < flat["high"] and flat["verdict"] == "not resolved"
+    assert f"{flat['needed']} seeds would detect" in flat["reason"] and np.isfinite(flat["mde"])
+    c = CL.claim("x", *_seed_arms(base + 0.5, base, health=sick))
+    assert c["verdict"] == "not trained" and "worse did not train" in c["reason"]
+    assert c["effect"] == pytest.approx(0.5, abs=0.02)  # the numbers are still reported
+
+
+def test_model_against_reference_and_the_conservative_bound_for_old_files():
+    a = 0.3 + RNG.normal(0, 0.05, (5, 1)) + RNG.normal(0, 0.2, (5, 64))  # 5 seeds on 64 contexts
+    ref = 0.3 + RNG.normal(0, 0.2, 64)
+    gd = stats.summarise(ref[:, None], "contexts", keep=True)
+    model = stats.summarise(a[:, :, None], "seeds", keep=True)
+    exact = CL.effect(CL.arm("m", model, n_contexts=64), CL.arm("gd", gd, n_contexts=64))
+    assert exact["unit"] == "seeds" and exact["n"] == 5
+    assert exact["effect"] == pytest.approx(a.mean() - ref.mean())
+    old = {k: model[k] for k in ("mean", "low", "high", "n", "unit")}  # what old files stored
+    recovered = CL.effect(CL.arm("m", old, n_contexts=64), CL.arm("gd", gd, n_contexts=64))
+    np.testing.assert_allclose([recovered["low"], recovered["high"]], [exact["low"], exact["high"]], rtol=1e-9)
+    # two seeded arms without per-seed values: the bound interval contains the paired one
+    b = a + 0.02 + RNG.normal(0, 0.01, (5, 1))  # strongly correlated with a
+    mb = stats.summarise(b[:, :, None], "seeds", keep=True)
+    paired = CL.effect(CL.arm("b", mb, n_contexts=64), CL.arm("a", model, n_contexts=64))
+    bound = CL.effect(CL.arm("b", {k: mb[k] for k in old}, n_contexts=64), CL.arm("a", old, n_contexts=64))
+    assert bound["pairing"].startswith("bound") and bound["effect"] == pytest.approx(paired["effect"])
+    assert bound["low"] <= paired["low"] and bound["high"] >= paired["high"]
+    assert paired["low"] > 0 and bound["low"] < 0  # pairing detects the small shift; the bound cannot
+
+
+def test_claims_refuse_different_context_sets():
+    s = stats.summarise(np.zeros((3, 4, 1)) + np.arange(3)[:, None, None], "seeds", keep=True)
+    with pytest.raises(ValueError, match="same contexts"):
+        CL.effect(CL.arm("a", s, n_contexts=4), CL.arm("b", s, n_contexts=8))
+
+
+# ---------------------------------------------------------------------------------------------
+# Training-health gates
+# ---------------------------------------------------------------------------------------------
+
+
+def test_trivial_predictors_are_what_they_say():
+    import jax
+
+    from icalign.core.tasks import sample_contexts
+
+    ctx = sample_contexts(jax.random.PRNGKey(3), 4, 3, 5)
+    p = H.predictions(ctx)
+    ys, r = np.asarray(ctx.ys), np.asarray(ctx.rewards)
+    for n in range(1, 5):
+        np.testing.assert_allclose(p["mean of candidates"][:, n], ys[:, :n].mean(1), rtol=1e-6)
+        best = ys[np.arange(4), r[:, :n].argmax(1)]
+        np.testing.assert_allclose(p["best shown candidate"][:, n], best)
+
+
+def test_a_variant_that_did_not_train_is_labelled_not_trained():
+    base = H.trivial_losses(3, 5)  # small task: fast, deterministic
+    m, b = base["mean of candidates"]["loss"], base["best shown candidate"]["loss"]
+    assert b < m  # copying the top-rewarded candidate beats averaging on the ranking objective
+    falling = np.array([[0.8, 0.5, 0.3]] * 3)
+    good = H.gate([b - 1.0] * 3, base, batch=64, nmse_per_seed=falling)
+    assert good["status"] == "trained" and good["reason"] == ""
+    at_chance = H.gate([m, b - 1.0, b - 1.0], base, batch=64, nmse_per_seed=falling)
+    assert at_chance["status"] == "not trained" and at_chance["reason"].startswith("1 of 3 seeds: seed 0")
+    flat = H.gate([b - 1.0] * 3, base, batch=64, nmse_per_seed=np.array([[0.5, 0.5, 0.6]] * 3))
+    assert flat["status"] == "not trained" and "not below its t = 1 error" in flat["reason"]
+    # a claim that rests on it is "not trained", however large its effect
+    s = lambda v: stats.summarise(np.asarray(v, float)[:, None, None], "seeds", keep=True)
+    c = CL.claim("x", CL.arm("linear", s([1.0, 1.0, 1.1]), n_contexts=1, health=flat),
+                 CL.arm("softmax", s([0.3, 0.31, 0.29]), n_contexts=1, health=good))
+    assert c["verdict"] == "not trained" and "linear did not train" in c["reason"]
