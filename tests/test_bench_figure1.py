@@ -11,16 +11,17 @@ from icalign.benchmarks import figure1 as F
 def test_the_published_grid_and_its_groups():
     rows = F.grid_rows(M.BASE, seeds=5)
     archs = {a for a, _ in rows}
-    # depth 6 + heads 5 + 5 + attention 2 + FFN 2 + LN 2 = 22 variants, the base counted once
-    # per factor: 17 architectures x 5 seeds, and the base at 4 noisy levels x 5 seeds
-    assert len(archs) == 17 and len(rows) == 17 * 5 + 4 * 5
+    # depth 6 + heads 5 + 5 + attention 3 (softmax, linear, linear_mean) + FFN 2 + LN 2 = 23
+    # variants, the base counted once per factor: 18 architectures x 5 seeds, and the base at
+    # 4 noisy levels x 5 seeds
+    assert len(archs) == 18 and len(rows) == 18 * 5 + 4 * 5
     groups = F._programs(rows, batch=8, grouped=True)
     per_head_size = {}
     for sup, members in groups:
         per_head_size.setdefault(sup.head_size, set()).update(a for a, _ in members)
     # heads at fixed width change the head size (96/h): their own programs; everything else
     # (depths, heads at head size 32, linear attention, no FFN, no LN, noise levels) shares one
-    assert sorted(per_head_size) == [16, 24, 32, 48, 96] and len(per_head_size[32]) == 13
+    assert sorted(per_head_size) == [16, 24, 32, 48, 96] and len(per_head_size[32]) == 14
     assert sum(len(m) for _, m in groups) == len(rows)
 
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from icalign.core.tasks import Context
-from icalign.model.config import ModelConfig
+from icalign.model.config import ATTENTIONS, ModelConfig
 from icalign.model.params import FFN, Attention, Block, LayerNorm, Params, check_params
 from icalign.model.tokens import readout_positions, seq_len, token_dim, tokenize
 
@@ -116,8 +116,8 @@ def _attention(h_MxF, p: Attention, B: int, T: int, config: ModelConfig, gates=N
         visible_TxS = jnp.ones((T, T), bool)
     w_BxHxTxS = attention_weights(logits_BxHxTxS, visible_TxS, config.attention)
     if gates is not None:  # a gated variant: its attention kind, its first `heads` heads
-        if config.attention == "softmax":
-            w_BxHxTxS = jnp.where(gates.softmax, w_BxHxTxS, attention_weights(logits_BxHxTxS, visible_TxS, "linear"))
+        kinds = [attention_weights(logits_BxHxTxS, visible_TxS, kind) for kind in ATTENTIONS]
+        w_BxHxTxS = jnp.select([gates.attention == i for i in range(len(ATTENTIONS))], kinds)
         w_BxHxTxS = jnp.where((jnp.arange(H) < gates.heads)[None, :, None, None], w_BxHxTxS, 0.0)
     mixed_BxHxTxK = _product("bhts,bhsk->bhtk", w_BxHxTxS, v_BxHxSxK, prec)
     mixed_MxHK = mixed_BxHxTxK.transpose(0, 2, 1, 3).reshape(B * T, H * dh)

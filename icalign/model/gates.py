@@ -8,7 +8,8 @@ vmapped program instead of one program per architecture:
 
 * ``depth``: layers ``depth``.. pass the residual stream through unchanged;
 * ``heads``: heads ``heads``.. contribute nothing;
-* ``softmax``: softmax attention, else linear (scaled, unnormalised; the mask is kept);
+* ``attention``: the attention kind, an index into ``ModelConfig`` ATTENTIONS (softmax,
+  linear, relu, linear_mean; the mask is kept by all);
 * ``ffn``: the FFN's output is added, else not;
 * ``layer_norm``: the pre-LN norms and the final norm apply, else the identity.
 
@@ -28,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from icalign.model.config import ModelConfig
+from icalign.model.config import ATTENTIONS, ModelConfig
 from icalign.model.params import Params
 
 __all__ = ["Gates", "SHAPE_FIELDS", "super_config", "gates_for", "embed", "extract"]
@@ -43,7 +44,7 @@ SHAPE_FIELDS = ("d_model", "ffn_size", "ffn_activation", "causal", "positional",
 class Gates:
     depth: jax.Array
     heads: jax.Array
-    softmax: jax.Array
+    attention: jax.Array
     ffn: jax.Array
     layer_norm: jax.Array
 
@@ -67,14 +68,10 @@ def super_config(configs: Sequence[ModelConfig]) -> ModelConfig:
                                  "they cannot share one program")
         if c.use_final_norm != c.layer_norm or first.use_final_norm != first.layer_norm:
             raise ValueError("gated variants need final_norm to follow layer_norm")
-    kinds = {c.attention for c in configs}
-    if not kinds <= {"softmax", "linear"}:
-        raise ValueError(f"gates switch softmax and linear attention only, got {sorted(kinds)}")
     return dataclasses.replace(
         first, n_layers=max(c.n_layers for c in configs), n_heads=max(c.n_heads for c in configs),
         head_dim=first.head_size, ffn_width=first.ffn_size, ffn=any(c.ffn for c in configs),
-        layer_norm=any(c.layer_norm for c in configs), final_norm=None,
-        attention="softmax" if "softmax" in kinds else "linear")
+        layer_norm=any(c.layer_norm for c in configs), final_norm=None, attention="softmax")
 
 
 def gates_for(variant: ModelConfig, sup: ModelConfig) -> dict:
@@ -82,7 +79,7 @@ def gates_for(variant: ModelConfig, sup: ModelConfig) -> dict:
     if _shape_key(variant) != _shape_key(sup) or variant.n_layers > sup.n_layers or variant.n_heads > sup.n_heads \
             or (variant.ffn and not sup.ffn) or (variant.layer_norm and not sup.layer_norm):
         raise ValueError(f"{variant} is not a gated variant of {sup}")
-    return {"depth": variant.n_layers, "heads": variant.n_heads, "softmax": variant.attention == "softmax",
+    return {"depth": variant.n_layers, "heads": variant.n_heads, "attention": ATTENTIONS.index(variant.attention),
             "ffn": variant.ffn, "layer_norm": variant.layer_norm}
 
 
@@ -90,7 +87,7 @@ def stack_gates(rows: Sequence[dict]) -> Gates:
     """Gates with a leading model axis from per-model gate values."""
     return Gates(depth=jnp.asarray([r["depth"] for r in rows], jnp.int32),
                  heads=jnp.asarray([r["heads"] for r in rows], jnp.int32),
-                 softmax=jnp.asarray([r["softmax"] for r in rows], bool),
+                 attention=jnp.asarray([r["attention"] for r in rows], jnp.int32),
                  ffn=jnp.asarray([r["ffn"] for r in rows], bool),
                  layer_norm=jnp.asarray([r["layer_norm"] for r in rows], bool))
 
