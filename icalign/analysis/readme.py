@@ -109,12 +109,15 @@ def train_step_bench(root: Path) -> str:
     rows = []
     for name in ("bench/train_step_cpu.json", "bench/train_step_h200.json"):
         b = read_json(root / name)
-        rows.append([_hw(b), f"{b['seconds_per_step_median']:.4g}", _f(b["compile_seconds"], 1),
-                     f"{b['achieved_gflops']:,.0f}", f"{b['peak_matmul_gflops']:,.0f}",
-                     f"{100 * b['fraction_of_peak']:.1f}%", f"{b['dense_matmul_floor_seconds']:.4g}"])
-    return _table(["machine", "s / step (median)", "compile s", "GFLOP/s", "matmul peak GFLOP/s (same run)",
-                   "fraction", "dense-matmul floor s"], rows) + \
-        f"\n\n{_f(b['model_gflop_per_step'], 0)} GFLOP of model matmuls per step."
+        # older files hold float32 only, at the top level
+        per = {p: b[p] for p in ("float32", "bfloat16") if p in b} or {"float32": b}
+        for precision, r in per.items():
+            rows.append([_hw(b), precision, f"{r['seconds_per_step_median']:.4g}", _f(r["compile_seconds"], 1),
+                         f"{r['achieved_gflops']:,.0f}", f"{r['peak_matmul_gflops']:,.0f}",
+                         f"{100 * r['fraction_of_peak']:.1f}%", f"{b['dense_matmul_floor_seconds']:.4g}"])
+    return _table(["machine", "matmuls", "s / step (median)", "compile s", "GFLOP/s",
+                   "matmul peak GFLOP/s (same run, same operand type)", "fraction", "float32 dense-matmul floor s"],
+                  rows) + f"\n\n{_f(b['model_gflop_per_step'], 0)} GFLOP of model matmuls per step."
 
 
 def _loaded(res: dict) -> str:
@@ -184,13 +187,34 @@ def ablations(root: Path) -> str:
     return "\n\n".join(parts)
 
 
-def sweep_bench(root: Path) -> str:
-    b = read_json(root / "bench/sweep_cpu.json")
-    sp = "; ".join(f"{s['n_layers']} layers {_f(s['speedup'], 2)}x ({_f(s['vmapped_seconds'], 1)} s vs "
-                   f"{_f(s['sequential_seconds'], 1)} s)" for s in b["vmapped_vs_sequential"])
-    return (f"{b['models_trained']} models ({b['architectures']} architectures x {b['seeds_per_architecture']} "
-            f"seeds) in {_f(b['wall_seconds'], 0)} s wall on a {_hw(b)} ({_f(b['models_per_minute'], 1)} models per "
-            f"minute, compilation included). Vmapped seeds against one after another, both after compilation: {sp}.")
+def figure1_bench(root: Path) -> str:
+    parts = []
+    for name in ("bench/figure1_cpu.json", "bench/figure1_cpu8.json"):
+        b = read_json(root / name)
+        g, base = b["grouped"], b["base_config"]
+        line = (f"On a {_hw(b)} with {b['devices']} device(s), at the reduced size (base {base['n_layers']} layers, "
+                f"width {base['d_model']}, batch {b['batch']}): {b['models']} models ({b['architectures']} "
+                f"architectures x {b['seeds']} seeds, and the base at 4 noisy levels) in {g['programs']} programs, "
+                f"estimated {_f(g['estimated_wall_minutes'], 1)} min for {b['steps']} steps "
+                f"({g['models_per_hour']:,.0f} models per hour; median step {_f(g['median_seconds_per_step'], 3)} s; "
+                f"{100 * g['fraction_of_matmul_peak']:.1f}% of the {b['matmul_peak_gflops']:,.0f} GFLOP/s matmul peak "
+                f"measured in the same run)")
+        if "one_program_per_architecture" in b:
+            u = b["one_program_per_architecture"]
+            line += (f"; one program per architecture: {u['programs']} programs, "
+                     f"{_f(u['estimated_wall_minutes'], 1)} min ({_f(b['grouping_speedup'], 2)}x the grouped time)")
+        parts.append(line + ".")
+    h = read_json(root / "bench/train_step_h200.json")
+    rate = h["achieved_gflops"] / 1e3 if "achieved_gflops" in h else h["float32"]["achieved_gflops"] / 1e3
+    peak = h["peak_matmul_gflops"] / 1e3 if "peak_matmul_gflops" in h else h["float32"]["peak_matmul_gflops"] / 1e3
+    p = b["published_grid"]
+    parts.append(f"H200 estimate for the published grid ({p['models']} models, batch {p['batch']}, {p['steps']} "
+                 f"steps): {p['model_tflop']:,.0f} TFLOP of model matmuls. At the single-model rate measured on the "
+                 f"H200 ({rate:,.1f} TFLOP/s, bench/train_step_h200.json) that is {p['model_tflop'] / rate / 60:,.0f} "
+                 f"min; at its measured TF32 matmul peak ({peak:,.0f} TFLOP/s) the floor is "
+                 f"{p['model_tflop'] / peak / 60:,.1f} min. Grouping raises the rate above the single-model one by "
+                 f"batching models into each matmul; where in that range the grid lands needs an H200 run.")
+    return "\n\n".join(parts)
 
 
 def necessity(root: Path) -> str:
@@ -243,7 +267,7 @@ def _log(n) -> str:
 SECTIONS: dict[str, Callable[[Path], str]] = {
     "gd-baseline": gd_baseline, "gd-sweep-bench": gd_sweep_bench, "tf-vs-gd": tf_vs_gd,
     "train-step-bench": train_step_bench, "reward-noise": reward_noise, "ablations": ablations,
-    "sweep-bench": sweep_bench, "necessity": necessity, "self-correction": self_correction,
+    "figure1-bench": figure1_bench, "necessity": necessity, "self-correction": self_correction,
 }
 _BLOCK = re.compile(r"(<!-- generated:([\w-]+) -->)(.*?)(<!-- /generated:\2 -->)", re.S)
 

@@ -145,6 +145,10 @@ def run(args) -> int:
     if "one_program_per_architecture" in record:
         record["grouping_speedup"] = (record["one_program_per_architecture"]["estimated_wall_seconds"]
                                       / record["grouped"]["estimated_wall_seconds"])
+    # the published grid at full size, for an estimate on other hardware: its model FLOPs
+    full_rows = grid_rows(M.BASE, args.seeds)
+    record["published_grid"] = {"models": len(full_rows), "batch": 256, "steps": 3000,
+                                "model_tflop": sum(model_flops(a, 256)["step"] for a, _ in full_rows) * 3000 / 1e12}
     record.update(peak_memory=_peak_memory(), loadavg_before_after=[list(load_before), list(os.getloadavg())])
     emit(record)
     return 0
