@@ -84,7 +84,8 @@ def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = 
     variants = A.grid(cfg.model, cfg.factors, cfg.depths, cfg.heads)
     seeds = tuple(cfg.seed + i for i in range(cfg.seeds))
     k_ctx, k_gd = keys.eval_keys(cfg.seed, 2)
-    ctx = sample_contexts(k_ctx, cfg.eval.contexts, cfg.model.d, cfg.model.n)
+    ctx = sample_contexts(k_ctx, cfg.eval.contexts, cfg.model.d, cfg.model.n, cfg.train.queries,
+                          cfg.train.query_corr)
     clean = ctx.r_true[:, None, :]  # (B, 1, N): the clean critic, one "level"
     saved = Progress(out, NAME, cfg, force)
     t0 = time.perf_counter()
