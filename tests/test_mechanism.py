@@ -3,8 +3,6 @@ probes, interventions and implicit weights, each checked against a planted mecha
 must detect (and, where it can, a case where it must fail)."""
 
 import dataclasses
-import json
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -20,8 +18,6 @@ from icalign.analysis import probes as P
 from icalign.analysis import references as R
 from icalign.core.metrics import normalised_mse, prefix_mask
 from icalign.theory.contexts import separated_contexts
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 # --- per-triplet queries (shared files: tasks, tokens, gd, training) ----------------------------
@@ -60,11 +56,17 @@ def test_per_triplet_tokens_carry_each_query_and_bad_settings_fail_early():
 
 
 def test_run_folders_of_shared_runs_keep_their_names():
-    res = json.loads((ROOT / "figures/tf-vs-gd/quick/tf_vs_gd.json").read_text())
-    model, train = M.ModelConfig(**res["model_config"]), T.TrainConfig(**res["train_config"])
-    _, runs = T.make_runs((res["seed"],), None, None, train)
-    assert T.run_dir_for(model, train, runs).name == res["run_folder"]
-    assert T.run_dir_for(model, dataclasses.replace(train, queries="per_triplet"), runs).name != res["run_folder"]
+    """The folder hash of a shared-query run is the one a TrainConfig without the two new fields
+    had (a dataclass of that name and those fields, built here), so earlier runs still load."""
+    train = T.TrainConfig(lr=1e-3, batch=64, steps=1000)
+    old_fields = [(f.name, f.type, f.default) for f in dataclasses.fields(train) if f.name not in ("queries", "query_corr")]
+    Old = dataclasses.make_dataclass("TrainConfig", old_fields, frozen=True)
+    old = Old(**{k: getattr(train, k) for k, _, _ in old_fields})
+    model = M.ModelConfig(n_layers=2, n_heads=2, d_model=32, token_layout="stacked")
+    _, runs = T.make_runs((0,), None, None, train)
+    assert T.run_dir_for(model, train, runs).name == f"run-{M.config_hash(model, old, runs)}"
+    per = dataclasses.replace(train, queries="per_triplet", query_corr=0.5)
+    assert T.run_dir_for(model, per, runs).name != f"run-{M.config_hash(model, old, runs)}"
 
 
 @pytest.mark.parametrize("reward", losses.REWARDS)
