@@ -73,7 +73,8 @@ def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = 
     jobs = A.jobs(A.grid(cfg.model, cfg.factors, cfg.depths, cfg.heads), cfg.probe_lrs)
     seeds = tuple(cfg.seed + i for i in range(cfg.seeds))
     k_ctx, k_gd = keys.eval_keys(cfg.seed, 2)
-    ctx = sample_contexts(k_ctx, cfg.eval.contexts, cfg.model.d, cfg.model.n)
+    ctx = sample_contexts(k_ctx, cfg.eval.contexts, cfg.model.d, cfg.model.n, cfg.train.queries,
+                          cfg.train.query_corr)
     saved = Progress(out, NAME, cfg, force)
     t0 = time.perf_counter()
     for i, job in enumerate(jobs):

@@ -81,7 +81,8 @@ def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = 
     t_train = time.perf_counter() - t0
 
     k_ctx, k_corrupt, k_gd = keys.eval_keys(cfg.seed, 3)
-    ctx = sample_contexts(k_ctx, cfg.eval.contexts, cfg.model.d, cfg.model.n)
+    ctx = sample_contexts(k_ctx, cfg.eval.contexts, cfg.model.d, cfg.model.n, cfg.train.queries,
+                          cfg.train.query_corr)
     kinds = list(CORRUPTIONS)
     # Every (corruption model, level) is one column of the shown rewards (B, L_total, N).
     cols = [(kind, lv) for kind in kinds for lv in DEFAULT_LEVELS[kind]]

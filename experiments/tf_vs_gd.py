@@ -56,7 +56,8 @@ def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = 
         trained = T.train_or_load(cfg.model, cfg.train, seeds=(cfg.seed,), run_root=run_root, progress=progress)
     t_train = time.perf_counter() - t0
     k_ctx, k_gd = keys.eval_keys(cfg.seed, 2)
-    ctx = sample_contexts(k_ctx, cfg.eval.contexts, cfg.model.d, cfg.model.n)
+    ctx = sample_contexts(k_ctx, cfg.eval.contexts, cfg.model.d, cfg.model.n, cfg.train.queries,
+                          cfg.train.query_corr)
     t1 = time.perf_counter()
     cmp = compare(trained.params_of(0), cfg.model, ctx, k_gd, gd_steps=cfg.eval.gd_steps,
                   n_sensitivity=cfg.eval.sensitivity_contexts, progress=progress)

@@ -20,8 +20,8 @@ from icalign import config as C
 from icalign import model as M
 from icalign import train as T
 from icalign.experiment import EvalConfig
-from icalign.experiments import (ablations, gd_baseline, necessity, reward_noise, self_correction, tf_vs_gd,
-                                 verify)
+from icalign.experiments import (ablations, gd_baseline, mechanism, necessity, reward_noise, self_correction,
+                                 tf_vs_gd, verify)
 from icalign.tasks import CORRUPTIONS, DEFAULT_LEVELS
 
 TINY = M.ModelConfig(n_layers=1, n_heads=2, d_model=8, token_layout="stacked", n=4)
@@ -40,9 +40,13 @@ TINY_CONFIGS = {
         model=dataclasses.replace(TINY, d=5, n=6), train=TINY_TRAIN,
         concept=self_correction.ConceptConfig(n=6, rounds=2, n_layers=1, d_model=8, steps=4, batch=4,
                                               probe_contexts=8, loop_contexts=4)),
+    "mechanism": mechanism.Config(
+        model=dataclasses.replace(TINY, n_layers=2, n=5), train=TINY_TRAIN, eval=EvalConfig(contexts=8),
+        triplet_train=dataclasses.replace(TINY_TRAIN, queries="per_triplet", query_corr=0.7), etas=(0.01, 0.1),
+        k_max=2, minimiser_steps=4, intervention_contexts=2, implicit_queries=6),
 }
 MODULES = {"gd-baseline": gd_baseline, "tf-vs-gd": tf_vs_gd, "reward-noise": reward_noise, "ablations": ablations,
-           "necessity": necessity, "self-correction": self_correction, "verify": verify}
+           "necessity": necessity, "self-correction": self_correction, "verify": verify, "mechanism": mechanism}
 
 
 def test_every_experiment_is_listed_and_has_the_api():
@@ -71,6 +75,9 @@ def test_every_experiment_runs_in_memory_and_writes_nothing(name, tmp_path, monk
         assert all(c["verdict"] != "not trained" for c in gd_only) and (gd_only or name == "ablations")
     if name == "tf-vs-gd":
         assert res["comparison"]["t"] == [1, 2, 3] and "sensitivity" in res["comparison"]
+    if name == "mechanism":
+        assert res["shared"]["t"] == [1, 2, 3, 4] and res["triplet"]["weights"] and res["claims"]
+        assert set(res["figures"]) == {"distances", "layers", "probes", "invariance", "triplets"}
     if name != "verify":
         assert res.get("figures"), "figures are returned in memory"
 

@@ -62,7 +62,7 @@ def transformer_predictions(params: M.Params, ctx: Context, config: M.ModelConfi
 
 @partial(jax.jit, static_argnames=("learner", "steps"))
 def _gd_predictions(keys_B, ctx: Context, ts, learner: str, steps: int, lr):
-    return gd.fit_contexts(keys_B, ctx.x, ctx.ys, ctx.rewards, ts, learner, steps, lr)
+    return gd.fit_contexts(keys_B, ctx.x, ctx.ys, ctx.rewards, ts, learner, steps, lr, ctx.xs)
 
 
 def _gd_args(key, ctx: Context, ts, learner: str, steps: int, lr):
@@ -110,14 +110,14 @@ def transformer_sensitivities(params: M.Params, ctx: Context, config: M.ModelCon
 
 @partial(jax.jit, static_argnames=("learner", "steps"))
 def _gd_jacobians(keys_B, ctx: Context, ts, learner: str, steps: int, lr):
-    def one(key, x, ys, rewards):
+    def one(key, x, ys, rewards, xs):
         def u_of(ys, rewards, t):
-            return unit(gd.fit_linear(key, x, ys, rewards, t, learner, steps, lr))
+            return unit(gd.fit_linear(key, x, ys, rewards, t, learner, steps, lr, xs=xs))
 
         jac = jax.jacrev(u_of, argnums=(0, 1))
         return jax.vmap(lambda t: jac(ys, rewards, t))(ts)  # (T,D,N,D), (T,D,N)
 
-    return jax.lax.map(lambda a: one(*a), (keys_B, ctx.x, ctx.ys, ctx.rewards))
+    return jax.lax.map(lambda a: one(*a), (keys_B, ctx.x, ctx.ys, ctx.rewards, ctx.xs))
 
 
 def gd_sensitivities(key, ctx: Context, ts, learner: str = "adam", steps: int = 50, lr=None):

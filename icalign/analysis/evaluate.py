@@ -30,7 +30,7 @@ from icalign import model as M
 from icalign.core.metrics import normalised_mse, ranking_loss
 from icalign.core.sharding import shard_leading, sweep_mesh, to_host
 from icalign.core.stats import summarise
-from icalign.core.tasks import CORRUPTIONS, Context, check_corruption_levels
+from icalign.core.tasks import CORRUPTIONS, Context, check_corruption_levels, scored_candidates
 from icalign.core.validate import check_choice, check_finite, check_int, check_key, check_positive
 from icalign.theory import gd
 
@@ -68,7 +68,7 @@ def corrupted_rewards(key, ctx: Context, corruption: str, levels: Sequence[float
 def _metrics(y_BxTxD, ctx: Context):
     """nmse and PL loss (true rewards, all N candidates), (B, T) each."""
     nmse = normalised_mse(y_BxTxD, ctx.y_star[:, None, :])
-    pl = ranking_loss(y_BxTxD, ctx.ys[:, None], ctx.r_true[:, None])
+    pl = ranking_loss(y_BxTxD, scored_candidates(ctx)[:, None], ctx.r_true[:, None])
     return nmse, pl
 
 
@@ -109,7 +109,7 @@ def _gd_curves(keys_B, ctx: Context, rewards_BxLxN, learner: str, steps: int, lr
     ts = jnp.arange(1, ctx.ys.shape[1])
 
     def per_level(rewards_BxN):
-        y = gd.fit_contexts(keys_B, ctx.x, ctx.ys, rewards_BxN, ts, learner, steps, lr)  # (B, T, D)
+        y = gd.fit_contexts(keys_B, ctx.x, ctx.ys, rewards_BxN, ts, learner, steps, lr, ctx.xs)  # (B, T, D)
         return _metrics(y, ctx)
 
     return jax.vmap(per_level, in_axes=1)(rewards_BxLxN)  # (L, B, T) each

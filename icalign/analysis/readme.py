@@ -264,10 +264,76 @@ def _log(n) -> str:
     return f"{math.log(n):.3f}"
 
 
+def _ci(s: dict, i: int | None = None) -> str:
+    pick = (lambda k: s[k]) if i is None else (lambda k: s[k][i])
+    return f"{_f(pick('mean'))} [{_f(pick('low'))}, {_f(pick('high'))}]"
+
+
+_REFS = {"minimiser": "minimiser of the training loss", "gd_cosine": "fitted GD, cosine PL",
+         "gd_sqdist": "fitted GD, squared-distance PL", "exact": "exact recovery"}
+
+
+def _distance_table(study: dict, t_values) -> str:
+    ts = study["t"]
+    idx = [_idx(ts, t) for t in t_values if t in ts]
+    rows = [[_REFS[r]] + [_ci(study["distance"][r], i) for i in idx] for r in _REFS]
+    rows.append(["(transformer's own error 1 - cos(y, y*))"] + [_ci(study["nmse"]["transformer"], i) for i in idx])
+    fit = study["fitted_gd"]["cosine"]
+    rows.append(["(fitted cosine GD: steps / eta)"] + [f"{fit['steps'][i]} / {fit['eta'][i]:.3g}" for i in idx])
+    return _table(["distance of the transformer to"] + [f"t = {ts[i]}" for i in idx], rows)
+
+
+def mechanism(root: Path) -> str:
+    res = read_json(root / "mechanism/quick/mechanism.json")
+    m, sh, tr = res["model_config"], res["shared"], res["shared"]["train_config"]
+    parts = [f"**quick** ({m['n_layers']} layers, {m['n_heads']} heads, width {m['d_model']}, {m['token_layout']} "
+             f"tokens, batch {tr['batch']}, {tr['steps']} steps, lr {tr['lr']:g}; {_hw(res)}, "
+             f"{_f(res['seconds']['total'] / 60, 1)} min in all). Mean [95% interval over "
+             f"{res['config']['eval']['contexts'] // 2} held-out contexts, one trained model]; distance = 1 - cos "
+             "between the two answers:\n\n" + _distance_table(sh, (1, 2, 5, 10, sh["t"][-1]))]
+    rows = [[r["layer"], f"{r['own']['steps']} / {r['own']['eta']:.3g}", _ci(r["own"]["distance_to_gd"]),
+             _ci(r["own"]["distance_to_minimiser"]), _ci(r["own"]["nmse"]), _ci(r["fitted"]["nmse"])]
+            for r in sh["layers"]]
+    parts.append(f"Layers (pooled over t >= 2): the model's own read-out applied to each layer, matched to cosine-PL "
+                 f"GD from the transformer's answer at t = 0 (at most {sh['k_max']} steps), and the error of a read-out "
+                 "fitted to y* on other contexts:\n\n" + _table(
+                     ["layer", "best GD steps / eta", "own read-out to GD", "own read-out to minimiser",
+                      "own read-out error vs y*", "fitted read-out error vs y*"], rows))
+    rows = []
+    for name, v in sh["probes"].items():
+        best = max(range(len(v["r2"]["mean"])), key=lambda l: v["r2"]["mean"][l])
+        rows.append([name, _ci(v["r2"], 0), f"{_ci(v['r2'], best)} (layer {best})",
+                     _ci(v["r2_shuffled"], best)])
+    parts.append("Probes (held-out R^2, 95% bootstrap interval over contexts):\n\n" + _table(
+        ["quantity", "layer 0 (tokens)", "best layer", "shuffled control at that layer"], rows))
+    iv = sh["interventions"]
+    names = ["transformer"] + list(_REFS)
+    rows = [[k] + [_ci(iv[k][n]) for n in names] for k in iv]
+    parts.append("Change of the answer (1 - cos, mean over t) under each intervention:\n\n" + _table(
+        ["intervention", "transformer"] + [_REFS[n] for n in _REFS], rows))
+    if "triplet" in res:
+        pt, tt = res["triplet"], res["triplet"]["train_config"]
+        w, ts = pt["weights"], pt["t"]
+        idx = [_idx(ts, t) for t in (2, 10, ts[-1])]
+        rows = [[lab] + [_ci(w[k], i) for i in idx] for k, lab in (
+            ("cos_imp_gd", "cos(W_imp, W_GD)"), ("cos_update_imp_gd", "cos(W_imp - W_0, W_GD - W_0)"),
+            ("cos_imp_ls", "cos(W_imp, least-squares W*)"), ("cos_gd_ls", "cos(W_GD, least-squares W*)"),
+            ("imp_fit_r2", "R^2 of the affine fit"),
+            ("imp_query_share", "share of the answer that moves with the query"))]
+        parts.append(f"Per-triplet queries (correlation {tt['query_corr']:g} with the test query; {tt['steps']} steps; "
+                     "the minimiser here is an oracle: it ranks the unshown candidates at the test query):"
+                     "\n\n" + _distance_table(pt, (2, 5, 10, ts[-1])) + "\n\nImplicit weights:\n\n"
+                     + _table(["", *(f"t = {ts[i]}" for i in idx)], rows))
+    parts.append("Claims:\n\n" + "\n".join(f"- {c['claim']}: **{c['verdict']}** ({c['values']})"
+                                             for c in res["claims"]))
+    return "\n\n".join(parts)
+
+
 SECTIONS: dict[str, Callable[[Path], str]] = {
     "gd-baseline": gd_baseline, "gd-sweep-bench": gd_sweep_bench, "tf-vs-gd": tf_vs_gd,
     "train-step-bench": train_step_bench, "reward-noise": reward_noise, "ablations": ablations,
     "figure1-bench": figure1_bench, "necessity": necessity, "self-correction": self_correction,
+    "mechanism": mechanism,
 }
 _BLOCK = re.compile(r"(<!-- generated:([\w-]+) -->)(.*?)(<!-- /generated:\2 -->)", re.S)
 

@@ -8,11 +8,19 @@ Reference protocol (docs/theory.md section 4, "mixed linear alignment"): one que
 shared by all candidates; W*, W_eps ~ N(0, 1)^{d x d} per context; y* = W* x, eps = W_eps x;
 true rewards r_j ~ U(0, 1); responses y_j = r_j y* + (1 - r_j) eps. The reward is exactly
 the mixing weight: a perfect critic. Corruption changes only the *shown* rewards.
+
+Per-triplet queries (``queries="per_triplet"``, docs/theory.md section 7): the same draws, but
+triplet j is shown at its own query x_j = rho x + sqrt(1 - rho^2) xi_j, xi_j ~ N(0, I)
+(``query_corr`` rho in [0, 1); 0: independent of x), y_j = r_j W* x_j + (1 - r_j) W_eps x_j, and
+x becomes the test query whose answer y* = W* x is asked for. The shared-query candidates at x
+(same mixing weights) are kept as ``ys_query``: the training loss and the metrics score the
+prediction against them, never shown to the learner. W-space and prediction-space updates then
+differ, and a learner's implicit W can be read off by varying x.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +30,11 @@ from icalign.core.validate import check_choice, check_finite, check_int, check_k
 
 __all__ = [
     "Context",
+    "QUERIES",
     "mixed_linear",
+    "triplet_queries",
+    "scored_candidates",
+    "check_query_corr",
     "sample_contexts",
     "CORRUPTIONS",
     "corrupt",
@@ -44,6 +56,9 @@ class Context:
     r_true:   (N,)   true rewards (the mixing weight of y* in y_j).
     rewards:  (N,)   rewards shown to the learner (the critic's scores; = r_true if clean).
     y_star:   (D,)   the right answer W* x (never used by any learner; only by metrics).
+    xs:       (N, D) per-triplet queries, or None: every triplet's query is x.
+    ys_query: (N, D) with per-triplet queries, the candidates at x with the same mixing weights
+              (what the training loss and the ranking metric score; never shown); else None.
     """
 
     x: jax.Array
@@ -51,6 +66,8 @@ class Context:
     r_true: jax.Array
     rewards: jax.Array
     y_star: jax.Array
+    xs: Optional[jax.Array] = None
+    ys_query: Optional[jax.Array] = None
 
     @property
     def n(self) -> int:
@@ -61,11 +78,27 @@ class Context:
         return self.ys.shape[-1]
 
 
-def mixed_linear(key: jax.Array, d: int = 5, n: int = 20) -> Context:
-    """The published "mixed linear alignment" context (docs/theory.md section 4)."""
+QUERIES = ("shared", "per_triplet")
+
+
+def check_query_corr(name: str, query_corr, queries: str) -> None:
+    """rho in [0, 1) for per-triplet queries; exactly 0 for shared ones (where it means nothing)."""
+    if queries == "shared" and query_corr != 0:
+        raise ValueError(f"{name} must be 0 with shared queries (it sets per-triplet queries only), got {query_corr!r}")
+    check_level(name, query_corr, 0.0, 1.0)
+    if not isinstance(query_corr, jax.core.Tracer) and float(query_corr) >= 1.0:
+        raise ValueError(f"{name} must be < 1 (1 would be shared queries), got {query_corr!r}")
+
+
+def mixed_linear(key: jax.Array, d: int = 5, n: int = 20, queries: str = "shared", query_corr=0.0) -> Context:
+    """The published "mixed linear alignment" context (docs/theory.md section 4), or, with
+    ``queries="per_triplet"``, the same context with each triplet shown at its own query
+    (module docstring). The shared-query draws are the same for both options."""
     check_key("key", key)
     d = check_int("d", d, minimum=1)
     n = check_int("n", n, minimum=2)
+    check_choice("queries", queries, QUERIES)
+    check_query_corr("query_corr", query_corr, queries)
     k_x, k_star, k_eps, k_r = jax.random.split(key, 4)
     x = jax.random.normal(k_x, (d,))
     w_star = jax.random.normal(k_star, (d, d))
@@ -74,18 +107,37 @@ def mixed_linear(key: jax.Array, d: int = 5, n: int = 20) -> Context:
     eps = w_eps @ x
     r = jax.random.uniform(k_r, (n,))
     ys = r[:, None] * y_star[None, :] + (1.0 - r[:, None]) * eps[None, :]
-    return Context(x=x, ys=ys, r_true=r, rewards=r, y_star=y_star)
+    if queries == "shared":
+        return Context(x=x, ys=ys, r_true=r, rewards=r, y_star=y_star)
+    # A folded key, so the four draws above stay those of the shared context.
+    xs = query_corr * x[None, :] + (1.0 - query_corr**2) ** 0.5 * jax.random.normal(jax.random.fold_in(key, 1), (n, d))
+    shown = r[:, None] * (xs @ w_star.T) + (1.0 - r[:, None]) * (xs @ w_eps.T)
+    return Context(x=x, ys=shown, r_true=r, rewards=r, y_star=y_star, xs=xs, ys_query=ys)
 
 
-def sample_contexts(key: jax.Array, batch: int, d: int = 5, n: int = 20) -> Context:
+def sample_contexts(key: jax.Array, batch: int, d: int = 5, n: int = 20, queries: str = "shared",
+                    query_corr=0.0) -> Context:
     """``batch`` independent contexts, fields with a leading (batch,) axis."""
     check_key("key", key)
     batch = check_int("batch", batch, minimum=1)
     d = check_int("d", d, minimum=1)
     n = check_int("n", n, minimum=2)
+    check_choice("queries", queries, QUERIES)
+    check_query_corr("query_corr", query_corr, queries)
     check_memory(f"{batch} contexts of d={d}, n={n}", contexts_bytes(batch, d, n), "the number of contexts (batch)")
     keys = jax.random.split(key, batch)
-    return jax.vmap(lambda k: mixed_linear(k, d, n))(keys)
+    return jax.vmap(lambda k: mixed_linear(k, d, n, queries, query_corr))(keys)
+
+
+def triplet_queries(ctx: Context) -> jax.Array:
+    """The query of every triplet, (..., N, D): ``ctx.xs``, or x repeated for shared queries."""
+    return jnp.broadcast_to(ctx.x[..., None, :], ctx.ys.shape) if ctx.xs is None else ctx.xs
+
+
+def scored_candidates(ctx: Context) -> jax.Array:
+    """The candidates a prediction for the query x is scored against, (..., N, D): the shown
+    ones for shared queries, the unshown ``ys_query`` for per-triplet queries."""
+    return ctx.ys if ctx.ys_query is None else ctx.ys_query
 
 
 def contexts_bytes(batch: int, d: int, n: int) -> float:

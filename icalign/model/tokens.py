@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from icalign.core.tasks import Context
+from icalign.core.tasks import Context, triplet_queries
 from icalign.model.config import ModelConfig
 
 __all__ = ["token_dim", "seq_len", "readout_positions", "tokenize"]
@@ -34,13 +34,19 @@ def readout_positions(config: ModelConfig) -> np.ndarray:
 
 def tokenize(ctx: Context, config: ModelConfig) -> jax.Array:
     """Tokens of a context (leading batch axes allowed). Uses x, ys and the *shown* rewards
-    only; y* never enters. See the module docstring for both layouts."""
+    only; y* never enters. See the module docstring for both layouts. With per-triplet
+    queries (``ctx.xs``; stacked layout only) candidate j's token carries its own x_j and the
+    query token carries the test query x."""
     x, ys, r = ctx.x, ctx.ys, ctx.rewards
     N, D = ys.shape[-2:]
     if (N, D) != (config.n, config.d):
         raise ValueError(f"context has (N, D) = ({N}, {D}) but the config says (n, d) = "
                          f"({config.n}, {config.d})")
-    xs = jnp.broadcast_to(x[..., None, :], ys.shape)
+    if ctx.xs is not None and config.token_layout != "stacked":
+        # The interleaved layout reads each prediction at the next triplet's own query token,
+        # so it has no place for a test query shared by all rows.
+        raise ValueError(f"per-triplet queries need token_layout='stacked', got {config.token_layout!r}")
+    xs = triplet_queries(ctx)
     if config.token_layout == "interleaved":
         r_pad = jnp.zeros(ys.shape, ys.dtype).at[..., 0].set(r)
         triplets = jnp.stack([xs, ys, r_pad], axis=-2)  # (..., N, 3, D)

@@ -18,6 +18,10 @@ y_hat = W x, dL/dW = (sum_j dL/ds_j * ds_j/dy_hat) x^T, with
   the implemented reward).
 
 BT is PL with N = 2: dL_BT/dW = -beta * sigmoid(s_l - s_w) (y_w - y_l) x^T for sqdist.
+
+Per-triplet queries (candidate j scored at its own query, s_j = r(W x_j, y_j); docs/theory.md
+section 7): dL/dW = sum_j dL/ds_j * ds_j/dy_hat_j x_j^T, a sum of rank-one terms along the seen
+queries rather than one term along x (``pl_gradient_triplets``; ``fit_linear(..., xs=...)``).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ __all__ = [
     "remaining_softmax",
     "pl_score_gradient",
     "pl_gradient",
+    "pl_gradient_triplets",
     "bt_gradient",
     "gd_step",
     "gradient_descent",
@@ -172,6 +177,34 @@ def pl_gradient(W, x, ys, rewards, reward: str = "sqdist", beta=1.0, mask=None) 
     return jnp.outer(_yhat_gradient(W @ x, ys, rewards, mask, reward, beta), x)
 
 
+def _triplet_w_gradient(W, xs_s, ys_s, m, reward, beta):
+    """dL_PL/dW when candidate j (sorted best-first, ``m``: alive) is scored at its own query
+    x_j: the rows dL/ds_j * ds_j/dy_hat_j, contracted with the queries."""
+    yh = xs_s @ W.T  # (N, D_out): y_hat_j = W x_j
+    if reward == "sqdist":
+        s = -0.5 * beta * jnp.sum((yh - ys_s) ** 2, axis=-1)
+        dy = _score_gradient_sorted(s, m)[:, None] * (-beta) * (yh - ys_s)
+    else:
+        u, na = unit(ys_s), smooth_norm(yh)
+        s = jnp.sum(u * yh, axis=-1) / na
+        dy = _bounded_score_gradient_sorted(s, m)[:, None] * (u / na[:, None] - s[:, None] * yh / (na * na)[:, None])
+    return dy.T @ xs_s
+
+
+def pl_gradient_triplets(W, xs, ys, rewards, reward: str = "sqdist", beta=1.0, mask=None) -> jax.Array:
+    """dL_PL/dW in closed form when candidate j is scored at its own query x_j,
+    s_j = r(W x_j, y_j). ``xs`` (N, D_in); with every x_j = x it equals :func:`pl_gradient`."""
+    if jnp.ndim(xs) != 2:
+        raise ValueError(f"xs must have shape (N, D_in), got {jnp.shape(xs)}")
+    _check_policy_args(W, xs[0], ys, rewards, reward, mask)
+    if jnp.shape(xs)[0] != jnp.shape(ys)[0]:
+        raise ValueError(f"xs must have one query per candidate ({jnp.shape(ys)[0]}), got {jnp.shape(xs)}")
+    check_positive("beta", beta)
+    mask = jnp.ones(ys.shape[0], bool) if mask is None else mask
+    _, (xs_s, ys_s, m) = _sort(rewards, mask, xs, ys, mask)
+    return _triplet_w_gradient(W, xs_s, ys_s, m, reward, beta)
+
+
 def bt_gradient(W, x, y_preferred, y_other, reward: str = "sqdist", beta=1.0) -> jax.Array:
     """dL_BT/dW in closed form: sigmoid(s_l - s_w) (ds_l/dy_hat - ds_w/dy_hat) x^T;
     for sqdist this is -beta sigmoid(s_l - s_w) (y_w - y_l) x^T."""
@@ -220,12 +253,13 @@ def init_linear(key: jax.Array, d_out: int, d_in: int, dtype=jnp.float32) -> jax
 
 
 def fit_linear(key, x, ys, rewards, t, learner: str = "adam", steps: int = 50, lr=None,
-               reward: str = "cosine") -> jax.Array:
+               reward: str = "cosine", xs=None) -> jax.Array:
     """Fit a linear policy on the PL loss over the first ``t`` candidates; return y_hat = W x.
 
     The published baseline is ``learner='adam'``: lr 0.1, 50 full-batch steps, cosine reward,
     PyTorch's default init. It always runs ``steps`` steps, whatever the corruption level
     (the published code silently ran 50 - 25p). ``t`` may be a traced array (vmapped).
+    ``xs`` (N, D_in): per-triplet queries (candidate j scored at x_j); x is then the test query.
     """
     check_choice("learner", learner, LEARNERS)
     check_key("key", key)
@@ -240,16 +274,19 @@ def fit_linear(key, x, ys, rewards, t, learner: str = "adam", steps: int = 50, l
     # The ranking never changes during the fit: sort once, outside the step loop.
     order = ranking_order(rewards, mask)
     ys_s, m_s = ys[order], mask[order]
-    if reward == "cosine":
+    if xs is not None:
+        xs_s = xs[order]
+        grad_w = lambda W: _triplet_w_gradient(W, xs_s, ys_s, m_s, reward, 1.0)
+    elif reward == "cosine":
         units_s = unit(ys_s)  # constant over the fit: normalise once
-        grad_yhat = lambda y: _cosine_yhat_gradient(y, units_s, m_s)
+        grad_w = lambda W: jnp.outer(_cosine_yhat_gradient(W @ x, units_s, m_s), x)
     else:
-        grad_yhat = lambda y: _yhat_gradient_sorted(y, ys_s, m_s, reward, 1.0)
+        grad_w = lambda W: jnp.outer(_yhat_gradient_sorted(W @ x, ys_s, m_s, reward, 1.0), x)
     W0 = init_linear(key, ys.shape[1], x.shape[0], ys.dtype)
 
     def body(carry, _):
         W, state = carry
-        grad = jnp.outer(grad_yhat(W @ x), x)
+        grad = grad_w(W)
         updates, state = opt.update(grad, state, W)
         return (optax.apply_updates(W, updates), state), None
 
@@ -257,15 +294,17 @@ def fit_linear(key, x, ys, rewards, t, learner: str = "adam", steps: int = 50, l
     return W @ x
 
 
-def fit_contexts(keys_B, x_BxD, ys_BxNxD, rewards_BxN, ts, learner: str = "adam", steps: int = 50, lr=None):
+def fit_contexts(keys_B, x_BxD, ys_BxNxD, rewards_BxN, ts, learner: str = "adam", steps: int = 50, lr=None,
+                 xs_BxNxD=None):
     """``fit_linear`` for every context (leading axis B, one init key each) and every t of
     ``ts``: (B, T, D). The one vmapped wrapper that every GD sweep (the baseline sweep, the
-    TF-vs-GD comparison, the corruption curves) calls; traceable, so callers jit it."""
+    TF-vs-GD comparison, the corruption curves) calls; traceable, so callers jit it.
+    ``xs_BxNxD``: per-triplet queries (``Context.xs``), or None for shared ones."""
 
-    def one(key, x, ys, rewards):
-        return jax.vmap(lambda t: fit_linear(key, x, ys, rewards, t, learner, steps, lr))(ts)
+    def one(key, x, ys, rewards, xs):
+        return jax.vmap(lambda t: fit_linear(key, x, ys, rewards, t, learner, steps, lr, xs=xs))(ts)
 
-    return jax.vmap(one)(keys_B, x_BxD, ys_BxNxD, rewards_BxN)
+    return jax.vmap(one)(keys_B, x_BxD, ys_BxNxD, rewards_BxN, xs_BxNxD)
 
 
 @partial(jax.jit, static_argnames=("corruption", "learner", "steps", "n_used"))
@@ -282,7 +321,8 @@ def _sweep(key, ctx, levels, ts, lr, corruption, learner, steps, n_used):
         # Corrupt all N rewards (so the draws do not depend on the sweep's ts), then keep
         # only the first max(ts) candidates: a fit on t candidates never reads the rest.
         shown = jax.vmap(lambda k, r: corrupt_fn(k, r, level))(corrupt_keys, ctx.r_true)[:, :n_used]
-        y_hat = fit_contexts(init_keys, ctx.x, ctx.ys[:, :n_used], shown, ts, learner, steps, lr)  # (B, T, D)
+        xs = None if ctx.xs is None else ctx.xs[:, :n_used]
+        y_hat = fit_contexts(init_keys, ctx.x, ctx.ys[:, :n_used], shown, ts, learner, steps, lr, xs)  # (B, T, D)
         return normalised_mse(y_hat, ctx.y_star[:, None, :]), y_hat
 
     return jax.vmap(per_level)(levels)  # (L, B, T), (L, B, T, D)

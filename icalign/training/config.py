@@ -12,7 +12,7 @@ import numpy as np
 from flax import struct
 
 from icalign.core import keys
-from icalign.core.tasks import CORRUPTIONS, check_corruption_levels
+from icalign.core.tasks import CORRUPTIONS, QUERIES, check_corruption_levels, check_query_corr
 from icalign.core.validate import check_choice, check_int, check_seed
 
 __all__ = ["TrainConfig", "RunSpec", "make_runs", "run_settings", "runs_from_keys", "select_run"]
@@ -24,7 +24,10 @@ class TrainConfig:
     the ``corruption`` model applied to the shown rewards (0: clean critic); per-run learning
     rates and noise levels given to ``train`` override ``lr`` and ``noise``.
     ``chunk`` steps run per compiled call (and per log line); checkpoints every
-    ``checkpoint_every`` steps (a multiple of ``chunk``)."""
+    ``checkpoint_every`` steps (a multiple of ``chunk``). ``queries`` picks the task
+    (``tasks.QUERIES``): "shared" (published) or "per_triplet" (each triplet at its own
+    query, correlated ``query_corr`` with the test query; stacked token layout only;
+    docs/theory.md section 7)."""
 
     lr: float = 1e-4
     batch: int = 256
@@ -37,6 +40,8 @@ class TrainConfig:
     b1: float = 0.9
     b2: float = 0.999
     eps: float = 1e-8
+    queries: str = "shared"
+    query_corr: float = 0.0
 
     def __post_init__(self):
         for name, minimum in (("batch", 1), ("steps", 1), ("min_seen", 1), ("chunk", 1),
@@ -57,6 +62,8 @@ class TrainConfig:
             if getattr(self, name) >= 1:
                 raise ValueError(f"TrainConfig.{name} must be < 1, got {getattr(self, name)!r}")
         check_choice("TrainConfig.corruption", self.corruption, CORRUPTIONS)
+        check_choice("TrainConfig.queries", self.queries, QUERIES)
+        check_query_corr("TrainConfig.query_corr", self.query_corr, self.queries)
         check_corruption_levels(self.corruption, self.noise)
 
     def to_dict(self) -> dict:

@@ -25,7 +25,7 @@ import optax
 
 from icalign import model as M
 from icalign.core.losses import cosine_reward, prefix_plackett_luce
-from icalign.core.tasks import Context, corrupt, sample_contexts
+from icalign.core.tasks import Context, corrupt, sample_contexts, scored_candidates
 from icalign.core.validate import check_memory
 from icalign.training import checkpoint as ck
 from icalign.training.config import RunSpec, TrainConfig, make_runs, run_settings, select_run
@@ -39,17 +39,19 @@ def loss_fn(params: M.Params, ctx: Context, model_cfg: M.ModelConfig, min_seen: 
     """Online PL with the cosine reward, averaged over rows n >= min_seen and the batch.
 
     L = mean_{b, n >= min_seen} sum_{i=1..n} [ -s_tau(i) + log sum_{j>=i} exp s_tau(j) ],
-    s_j = cos(y_hat_n, y_j), tau = candidates 0..n-1 sorted by shown reward.
+    s_j = cos(y_hat_n, y_j), tau = candidates 0..n-1 sorted by shown reward. With per-triplet
+    queries the y_j scored are the candidates at the test query (``tasks.scored_candidates``).
     """
     y_hat_BxNxD = M.predict(params, ctx, model_cfg, gates)
-    scores_BxNxN = cosine_reward(y_hat_BxNxD, ctx.ys[..., None, :, :])
+    scores_BxNxN = cosine_reward(y_hat_BxNxD, scored_candidates(ctx)[..., None, :, :])
     rows_BxN = prefix_plackett_luce(scores_BxNxN, ctx.rewards)
     return jnp.mean(rows_BxN[..., min_seen:])
 
 
 def batch_for_step(run: RunSpec, step, model_cfg: M.ModelConfig, train_cfg: TrainConfig) -> Context:
     """The training batch of one run at ``step`` (regenerable from the run's keys)."""
-    ctx = sample_contexts(jax.random.fold_in(run.k_data, step), train_cfg.batch, model_cfg.d, model_cfg.n)
+    ctx = sample_contexts(jax.random.fold_in(run.k_data, step), train_cfg.batch, model_cfg.d, model_cfg.n,
+                          train_cfg.queries, train_cfg.query_corr)
     shown = corrupt(train_cfg.corruption, jax.random.fold_in(run.k_corrupt, step), ctx.r_true, run.noise)
     return ctx.replace(rewards=shown)
 
@@ -104,8 +106,14 @@ def run_dir_for(model_cfg: M.ModelConfig, train_cfg: TrainConfig, runs: list, ru
     """``run_root/run-<hash>``: the hash covers the model config, the train config, the runs
     trained together and their identity (float64 mode, devices, package versions), so that
     a run that would give other numbers never shares a folder."""
+    train_part = train_cfg
+    if train_cfg.queries == "shared":
+        # ``queries`` and ``query_corr`` came later: with shared queries they stay out of the
+        # hash (the dict hashes exactly as the dataclass did without them).
+        train_part = {"__type__": "TrainConfig", **{k: v for k, v in dataclasses.asdict(train_cfg).items()
+                                                    if k not in ("queries", "query_corr")}}
     identity = run_identity(len(runs), shard)
-    return Path(run_root) / f"run-{M.config_hash(model_cfg, train_cfg, runs, identity)}"
+    return Path(run_root) / f"run-{M.config_hash(model_cfg, train_part, runs, identity)}"
 
 
 def _check_configs(model_cfg, train_cfg, n_runs: int = 1):
@@ -116,6 +124,9 @@ def _check_configs(model_cfg, train_cfg, n_runs: int = 1):
     if train_cfg.min_seen > model_cfg.n - 1:
         raise ValueError(f"TrainConfig.min_seen={train_cfg.min_seen} must be <= ModelConfig.n - 1 = {model_cfg.n - 1}: "
                          "the loss averages the rows of predictions that have seen at least min_seen candidates")
+    if train_cfg.queries == "per_triplet" and model_cfg.token_layout != "stacked":
+        raise ValueError("TrainConfig.queries='per_triplet' needs ModelConfig.token_layout='stacked', got "
+                         f"{model_cfg.token_layout!r}")
     check_memory(f"training {n_runs} run(s) of {model_cfg.n_layers} layers x width {model_cfg.d_model} at batch "
                  f"{train_cfg.batch}", training_bytes(model_cfg, train_cfg.batch, n_runs),
                  "train.batch, the number of runs (seeds x levels) or the model size")

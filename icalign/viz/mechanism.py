@@ -1,0 +1,168 @@
+"""Figures of the mechanism study, drawn from its results dict only (docs/theory.md section 7)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from icalign.viz.style import NMSE_LABEL, T_LABEL, band, floats, hardware_note, integer_ticks, new_figure
+
+__all__ = ["distances", "layers", "probes", "invariance", "triplets", "REF_STYLE"]
+
+REF_STYLE = {
+    "transformer": dict(color="C0", marker="o", label="trained transformer"),
+    "minimiser": dict(color="C1", marker="s", label="minimiser of the training loss"),
+    "gd_cosine": dict(color="C2", marker="^", label="GD, cosine PL (eta, steps fitted per t)"),
+    "gd_sqdist": dict(color="C4", marker="v", label="GD, squared-distance PL (fitted per t)"),
+    "exact": dict(color="C3", marker="D", label="exact recovery"),
+}
+DIST_LABEL = "distance to the transformer  1 - cos"
+
+
+def _title(res: dict) -> str:
+    m = res["model_config"]
+    return (f"{res.get('name') or 'in memory'}: {m['n_layers']} layers, {m['n_heads']} heads, width {m['d_model']}, "
+            f"{m['token_layout']} tokens; {hardware_note(res)}")
+
+
+def _curves(ax, study: dict, key: str, ylabel: str, names) -> None:
+    t = np.asarray(study["t"])
+    for name in names:
+        st = REF_STYLE[name]
+        band(ax, t, study[key][name], st["color"], label=st["label"], marker=st["marker"], ms=3)
+    ax.set_xlabel(T_LABEL)
+    ax.set_ylabel(ylabel)
+    integer_ticks(ax)
+    ax.set_ylim(bottom=0)
+
+
+def distances(res: dict):
+    """Per t, how far the transformer's answer is from each reference learner (1 - cos, mean
+    and 95% interval over held-out contexts), and every learner's error against y*; one row
+    per task (shared queries; per-triplet queries if run)."""
+    studies = [("shared queries", res["shared"])] + ([("per-triplet queries", res["triplet"])] if "triplet" in res else [])
+    fig, axes = new_figure(len(studies), 2, figsize=(11, 3.8 * len(studies)))
+    refs = list(res["shared"]["distance"])
+    for row, (task, study) in enumerate(studies):
+        _curves(axes[row, 0], study, "distance", DIST_LABEL, refs)
+        axes[row, 0].set_title(f"{task}: distance of the transformer to each reference", fontsize=9)
+        _curves(axes[row, 1], study, "nmse", NMSE_LABEL, ["transformer"] + refs)
+        axes[row, 1].set_title(f"{task}: error of every learner (band: 95% interval)", fontsize=9)
+        axes[row, 1].legend(fontsize=7)
+    fig.subplots_adjust(hspace=0.35)
+    fig.suptitle(_title(res), fontsize=9)
+    return fig
+
+
+def layers(res: dict):
+    """Two read-outs of every layer (rows): the model's own read-out applied to the layer
+    (nothing fitted) and a linear read-out fitted to y*'s direction on other contexts. Left:
+    distance to GD's trajectory at each step count (best step size; fitting half), the marker
+    at the best count. Right: held-out distance to the best GD point and to the minimiser, and
+    the error against y* (95% intervals; with clean rewards exact recovery is y*)."""
+    sh = res["shared"]
+    rows = sh["layers"]
+    fig, axes = new_figure(2, 2, figsize=(11, 8))
+    x = np.arange(len(rows))
+    ticks = [str(r["layer"]) for r in rows]
+    kinds = (("own", "model's own read-out"), ("fitted", "read-out fitted to y*"))
+    for i, (kind, title) in enumerate(kinds):
+        ax, ax2 = axes[i]
+        prof = np.asarray(sh["layer_profile"][kind], float)
+        k = np.arange(prof.shape[1])
+        for j, r in enumerate(rows):
+            lab = f"layer {r['layer']}" if r["layer"] != "output" else "model output"
+            c = f"C{j % 10}"
+            ax.plot(k, prof[j], color=c, lw=1.3, label=f"{lab}: best {r[kind]['steps']} steps, eta {r[kind]['eta']:.3g}")
+            ax.plot([r[kind]["steps"]], [prof[j, r[kind]["steps"]]], "o", color=c, ms=5)
+        ax.set_xlabel("GD steps on cosine PL (from the transformer's answer at t = 0)")
+        ax.set_ylabel("mean distance 1 - cos (best step size)")
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=7)
+        ax.set_title(f"{title} vs GD's trajectory (t >= 2, fitting half)", fontsize=9)
+        series = [("distance_to_gd", "to best GD point", "C2"), ("distance_to_minimiser", "to the minimiser", "C1"),
+                  ("nmse", "error vs y* (= exact recovery)", "k")]
+        for j, (key, lab, c) in enumerate(series):
+            m = floats([r[kind][key]["mean"] for r in rows])
+            lo, hi = floats([r[kind][key]["low"] for r in rows]), floats([r[kind][key]["high"] for r in rows])
+            ax2.errorbar(x + 0.1 * (j - 1), m, yerr=[m - lo, hi - m], fmt="o-", color=c, ms=3, lw=1, capsize=2, label=lab)
+        ax2.set_xticks(x, ticks)
+        ax2.set_xlabel("layer (0: after the read-in)")
+        ax2.set_ylabel("1 - cos (held-out, 95% interval)")
+        ax2.set_ylim(bottom=0)
+        ax2.legend(fontsize=7)
+        ax2.set_title(f"{title}: which learner each layer is close to", fontsize=9)
+    fig.subplots_adjust(hspace=0.3)
+    fig.suptitle(_title(res), fontsize=9)
+    return fig
+
+
+def probes(res: dict):
+    """Held-out R^2 of a linear probe per layer for each quantity the construction computes
+    (solid, band: 95% bootstrap interval over contexts) and of the same probe fitted on
+    shuffled targets (dashed): only the gap between the two is evidence."""
+    pr = res["shared"]["probes"]
+    fig, axes = new_figure(1, 1, figsize=(7.5, 4.4))
+    ax = axes[0, 0]
+    for i, (name, v) in enumerate(pr.items()):
+        x = np.arange(len(v["r2"]["mean"]))
+        band(ax, x, v["r2"], f"C{i}", label=name, ms=3)
+        ax.plot(x, floats(v["r2_shuffled"]["mean"]), color=f"C{i}", ls="--", lw=0.9)
+    ax.plot([], [], color="grey", ls="--", label="shuffled-target control (each colour)")
+    ax.axhline(0.0, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("layer (0: after the read-in)")
+    ax.set_ylabel("held-out R^2 of a linear probe")
+    integer_ticks(ax)
+    ax.set_ylim(top=1.02)
+    ax.legend(fontsize=7)
+    ax.set_title(_title(res), fontsize=8)
+    return fig
+
+
+def invariance(res: dict):
+    """The invariance table: mean change 1 - cos of each learner's answer under each
+    intervention (averaged over t, 95% interval over contexts in brackets). PL learners cannot
+    move under the monotone maps, permutations or (cosine) a rescaling."""
+    iv = res["shared"]["interventions"]
+    kinds = list(iv)
+    names = [n for n in REF_STYLE if n in iv[kinds[0]]]
+    vals = np.array([[float(iv[k][n]["mean"]) for n in names] for k in kinds])
+    fig, axes = new_figure(1, 1, figsize=(9.5, 0.55 * len(kinds) + 1.8))
+    ax = axes[0, 0]
+    im = ax.imshow(np.clip(vals, 0, None), cmap="Blues", vmin=0, vmax=max(float(np.nanmax(vals)), 1e-6), aspect="auto")
+    for i, k in enumerate(kinds):
+        for j, n in enumerate(names):
+            v = iv[k][n]
+            txt = f"{v['mean']:.2g}\n[{v['low']:.2g}, {v['high']:.2g}]"
+            ax.text(j, i, txt, ha="center", va="center", fontsize=6.5,
+                    color="white" if vals[i, j] > 0.6 * np.nanmax(vals) else "black")
+    ax.set_xticks(range(len(names)), [REF_STYLE[n]["label"].split(" (")[0] for n in names], fontsize=7, rotation=12)
+    ax.set_yticks(range(len(kinds)), kinds, fontsize=8)
+    fig.colorbar(im, ax=ax, label="change of the answer  1 - cos")
+    ax.set_title("output change under each intervention (mean over t; 95% interval over contexts)", fontsize=9)
+    fig.suptitle(_title(res), fontsize=8)
+    return fig
+
+
+def triplets(res: dict):
+    """Per-triplet queries: the transformer's implicit weights W_imp (the slope of an affine
+    least-squares fit over test queries drawn from their distribution given the seen
+    triplets) against GD's W at the fitted step size and count, and the least-squares W*
+    (exact recovery), by the cosine of the flattened matrices; how affine the transformer is in
+    its query (R^2) and how much of its answer moves with the query (|W x| against |b|)."""
+    w = res["triplet"]["weights"]
+    t = np.asarray(res["triplet"]["t"])
+    fig, axes = new_figure(1, 1, figsize=(7.5, 4.4))
+    ax = axes[0, 0]
+    series = [("cos_imp_gd", "cos(W_imp, W_GD)", "C2"), ("cos_update_imp_gd", "cos(W_imp - W_0, W_GD - W_0)", "C4"),
+              ("cos_imp_ls", "cos(W_imp, least-squares W*)", "C3"), ("cos_gd_ls", "cos(W_GD, least-squares W*)", "C1"),
+              ("imp_fit_r2", "R^2 of the affine fit", "k"), ("imp_query_share", "|W_imp x| / (|W_imp x| + |b|)", "grey")]
+    for key, lab, c in series:
+        band(ax, t, w[key], c, label=lab, ms=3)
+    ax.axhline(0.0, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel(T_LABEL)
+    ax.set_ylabel("cosine of flattened weights / R^2 / share (95% interval)")
+    ax.set_ylim(-0.5, 1.05)
+    integer_ticks(ax)
+    ax.legend(fontsize=7)
+    ax.set_title(_title(res), fontsize=8)
+    return fig
