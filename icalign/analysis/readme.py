@@ -15,30 +15,16 @@ from typing import Callable
 
 from icalign.analysis import claims as CL
 from icalign.analysis import report
+from icalign.analysis.readme_bench import figure1_bench, gd_sweep_bench, train_step_bench
+from icalign.analysis.report import machine as _hw, num as _f, table as _table
 from icalign.io import read_json, write_text
 from icalign.selfcorrect.critic_study import loop_claims, saturation
 
 __all__ = ["SECTIONS", "render", "update", "check"]
 
 
-def _f(x, nd=3) -> str:
-    return "nan" if x is None or (isinstance(x, str) and x.lower() == "nan") else f"{float(x):.{nd}f}"
-
-
-def _table(headers, rows) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
-
-
 def _idx(ts, t) -> int:
     return list(ts).index(t)
-
-
-def _hw(res: dict) -> str:
-    hw = res.get("hardware") or {}
-    if hw.get("backend") == "cpu":
-        return f"{hw.get('cpu_count')}-core CPU (jax {hw.get('jax')})"
-    return f"{hw.get('device')} (jax {hw.get('jax')})"
 
 
 def gd_baseline(root: Path) -> str:
@@ -52,16 +38,6 @@ def gd_baseline(root: Path) -> str:
             f"Adam baseline / plain GD:\n\n"
             + _table(["p", f"t = {ts[i0]}", f"t = {ts[i1]}"], rows)
             + f"\n\nEach learner's whole sweep is one compiled call: {secs} on a {_hw(res)}, compilation included.")
-
-
-def gd_sweep_bench(root: Path) -> str:
-    b = read_json(root / "bench/gd_sweep_cpu.json")
-    c = b["counts"]
-    return (f"{c['fits']:,} fits ({c['contexts']} contexts x {c['levels']} levels x {c['context_lengths']} context "
-            f"lengths, {c['optimiser_steps']} steps each) take {_f(b['adam']['seconds'], 2)} s after compilation "
-            f"(median; Adam; plain GD {_f(b['gd']['seconds'], 2)} s) and compile in "
-            f"{_f(b['adam']['compile_seconds'], 1)} s on a {_hw(b)}. The published PyTorch code needs about 0.5 s "
-            f"per context per level, about {b['published_reference_seconds']:.0f} s in all.")
 
 
 def _tf_rows(res: dict) -> list:
@@ -103,21 +79,6 @@ def _tf_diff(res: dict, what: str) -> str:
     cells = "; ".join(f"{k} {_f(v['mean'][i])} [{_f(v['low'][i])}, {_f(v['high'][i])}]" for k, v in d.items())
     return (f"{what.capitalize()}, transformer minus GD learner at t = {t}, paired over {cmp['n_contexts']} contexts "
             f"(95% interval; one trained model, so it says nothing about other seeds): {cells}.")
-
-
-def train_step_bench(root: Path) -> str:
-    rows = []
-    for name in ("bench/train_step_cpu.json", "bench/train_step_h200.json"):
-        b = read_json(root / name)
-        # older files hold float32 only, at the top level
-        per = {p: b[p] for p in ("float32", "bfloat16") if p in b} or {"float32": b}
-        for precision, r in per.items():
-            rows.append([_hw(b), precision, f"{r['seconds_per_step_median']:.4g}", _f(r["compile_seconds"], 1),
-                         f"{r['achieved_gflops']:,.0f}", f"{r['peak_matmul_gflops']:,.0f}",
-                         f"{100 * r['fraction_of_peak']:.1f}%", f"{b['dense_matmul_floor_seconds']:.4g}"])
-    return _table(["machine", "matmuls", "s / step (median)", "compile s", "GFLOP/s",
-                   "matmul peak GFLOP/s (same run, same operand type)", "fraction", "float32 dense-matmul floor s"],
-                  rows) + f"\n\n{_f(b['model_gflop_per_step'], 0)} GFLOP of model matmuls per step."
 
 
 def _loaded(res: dict) -> str:
@@ -184,36 +145,6 @@ def ablations(root: Path) -> str:
                      + "\n\n" + _health(health, lambda k: names[k])
                      + f"\n\nClaims (normalised MSE at t = {ts[-1]}; effect = worse - better, paired by seed):\n\n"
                      + CL.table(report.ablation_claims(res)))
-    return "\n\n".join(parts)
-
-
-def figure1_bench(root: Path) -> str:
-    parts = []
-    for name in ("bench/figure1_cpu.json", "bench/figure1_cpu8.json"):
-        b = read_json(root / name)
-        g, base = b["grouped"], b["base_config"]
-        line = (f"On a {_hw(b)} with {b['devices']} device(s), at the reduced size (base {base['n_layers']} layers, "
-                f"width {base['d_model']}, batch {b['batch']}): {b['models']} models ({b['architectures']} "
-                f"architectures x {b['seeds']} seeds, and the base at 4 noisy levels) in {g['programs']} programs, "
-                f"estimated {_f(g['estimated_wall_minutes'], 1)} min for {b['steps']} steps "
-                f"({g['models_per_hour']:,.0f} models per hour; median step {_f(g['median_seconds_per_step'], 3)} s; "
-                f"{100 * g['fraction_of_matmul_peak']:.1f}% of the {b['matmul_peak_gflops']:,.0f} GFLOP/s matmul peak "
-                f"measured in the same run)")
-        if "one_program_per_architecture" in b:
-            u = b["one_program_per_architecture"]
-            line += (f"; one program per architecture: {u['programs']} programs, "
-                     f"{_f(u['estimated_wall_minutes'], 1)} min ({_f(b['grouping_speedup'], 2)}x the grouped time)")
-        parts.append(line + ".")
-    h = read_json(root / "bench/train_step_h200.json")
-    rate = h["achieved_gflops"] / 1e3 if "achieved_gflops" in h else h["float32"]["achieved_gflops"] / 1e3
-    peak = h["peak_matmul_gflops"] / 1e3 if "peak_matmul_gflops" in h else h["float32"]["peak_matmul_gflops"] / 1e3
-    p = b["published_grid"]
-    parts.append(f"H200 estimate for the published grid ({p['models']} models, batch {p['batch']}, {p['steps']} "
-                 f"steps): {p['model_tflop']:,.0f} TFLOP of model matmuls. At the single-model rate measured on the "
-                 f"H200 ({rate:,.1f} TFLOP/s, bench/train_step_h200.json) that is {p['model_tflop'] / rate / 60:,.0f} "
-                 f"min; at its measured TF32 matmul peak ({peak:,.0f} TFLOP/s) the floor is "
-                 f"{p['model_tflop'] / peak / 60:,.1f} min. Grouping raises the rate above the single-model one by "
-                 f"batching models into each matmul; where in that range the grid lands needs an H200 run.")
     return "\n\n".join(parts)
 
 

@@ -19,7 +19,7 @@ from icalign.analysis import health as H
 from icalign.analysis.ablations import FACTORS
 
 __all__ = ["INTERVAL_NOTE", "fmt", "noise_health", "noise_claims", "noise_markdown", "ablation_health",
-           "ablation_claims", "ablation_markdown", "table"]
+           "ablation_claims", "ablation_markdown", "table", "num", "machine"]
 
 #: How the sweeps' intervals are formed (stored in their results JSON and shown in the markdown).
 INTERVAL_NOTE = ("95% Student-t intervals: over seeds for trained models (each seed averaged over the evaluation "
@@ -35,6 +35,19 @@ def fmt(summary: Optional[dict], i: int) -> str:
         return "diverged"
     m, lo, hi = (_num(summary[k][i]) for k in ("mean", "low", "high"))
     return f"{m:.3f} [{lo:.3f}, {hi:.3f}]" if np.isfinite(lo) else f"{m:.3f}"
+
+
+def num(x, nd=3) -> str:
+    """A stored number with ``nd`` decimals; None and the string "nan" (JSON's stand-in) read "nan"."""
+    return "nan" if x is None or (isinstance(x, str) and x.lower() == "nan") else f"{float(x):.{nd}f}"
+
+
+def machine(res: dict) -> str:
+    """The machine a result file was made on, in a few words (its ``hardware`` record)."""
+    hw = res.get("hardware") or {}
+    if hw.get("backend") == "cpu":
+        return f"{hw.get('cpu_count')}-core CPU (jax {hw.get('jax')})"
+    return f"{hw.get('device')} (jax {hw.get('jax')})"
 
 
 def table(headers: list[str], rows: list[list]) -> str:

@@ -38,6 +38,7 @@ __all__ = [
     "sample_contexts",
     "CORRUPTIONS",
     "corrupt",
+    "check_batched_contexts",
     "replace_random",
     "gaussian_noise",
     "reverse_random",
@@ -260,3 +261,23 @@ def corrupt(kind: str, key: jax.Array, rewards: jax.Array, level) -> jax.Array:
     """Apply the named corruption model (one of ``CORRUPTIONS``) to the shown rewards."""
     check_choice("corruption", kind, CORRUPTIONS)
     return CORRUPTIONS[kind](key, rewards, level)
+
+
+def check_batched_contexts(ctx: Context, n: int | None = None) -> None:
+    """``ctx`` is a batch of contexts: x (B, D), ys (B, N, D), rewards and r_true (B, N), y* (B, D),
+    with finite values (a sweep would otherwise fail deep in XLA or answer with NaN)."""
+    if not isinstance(ctx, Context):
+        raise ValueError(f"ctx must be an icalign.tasks.Context, got {type(ctx).__name__}")
+    B = jnp.shape(ctx.x)[0] if jnp.ndim(ctx.x) == 2 else None
+    ok = B is not None and jnp.ndim(ctx.ys) == 3 and jnp.shape(ctx.ys)[0] == B
+    if ok:
+        N, D = jnp.shape(ctx.ys)[1:]
+        ok = (jnp.shape(ctx.x) == (B, D) and jnp.shape(ctx.rewards) == (B, N) and jnp.shape(ctx.r_true) == (B, N)
+              and jnp.shape(ctx.y_star) == (B, D))
+    if not ok:
+        raise ValueError("ctx must be a batch of contexts (tasks.sample_contexts): x (B, D), ys (B, N, D), rewards "
+                         f"(B, N); got x {jnp.shape(ctx.x)}, ys {jnp.shape(ctx.ys)}, rewards {jnp.shape(ctx.rewards)}")
+    if n is not None and N != n:
+        raise ValueError(f"contexts have N={N} candidates; the model expects n={n}")
+    for name in ("x", "ys", "rewards", "r_true"):
+        check_finite(f"ctx.{name}", getattr(ctx, name))

@@ -36,7 +36,7 @@ import optax
 from icalign.core.losses import REWARDS, ranking_order, reward_scores, smooth_norm
 from icalign.core.metrics import normalised_mse, prefix_mask, unit
 from icalign.core.sharding import shard_contexts
-from icalign.core.tasks import CORRUPTIONS, Context, check_corruption_levels
+from icalign.core.tasks import CORRUPTIONS, Context, check_batched_contexts, check_corruption_levels
 from icalign.core.validate import (check_bool_array, check_choice, check_finite, check_int, check_int_values, check_key,
                                    check_positive)
 
@@ -349,23 +349,3 @@ def baseline_sweep(key, ctx: Context, levels, ts, corruption: str = "replace", l
     ctx = shard_contexts(ctx, ctx.x.shape[0])  # contexts are independent: one slice per device
     return _sweep(key, ctx, jnp.asarray(levels_np, ctx.ys.dtype), jnp.asarray(ts_np), jnp.asarray(lr, ctx.ys.dtype),
                   corruption, learner, steps, int(ts_np.max()))
-
-
-def check_batched_contexts(ctx: Context, n: int | None = None) -> None:
-    """``ctx`` is a batch of contexts: x (B, D), ys (B, N, D), rewards and r_true (B, N), y* (B, D),
-    with finite values (a sweep would otherwise fail deep in XLA or answer with NaN)."""
-    if not isinstance(ctx, Context):
-        raise ValueError(f"ctx must be an icalign.tasks.Context, got {type(ctx).__name__}")
-    B = jnp.shape(ctx.x)[0] if jnp.ndim(ctx.x) == 2 else None
-    ok = B is not None and jnp.ndim(ctx.ys) == 3 and jnp.shape(ctx.ys)[0] == B
-    if ok:
-        N, D = jnp.shape(ctx.ys)[1:]
-        ok = (jnp.shape(ctx.x) == (B, D) and jnp.shape(ctx.rewards) == (B, N) and jnp.shape(ctx.r_true) == (B, N)
-              and jnp.shape(ctx.y_star) == (B, D))
-    if not ok:
-        raise ValueError("ctx must be a batch of contexts (tasks.sample_contexts): x (B, D), ys (B, N, D), rewards "
-                         f"(B, N); got x {jnp.shape(ctx.x)}, ys {jnp.shape(ctx.ys)}, rewards {jnp.shape(ctx.rewards)}")
-    if n is not None and N != n:
-        raise ValueError(f"contexts have N={N} candidates; the model expects n={n}")
-    for name in ("x", "ys", "rewards", "r_true"):
-        check_finite(f"ctx.{name}", getattr(ctx, name))
