@@ -62,8 +62,11 @@ def _check(config, ctx: Context, etas, k_max, minimiser_steps, per_triplet: bool
 
 
 def _ci(values_B) -> dict:
-    m, lo, hi = mean_ci(np.asarray(values_B, np.float64))
-    return {"mean": float(m), "low": float(lo), "high": float(hi)}
+    """Mean and 95% interval over contexts, with the number of contexts (the claim engine
+    needs it to recover the sd from the interval)."""
+    v = np.asarray(values_B, np.float64)
+    m, lo, hi = mean_ci(v)
+    return {"mean": float(m), "low": float(lo), "high": float(hi), "n": int(v.shape[0]), "unit": "contexts"}
 
 
 def _at_fit(grid, e_T, k_T):

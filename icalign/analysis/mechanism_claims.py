@@ -1,11 +1,14 @@
-"""Verdicts of the mechanism study, from its stored intervals only (the rule of
-``icalign.analysis.report.verdict``: supported when two 95% intervals do not overlap in the
-predicted direction, contradicted when they do not overlap the other way, else not resolved)."""
+"""Verdicts of the mechanism study, by the claim engine (:mod:`icalign.analysis.claims`).
+
+Every comparison is between two learners on the same contexts, one trained model, so contexts
+are the unit. The study stores each learner's mean and 95% interval over contexts, not the
+per-context values, so the engine bounds the sd of the paired difference by the sum of the two
+sds: conservative, so a "supported" stays true."""
 
 from __future__ import annotations
 
+from icalign.analysis import claims as CL
 from icalign.analysis.interventions import MONOTONE
-from icalign.analysis.report import verdict
 
 __all__ = ["LABELS", "claims", "closest"]
 
@@ -20,7 +23,22 @@ def _fmt(s: dict, i: int | None = None) -> str:
 
 
 def _as_series(s: dict) -> dict:
-    return {k: [s[k]] for k in ("mean", "low", "high")}
+    return {**{k: [s[k]] for k in ("mean", "low", "high")}, **{k: s[k] for k in ("n", "unit") if k in s}}
+
+
+def _n(s: dict) -> int:
+    """The number of contexts behind a stored interval; results written before it was stored
+    cannot be judged (guessing it would change the interval)."""
+    if "n" not in s:
+        raise ValueError("this mechanism result stores no number of contexts with its intervals; rerun "
+                         "`icalign run mechanism` to judge its claims")
+    return int(s["n"])
+
+
+def _claim(text: str, worse: dict, better: dict, i: int, n: int, labels=("worse", "better")) -> dict:
+    """``worse`` predicted above ``better`` at index ``i`` of their series, over ``n`` contexts."""
+    arms = [CL.arm(label, {"n": n, "unit": "contexts", **s}, i, n_contexts=n) for label, s in zip(labels, (worse, better))]
+    return CL.claim(text, *arms)
 
 
 def closest(study: dict, i: int) -> list[str]:
@@ -37,10 +55,9 @@ def _distance_claims(study: dict, task: str, t_values) -> list[dict]:
         order = closest(study, i)
         rivals = [order[1]] + ([r for r in ("exact",) if r not in order[:2] and r in d])
         for other in rivals:
-            out.append({"claim": f"{task}, t = {t}: the transformer is closer to {LABELS[order[0]]} than to "
-                                 f"{LABELS[other]}",
-                        "verdict": verdict(d[other], d[order[0]], i),
-                        "values": f"{order[0]} {_fmt(d[order[0]], i)} vs {other} {_fmt(d[other], i)}"})
+            c = _claim(f"{task}, t = {t}: the transformer is closer to {LABELS[order[0]]} than to {LABELS[other]}",
+                       d[other], d[order[0]], i, _n(d[other]), (other, order[0]))
+            out.append({**c, "values": f"{order[0]} {_fmt(d[order[0]], i)} vs {other} {_fmt(d[other], i)}"})
     return out
 
 
@@ -52,9 +69,9 @@ def _layer_claim(layers: list[dict]) -> list[dict]:
         return []
     best = min(inner, key=lambda r: r["own"]["nmse"]["mean"])
     out_row = layers[-1]["own"]["nmse"]
-    return [{"claim": f"read by the model's own read-out, layer {best['layer']} points closer to y* than the output does",
-             "verdict": verdict(_as_series(out_row), _as_series(best["own"]["nmse"]), 0),
-             "values": f"layer {best['layer']} {_fmt(best['own']['nmse'])} vs output {_fmt(out_row)}"}]
+    c = _claim(f"read by the model's own read-out, layer {best['layer']} points closer to y* than the output does",
+               _as_series(out_row), _as_series(best["own"]["nmse"]), 0, _n(out_row), ("output", f"layer {best['layer']}"))
+    return [{**c, "values": f"layer {best['layer']} {_fmt(best['own']['nmse'])} vs output {_fmt(out_row)}"}]
 
 
 def claims(res: dict) -> list[dict]:
@@ -70,10 +87,11 @@ def claims(res: dict) -> list[dict]:
     iv = sh["interventions"]
     for kind in MONOTONE:
         tf, pl, rev = iv[kind]["transformer"], iv[kind]["gd_cosine"], iv["reverse"]["transformer"]
-        out.append({"claim": f"the {kind} reward map moves the transformer's answer more than PL-GD's",
-                    "verdict": verdict(_as_series(tf), _as_series(pl), 0),
-                    "values": f"transformer {_fmt(tf)} vs PL-GD {_fmt(pl)}"})
-        out.append({"claim": f"the {kind} reward map moves the transformer's answer less than reversing the rewards",
-                    "verdict": verdict(_as_series(rev), _as_series(tf), 0),
-                    "values": f"reversed {_fmt(rev)} vs {kind} {_fmt(tf)}"})
+        m = _n(tf)
+        c = _claim(f"the {kind} reward map moves the transformer's answer more than PL-GD's", _as_series(tf),
+                   _as_series(pl), 0, m, ("transformer", "PL-GD"))
+        out.append({**c, "values": f"transformer {_fmt(tf)} vs PL-GD {_fmt(pl)}"})
+        c = _claim(f"the {kind} reward map moves the transformer's answer less than reversing the rewards",
+                   _as_series(rev), _as_series(tf), 0, m, ("reversed", kind))
+        out.append({**c, "values": f"reversed {_fmt(rev)} vs {kind} {_fmt(tf)}"})
     return out
