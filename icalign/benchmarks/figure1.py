@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import sys
 import time
 
 import jax
@@ -113,7 +114,7 @@ def _estimate(programs, train_cfg, steps, timed_steps, label):
                     "executed_gflop_per_step": executed / 1e9, "useful_gflops": useful / step_s / 1e9,
                     "estimated_seconds": seconds})
         print(f"[figure1 {label}] {len(per)}/{len(programs)}: {len(rows)} models, {step_s:.3f} s/step, "
-              f"compile {compile_s:.1f} s", flush=True)
+              f"compile {compile_s:.1f} s", file=sys.stderr, flush=True)
     return total, per
 
 
