@@ -29,7 +29,7 @@ def hat_grid(spec) -> np.ndarray:
 
 def comparator(n_hats: int) -> np.ndarray:
     """H[b, b'] = 1[b - b' >= -2]: phi(r) . H phi(t) is 1 when r - t >= -w and 0 when
-    r - t <= -4 w, for the hat codes phi of docs/theory.md section 3.5 (exactly, not
+    r - t <= -4 w, for the hat codes phi of docs/theory.md section 3.6 (exactly, not
     approximately: hats are a partition of unity and the form interpolates H bilinearly)."""
     b = np.arange(n_hats)
     return (b[:, None] - b[None, :] >= -2).astype(float)
@@ -123,7 +123,7 @@ def attention(spec, S, heads=(0, 1)) -> dict:
     """Head A (selection: softmax of B r over the alive set, value (y, r) -> G, RMAX) and head B
     (PL softmax, logits beta y_hat.y - beta ||y||^2 / 2 over the alive set, value y -> -G).
     ``heads`` places them: (0, 1) in one two-head block, (0,) or (1,) each alone in a
-    one-head block (heads <-> depth, docs/theory.md section 3.6)."""
+    one-head block (heads <-> depth, docs/theory.md section 3.7)."""
     W, dh = S.width, head_dim(spec)
     n_heads = 2 if len(heads) == 2 else 1
     wq, wk, wv = (np.zeros((W, n_heads, dh)) for _ in range(3))

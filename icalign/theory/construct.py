@@ -12,7 +12,7 @@ ReLU FFN output, at the query token, y_hat_T where
     y_hat_{t+1} = y_hat_t + eta beta sum_{i=1..N-1} (y_tau(i) - ybar_i(y_hat_t)),
 
 i.e. T steps y <- y - eta dL_PL/dy from y_hat_0 = W0 x: T steps of GD on W with the
-normalised step eta / ||x||^2 (``icalign.gd.gradient_descent``). docs/theory.md section 3.7
+normalised step eta / ||x||^2 (``icalign.gd.gradient_descent``). docs/theory.md section 3.8
 proves that no weights of this architecture give a context-independent step on W. Bradley-Terry
 is N = 2: one attention layer, no FFN.
 
@@ -28,8 +28,8 @@ Variants (fields of :class:`PLConstruction`):
 
 * ``causal``: token i outputs the step on the online PL loss over candidates 1..i;
 * ``any_order``: elimination by a per-viewer threshold code (the reward comparator of section
-  3.5), so the causal variant is exact for candidates in any order, not only best-first;
-* ``heads_per_layer=1``: each two-head block split into two one-head blocks (section 3.6).
+  3.6), so the causal variant is exact for candidates in any order, not only best-first;
+* ``heads_per_layer=1``: each two-head block split into two one-head blocks (section 3.7).
 
 Every condition the result relies on is checked before running (:func:`check_preconditions`,
 docs/theory.md section 3.3), and :func:`error_bound` bounds the error wherever they hold
@@ -112,7 +112,7 @@ class PLConstruction:
         for name in ("causal", "any_order"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        if self.heads_per_layer not in (1, 2):
+        if isinstance(self.heads_per_layer, bool) or self.heads_per_layer not in (1, 2):
             raise ValueError(f"heads_per_layer must be 1 or 2, got {self.heads_per_layer!r}")
         w0 = np.asarray(self.W0, dtype=float)
         if w0.shape != (self.d, self.d):

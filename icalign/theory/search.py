@@ -1,6 +1,6 @@
 """An adversarial verifier: hunt, inside the documented preconditions, for contexts where a
 construction's error comes closest to (or exceeds) its documented bound (``icalign verify
---search``; docs/theory.md section 3.8).
+--search``; docs/theory.md section 3.9).
 
 Each claim of :data:`CLAIMS` is a construction variant. For every claim the hunt draws specs and
 batches of contexts from *extreme* distributions (candidate, query and W0 norms log-uniform over
