@@ -55,9 +55,11 @@ def test_compare_states_needed_not_needed_or_not_resolved():
     assert worse["verdict"] == "needed" and np.isclose(worse["p_worse"], 1 / 252)  # exact, all ranks above
     assert necessity.compare([0.01, 0.02, 0.03, 0.015, 0.025], full)["verdict"] == "not needed"
     assert necessity.compare([0.10, 0.14, 0.08, 0.125, 0.095], full)["verdict"] == "not resolved"
-    # A diverged seed ranks as the worst error: it can make a claim, never hide one.
-    assert necessity.compare([np.nan] * 5, full)["verdict"] == "needed"
-    assert necessity.compare([0.01, np.nan, 0.02, 0.015, 0.03], full)["verdict"] == "not resolved"
+    # A diverged seed on either side is a training failure, never evidence for "needed".
+    for reduced, f in (([np.nan] * 5, full), ([0.01, np.nan, 0.02, 0.015, 0.03], full),
+                       ([0.5, 0.6, 0.4, 0.7, 0.55], [np.inf] + list(full[1:]))):
+        c = necessity.compare(reduced, f)
+        assert c["verdict"] == "not trained" and c["p_worse"] is None, c
 
 
 def test_seed_summary_and_claims_per_reduced_architecture():

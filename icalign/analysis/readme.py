@@ -174,10 +174,12 @@ def necessity(root: Path) -> str:
                                                         for n in ns])
     med = lambda n, name: "diverged" if table[str(n)]["variants"][name]["diverged_seeds"] == len(
         table[str(n)]["variants"][name]["rel_error_per_seed"]) else _f(table[str(n)]["variants"][name]["median"])
+    test = lambda c: ("no test: a diverged seed is a training failure, not evidence" if c["p_worse"] is None else
+                      f"one-sided p = {c['p_worse']:.3g} that it is worse, {c['p_better']:.3g} that it is better")
     claims = "\n".join(
         f"- N = {c['n']}, {c['variant']}: {c['claim']}: **{c['verdict']}** (median {med(c['n'], c['variant'])} vs "
-        f"full {med(c['n'], 'full')}{_diverged(table[str(c['n'])]['variants'][c['variant']])}; one-sided p = "
-        f"{c['p_worse']:.3g} that it is worse, {c['p_better']:.3g} that it is better)" for c in res["claims"])
+        f"full {med(c['n'], 'full')}{_diverged(table[str(c['n'])]['variants'][c['variant']])}; {test(c)})"
+        for c in res["claims"])
     return (f"Relative error, best / median over {p['seeds']} seeds ({p['adam_steps']} Adam steps, batch {p['batch']}, "
             f"lr {p['lr']:g}; {p['metric']}; {_hw(res)}, {_f(res['seconds'] / 60, 1)} min):\n\n"
             + _table(["architecture"] + [f"N = {n}" for n in ns], rows)

@@ -165,20 +165,25 @@ def seed_summary(rel) -> dict:
 
 def compare(reduced, full) -> dict:
     """Is the reduced architecture's error larger than the full one's? Exact one-sided
-    Mann-Whitney U (rank) tests on the per-seed errors, both directions; diverged seeds rank as
-    +inf. Rank-based, so one lucky or unlucky seed cannot carry it, and with 5 seeds per side
-    the smallest attainable p is 1/252. Returns the two p-values and the verdict
-    "needed" (reduced worse at ALPHA), "not needed" (reduced better at ALPHA) or "not resolved"."""
+    Mann-Whitney U (rank) tests on the per-seed errors, both directions. Rank-based, so one lucky
+    or unlucky seed cannot carry it, and with 5 seeds per side the smallest attainable p is 1/252.
+    Returns the two p-values and the verdict "needed" (reduced worse at ALPHA), "not needed"
+    (reduced better at ALPHA), "not resolved", or "not trained" when a seed of either side
+    diverged: a run that failed to train says nothing about what the architecture can express,
+    so it is never counted as evidence (no p-values then)."""
     from scipy import stats
 
-    a = np.nan_to_num(np.asarray(reduced, float), nan=np.inf)
-    b = np.nan_to_num(np.asarray(full, float), nan=np.inf)
+    a, b = np.asarray(reduced, float), np.asarray(full, float)
+    bad = int((~np.isfinite(a)).sum()), int((~np.isfinite(b)).sum())
+    if any(bad):
+        return {"p_worse": None, "p_better": None, "median_difference": None,
+                "verdict": "not trained", "diverged_seeds": {"reduced": bad[0], "full": bad[1]}}
     worse = float(stats.mannwhitneyu(a, b, alternative="greater", method="exact").pvalue)
     better = float(stats.mannwhitneyu(a, b, alternative="less", method="exact").pvalue)
     verdict = "needed" if worse <= ALPHA else "not needed" if better <= ALPHA else "not resolved"
     return {"p_worse": worse, "p_better": better, "verdict": verdict,
-            "median_difference": float(np.median(a) - np.median(b)) if np.all(np.isfinite([np.median(a),
-                                                                                          np.median(b)])) else None}
+            "median_difference": float(np.median(a) - np.median(b)),
+            "diverged_seeds": {"reduced": 0, "full": 0}}
 
 
 _CLAIM = {"linear attention": "softmax attention is needed (linear attention is worse)",
