@@ -2,7 +2,8 @@
 
 Every comparison is between independent computations: the constructed weights run through
 model.apply; the reference is gd.gradient_descent (closed form, W-space, step eta/||x||^2)
-and a jax.grad loop on losses.plackett_luce in prediction space.
+and a jax.grad loop on losses.plackett_luce in prediction space. Preconditions and the error
+bound (icalign.theory.bounds) are tested in tests/test_bounds.py.
 """
 
 import dataclasses
@@ -120,30 +121,19 @@ def test_error_within_bound_and_falls_with_B(x64, seed):
     ctx = separated_context(seed, 6)
     exact = closed_form(spec_for(ctx, seed), ctx)
     errors, bounds = [], []
-    for bg in (1.0, 2.0, 4.0, 8.0, 16.0):  # B * gap
+    for bg in (4.0, 8.0, 16.0):  # B * gap
         spec = spec_for(ctx, seed, B=bg / (0.5 / 6))
         err = float(jnp.max(jnp.abs(construct.run(spec, ctx) - exact)))
         bound = construct.error_bound(spec, ctx)
         assert err <= bound, (bg, err, bound)
         errors.append(err)
         bounds.append(bound)
-    assert errors[0] > 1e-3  # at B * gap = 1 the soft selection is visibly off
+    assert errors[0] > 1e-4  # at B * gap = 4 the soft selection is visibly off
     assert all(a > b for a, b in zip(errors, errors[1:]))
     assert all(a > b for a, b in zip(bounds, bounds[1:]))
-
-
-def test_error_falls_as_B_and_M_grow_together(x64):
-    """M must exceed 2 B r_cap (checked at construction), so M grows with B; the M terms of
-    the bound are then below e^{-B r_cap} and the selection term sets the error."""
-    ctx = separated_context(5, 5)
-    exact = closed_form(spec_for(ctx, 5), ctx)
-    errs = []
-    for B in (20.0, 40.0, 80.0):
-        spec = spec_for(ctx, 5, B=B, M=2 * B + 1.0)
-        err = float(jnp.max(jnp.abs(construct.run(spec, ctx) - exact)))
-        assert err <= construct.error_bound(spec, ctx)
-        errs.append(err)
-    assert errs[0] > errs[1] > errs[2]
+    # Softer still, the selected reward no longer pins down which candidate to eliminate: refused.
+    with pytest.raises(ValueError, match="precondition 'elimination'"):
+        construct.run(spec_for(ctx, seed, B=1.0 / (0.5 / 6)), ctx)
 
 
 def test_tied_rewards_are_detected_not_silently_wrong(x64):
@@ -159,14 +149,57 @@ def test_tied_rewards_are_detected_not_silently_wrong(x64):
 
 def test_other_preconditions_are_detected(x64):
     ctx = separated_context(2, 4)
-    with pytest.raises(ValueError, match="best-first"):
+    with pytest.raises(ValueError, match="precondition 'order'.*best-first"):
         construct.run(spec_for(ctx, causal=True), ctx)
     with pytest.raises(ValueError, match=r"lie in \[0, r_cap"):
         construct.run(spec_for(ctx), ctx.replace(rewards=ctx.rewards + 2.0))
     with pytest.raises(ValueError, match="M must exceed"):
         construct.PLConstruction(d=3, n=4, W0=np.eye(3), B=100.0, M=150.0)
+    with pytest.raises(ValueError, match="M must exceed"):  # above 2 B r_cap, but by less than the margin
+        construct.PLConstruction(d=3, n=4, W0=np.eye(3), B=100.0, M=230.0)
     with pytest.raises(ValueError, match=r"W0 must have shape \(3, 3\)"):
         construct.PLConstruction(d=3, n=4, W0=np.eye(2))
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_causal_any_order(x64, steps):
+    """The reward comparator gives each token its own remaining sets: row i is `steps` GD steps
+    on the online PL loss over candidates 1..i, whatever the order of the candidates."""
+    n = 5
+    ctx = separated_context(7, n, order="random")
+    assert not np.all(np.diff(np.asarray(ctx.rewards)) < 0)
+    spec = spec_for(ctx, 7, causal=True, any_order=True, steps=steps)
+    rows = construct.run(spec, ctx)
+    bound = construct.error_bound(spec, ctx)
+    np.testing.assert_allclose(rows[0], jnp.asarray(spec.W0) @ ctx.x, atol=1e-12)
+    for i in range(1, n + 1):
+        mask = jnp.arange(n) < i
+        err = float(jnp.max(jnp.abs(rows[i] - closed_form(spec, ctx, mask))))
+        assert err <= bound[i] and err < 1e-9, (i, err, bound[i])
+        np.testing.assert_allclose(rows[i], autodiff(spec, ctx, mask), atol=1e-9, rtol=0)
+    # The per-token flags of the best-first variant refuse this order, and would be wrong on it.
+    best_first = dataclasses.replace(spec, any_order=False)
+    with pytest.raises(ValueError, match="precondition 'order'"):
+        construct.run(best_first, ctx)
+    wrong = construct.run(best_first, ctx, check=False)
+    errs = [float(jnp.max(jnp.abs(wrong[i] - closed_form(spec, ctx, jnp.arange(n) < i)))) for i in range(2, n + 1)]
+    assert max(errs) > 1e-2
+
+
+def test_one_head_per_layer_equals_the_two_head_block(x64):
+    """Heads <-> depth: head A alone, then head B with the FFN, reproduces the two-head block
+    layer for layer (residual after layer 2k = residual after block k) and the GD step."""
+    ctx = separated_context(8, 4)
+    two = spec_for(ctx, 8, steps=2)
+    one = dataclasses.replace(two, heads_per_layer=1)
+    cfg1, p1 = construct.build(one)
+    cfg2, p2 = construct.build(two)
+    assert (cfg1.n_heads, cfg1.n_layers) == (1, 2 * cfg2.n_layers) and cfg2.n_heads == 2
+    out1, res1 = model.apply(p1, model.tokenize(ctx, cfg1), cfg1, capture=True)
+    out2, res2 = model.apply(p2, model.tokenize(ctx, cfg2), cfg2, capture=True)
+    np.testing.assert_allclose(res1[::2], res2, atol=1e-12, rtol=0)
+    np.testing.assert_allclose(out1[0], closed_form(two, ctx), atol=1e-9, rtol=0)
+    assert float(jnp.max(jnp.abs(res1[1] - res1[0]))) > 1e-3  # the odd layers do half the work
 
 
 def test_constructed_params_are_ordinary_model_params(x64):

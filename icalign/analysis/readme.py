@@ -154,12 +154,52 @@ def necessity(root: Path) -> str:
     ns = sorted(table, key=int)
     variants = list(table[ns[0]]["variants"])
     cell = lambda v: "diverged" if v["diverged_seeds"] == len(v["rel_error_per_seed"]) else (
-        f"{_f(v['floor'])} / {_f(v['median'])}")
+        f"{_f(v['best'])} / {_f(v['median'])}" + (f" ({v['diverged_seeds']} diverged)" if v["diverged_seeds"] else ""))
     rows = [[name] + [cell(table[n]["variants"][name]) for n in ns] for name in variants]
     rows.append(["hand-built construction (float64)"] + [f"{float(table[n]['construction_rel_error_float64']):.0e}"
                                                         for n in ns])
+    med = lambda n, name: "diverged" if table[str(n)]["variants"][name]["diverged_seeds"] == len(
+        table[str(n)]["variants"][name]["rel_error_per_seed"]) else _f(table[str(n)]["variants"][name]["median"])
+    test = lambda c: ("no test: a diverged seed is a training failure, not evidence" if c["p_worse"] is None else
+                      f"one-sided p = {c['p_worse']:.3g} that it is worse, {c['p_better']:.3g} that it is better")
+    claims = "\n".join(
+        f"- N = {c['n']}, {c['variant']}: {c['claim']}: **{c['verdict']}** (median {med(c['n'], c['variant'])} vs "
+        f"full {med(c['n'], 'full')}{_diverged(table[str(c['n'])]['variants'][c['variant']])}; {test(c)})"
+        for c in res["claims"])
     return (f"Relative error, best / median over {p['seeds']} seeds ({p['adam_steps']} Adam steps, batch {p['batch']}, "
-            f"lr {p['lr']:g}; {p['metric']}; {_hw(res)}):\n\n" + _table(["architecture"] + [f"N = {n}" for n in ns], rows))
+            f"lr {p['lr']:g}; {p['metric']}; {_hw(res)}, {_f(res['seconds'] / 60, 1)} min):\n\n"
+            + _table(["architecture"] + [f"N = {n}" for n in ns], rows)
+            + f"\n\nClaims ({res['claims'][0]['statistic']}):\n\n" + claims)
+
+
+def _floor4(x) -> str:
+    """Four decimals, rounded down: a ratio of 0.99996 must not print as 1.0000."""
+    import math
+
+    return f"{math.floor(float(x) * 1e4) / 1e4:.4f}"
+
+
+def _diverged(entry: dict) -> str:
+    k, n = entry["diverged_seeds"], len(entry["rel_error_per_seed"])
+    return "" if not k else f"; {'every seed' if k == n else f'{k} of {n} seeds'} diverged at this learning rate"
+
+
+def verify(root: Path) -> str:
+    quick = read_json(root / "verify/quick/verify.json")
+    wide = read_json(root / "verify/search/verify.json")
+    found = {(r["claim"], r["N"]): r["search_worst_ratio"] for r in wide["claims"]}
+    sci = lambda x: f"{float(x):.1e}"
+    rows = [[r["claim"], r["N"], sci(r["max_abs_error"]), sci(r["bound"]), sci(r["worst_ratio"]),
+             "-" if found.get((r["claim"], r["N"])) is None else _floor4(found[(r["claim"], r["N"])])]
+            for r in quick["claims"]]
+    passed = sum(r["pass"] for r in quick["claims"])
+    hunts = wide["search"]["claims"].values()
+    return (_table(["claim", "N", "max abs error", "bound", "worst ratio", "worst ratio found by search"], rows)
+            + f"\n\n{passed}/{len(rows)} claims pass on {quick['contexts']} random float64 contexts each "
+              f"({_f(quick['seconds'], 0)} s on a {_hw(quick)}, including a short hunt per construction). The "
+              f"wide hunt (`--search`) tried {sum(h['tried'] for h in hunts):,} contexts, of which "
+              f"{sum(h['valid'] for h in hunts):,} passed the checks, in {_f(wide['seconds'] / 60, 1)} min; "
+              f"{sum(r['pass'] for r in wide['claims'])}/{len(wide['claims'])} claims pass there.")
 
 
 def self_correction(root: Path) -> str:
@@ -263,7 +303,7 @@ def mechanism(root: Path) -> str:
 SECTIONS: dict[str, Callable[[Path], str]] = {
     "gd-baseline": gd_baseline, "gd-sweep-bench": gd_sweep_bench, "tf-vs-gd": tf_vs_gd,
     "train-step-bench": train_step_bench, "reward-noise": reward_noise, "ablations": ablations,
-    "figure1-bench": figure1_bench, "necessity": necessity, "self-correction": self_correction,
+    "figure1-bench": figure1_bench, "verify": verify, "necessity": necessity, "self-correction": self_correction,
     "mechanism": mechanism,
 }
 _BLOCK = re.compile(r"(<!-- generated:([\w-]+) -->)(.*?)(<!-- /generated:\2 -->)", re.S)

@@ -1,5 +1,7 @@
 """Layer 2b: the theory as code. Closed-form gradient learners on the linear policy
 (:mod:`~icalign.theory.gd`), hand-built transformer weights whose forward pass is a gradient
-step (:mod:`~icalign.theory.construct`), the necessity study of each component
-(:mod:`~icalign.theory.necessity`) and the numerical verification of every claim
-(:mod:`~icalign.theory.verify`)."""
+step (:mod:`~icalign.theory.construct`, block weights in :mod:`~icalign.theory.blocks`), their
+preconditions and error bound (:mod:`~icalign.theory.bounds`), the necessity study of each
+component (:mod:`~icalign.theory.necessity`), the numerical verification of every claim
+(:mod:`~icalign.theory.verify`, latent-concept rows in :mod:`~icalign.theory.concept_claims`) and
+the adversarial hunt for counterexamples (:mod:`~icalign.theory.search`)."""

@@ -11,7 +11,9 @@ and scored on held-out contexts by the relative error
 
 the fraction of the GD update the model misses (1 = no better than answering y0, which the
 model can do by copying the read-in). docs/theory.md section 3 predicts a floor > 0 for each
-reduced architecture and ~0 for the full one.
+reduced architecture and ~0 for the full one. :func:`claims` states, per reduced architecture
+and N, whether the data resolve that prediction, from :func:`compare` (one small function, so
+the paired statistics of issue 15 can replace it).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from icalign.theory import construct, gd
 from icalign.training import NonFiniteLossError, Objective, fit, runs_from_keys
 
 __all__ = ["VARIANTS", "variant_configs", "target", "relative_error", "PLStepObjective", "fit_variant",
-           "HELD_OUT"]
+           "HELD_OUT", "seed_summary", "compare", "claims", "ALPHA"]
 
 VARIANTS = ("full", "linear attention", "one head", "no FFN", "half the blocks")
 HELD_OUT = 10_000  # the held-out batch is fold_in(k_data, steps + HELD_OUT): never a training step
@@ -146,3 +148,60 @@ def fit_variant(key, spec: construct.PLConstruction, cfg: model.ModelConfig, see
         return nan, np.full((seeds, steps), np.nan)
     rel = _held_out(objective, out.state.params, runs_R.k_data, steps)
     return np.asarray(rel), np.asarray(out.losses)
+
+
+ALPHA = 0.05  # one-sided level of every necessity claim
+
+
+def seed_summary(rel) -> dict:
+    """Median and best over seeds of the held-out relative error; a diverged seed (NaN) is
+    counted, not hidden, and ranks as the worst possible error in :func:`compare`."""
+    rel = np.asarray(rel, float)
+    finite = rel[np.isfinite(rel)]
+    nan = float("nan")
+    return {"median": float(np.median(finite)) if finite.size else nan,
+            "best": float(finite.min()) if finite.size else nan, "diverged_seeds": int(rel.size - finite.size)}
+
+
+def compare(reduced, full) -> dict:
+    """Is the reduced architecture's error larger than the full one's? Exact one-sided
+    Mann-Whitney U (rank) tests on the per-seed errors, both directions. Rank-based, so one lucky
+    or unlucky seed cannot carry it, and with 5 seeds per side the smallest attainable p is 1/252.
+    Returns the two p-values and the verdict "needed" (reduced worse at ALPHA), "not needed"
+    (reduced better at ALPHA), "not resolved", or "not trained" when a seed of either side
+    diverged: a run that failed to train says nothing about what the architecture can express,
+    so it is never counted as evidence (no p-values then)."""
+    from scipy import stats
+
+    a, b = np.asarray(reduced, float), np.asarray(full, float)
+    bad = int((~np.isfinite(a)).sum()), int((~np.isfinite(b)).sum())
+    if any(bad):
+        return {"p_worse": None, "p_better": None, "median_difference": None,
+                "verdict": "not trained", "diverged_seeds": {"reduced": bad[0], "full": bad[1]}}
+    worse = float(stats.mannwhitneyu(a, b, alternative="greater", method="exact").pvalue)
+    better = float(stats.mannwhitneyu(a, b, alternative="less", method="exact").pvalue)
+    verdict = "needed" if worse <= ALPHA else "not needed" if better <= ALPHA else "not resolved"
+    return {"p_worse": worse, "p_better": better, "verdict": verdict,
+            "median_difference": float(np.median(a) - np.median(b)),
+            "diverged_seeds": {"reduced": 0, "full": 0}}
+
+
+_CLAIM = {"linear attention": "softmax attention is needed (linear attention is worse)",
+          "one head": "multi-head attention is needed (one head of the same total width is worse)",
+          "no FFN": "the FFN is needed (no FFN is worse)",
+          "half the blocks": "N - 1 blocks are needed (half the blocks is worse)"}
+
+
+def claims(results: dict) -> list[dict]:
+    """One statement per (N, reduced architecture) against the full one, from :func:`compare`.
+    ``results``: {N: {"variants": {name: {"rel_error_per_seed": [...]}}}}."""
+    out = []
+    for n, row in results.items():
+        full = row["variants"].get("full")
+        for name, entry in row["variants"].items():
+            if name == "full" or full is None:
+                continue
+            c = compare(entry["rel_error_per_seed"], full["rel_error_per_seed"])
+            out.append({"n": int(n), "variant": name, "claim": _CLAIM[name], **c,
+                        "statistic": f"exact one-sided Mann-Whitney U over seeds, level {ALPHA}"})
+    return out
