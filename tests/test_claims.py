@@ -150,3 +150,36 @@ def test_a_variant_that_did_not_train_is_labelled_not_trained():
     c = CL.claim("x", CL.arm("linear", s([1.0, 1.0, 1.1]), n_contexts=1, health=flat),
                  CL.arm("softmax", s([0.3, 0.31, 0.29]), n_contexts=1, health=good))
     assert c["verdict"] == "not trained" and "linear did not train" in c["reason"]
+
+
+def _pair(d_S):
+    """Arms whose paired per-seed difference is d_S (one context each)."""
+    zero = np.zeros_like(d_S)
+    return (CL.sample("a", d_S, "seeds", n_contexts=1), CL.sample("b", zero, "seeds", n_contexts=1))
+
+
+def test_agreement_follows_the_interval_against_the_margin():
+    tight = np.array([0.01, -0.01, 0.005, -0.005, 0.0])
+    assert CL.agreement("x", *_pair(tight), margin=0.1)["verdict"] == "supported"
+    assert CL.agreement("x", *_pair(tight + 1.0), margin=0.1)["verdict"] == "contradicted"
+    assert CL.agreement("x", *_pair(tight + 0.1), margin=0.1)["verdict"] == "not resolved"  # straddles +margin
+    wide = np.array([0.3, -0.3, 0.2, -0.25, 0.05])
+    c = CL.agreement("x", *_pair(wide), margin=0.1)
+    assert c["verdict"] == "not resolved" and c["low"] < -0.1 and c["margin"] == 0.1
+    sick = {"status": "not trained", "reason": "diverged"}
+    a, b = _pair(tight)
+    assert CL.agreement("x", {**a, "health": sick}, b, margin=0.1)["verdict"] == "not trained"
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="margin"):
+            CL.agreement("x", a, b, margin=bad)
+
+
+def test_agreement_at_the_margin_is_claimed_at_most_at_the_test_level():
+    # true difference exactly at the margin: "agree" must come at most 2.5% of the time (two
+    # one-sided tests at 2.5%, the 95% interval inside +-margin), whatever the spread
+    margin, sd = 0.1, 0.08
+    d = margin + RNG.normal(0, sd, (1000, 5))
+    rate = np.mean([CL.agreement("x", *_pair(row), margin=margin)["verdict"] == "supported" for row in d])
+    assert rate <= 0.025 + 3 * np.sqrt(0.025 * 0.975 / 1000)
+    d0 = RNG.normal(0, 0.02, (200, 5))  # no difference, small spread: agreement is found
+    assert np.mean([CL.agreement("x", *_pair(row), margin=margin)["verdict"] == "supported" for row in d0]) > 0.9

@@ -20,8 +20,8 @@ from icalign import config as C
 from icalign import model as M
 from icalign import train as T
 from icalign.experiment import EvalConfig
-from icalign.experiments import (ablations, gd_baseline, mechanism, necessity, reward_noise, self_correction,
-                                 tf_vs_gd, verify)
+from icalign.experiments import (ablations, gd_baseline, mechanism, necessity, precision, reward_noise,
+                                 self_correction, tf_vs_gd, verify)
 from icalign.tasks import CORRUPTIONS, DEFAULT_LEVELS
 
 TINY = M.ModelConfig(n_layers=1, n_heads=2, d_model=8, token_layout="stacked", n=4)
@@ -44,9 +44,11 @@ TINY_CONFIGS = {
         model=dataclasses.replace(TINY, n_layers=2, n=5), train=TINY_TRAIN, eval=EvalConfig(contexts=8),
         triplet_train=dataclasses.replace(TINY_TRAIN, queries="per_triplet", query_corr=0.7), etas=(0.01, 0.1),
         k_max=2, minimiser_steps=4, intervention_contexts=2, implicit_queries=6),
+    "precision": precision.Config(model=TINY, train=TINY_TRAIN, eval=EvalConfig(contexts=8), seeds=2),
 }
 MODULES = {"gd-baseline": gd_baseline, "tf-vs-gd": tf_vs_gd, "reward-noise": reward_noise, "ablations": ablations,
-           "necessity": necessity, "self-correction": self_correction, "verify": verify, "mechanism": mechanism}
+           "necessity": necessity, "self-correction": self_correction, "verify": verify, "mechanism": mechanism,
+           "precision": precision}
 
 
 def test_every_experiment_is_listed_and_has_the_api():
@@ -78,6 +80,11 @@ def test_every_experiment_runs_in_memory_and_writes_nothing(name, tmp_path, monk
     if name == "mechanism":
         assert res["shared"]["t"] == [1, 2, 3, 4] and res["triplet"]["weights"] and res["claims"]
         assert set(res["figures"]) == {"distances", "layers", "probes", "invariance", "triplets"}
+    if name == "precision":  # 4 steps: the agreement claims must not count the untrained models
+        assert {p: res[p]["health"]["status"] for p in ("float32", "bfloat16")} == {"float32": "not trained",
+                                                                                    "bfloat16": "not trained"}
+        assert [c["verdict"] for c in res["claims"]] == ["not trained"] * 2
+        assert res["float32"]["final_nmse"] != res["bfloat16"]["final_nmse"]  # the precision changed the model
     if name != "verify":
         assert res.get("figures"), "figures are returned in memory"
 
@@ -168,6 +175,12 @@ def test_bad_override_fails_before_any_compilation(tmp_path):
 def test_verify_runs_in_memory_and_through_both_entry_points(tmp_path, monkeypatch):
     res = verify.run(verify.Config(contexts=2), progress=False)
     assert res["all_pass"] and C.from_dict(verify.Config, res["config"]) == verify.Config(contexts=2)
+    # the entry points are wiring (CLI -> run -> JSON): they get the checks just computed, not a
+    # second and third run of them
+    computed = {k: v for k, v in res.items() if k not in ("experiment", "config", "config_hash", "hardware",
+                                                         "identity")}
+    calls = []
+    monkeypatch.setattr(verify.V, "verify", lambda seed, contexts, **kw: calls.append((seed, contexts)) or computed)
     for argv in (["verify"], ["run", "verify"]):  # through the console entry point, as `icalign ...`
         out = tmp_path / "_".join(argv)
         monkeypatch.setattr("sys.argv", ["icalign", *argv, "--set", "contexts=2", "--out", str(out)])
@@ -176,6 +189,7 @@ def test_verify_runs_in_memory_and_through_both_entry_points(tmp_path, monkeypat
         assert len(written) == 1
         res = json.loads((written[0] / "verify.json").read_text())
         assert res["all_pass"] and len(res["claims"]) > 10
+    assert calls == [(0, 2), (0, 2)]  # the flags reached the library call
 
 
 def test_ablations_resume_after_a_kill(tmp_path, monkeypatch):

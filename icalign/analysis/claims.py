@@ -36,7 +36,8 @@ import numpy as np
 
 from icalign.core import stats
 
-__all__ = ["arm", "sample", "effect", "claim", "unresolvable", "verdict", "VERDICTS", "line", "table", "short"]
+__all__ = ["arm", "sample", "effect", "claim", "agreement", "unresolvable", "verdict", "VERDICTS", "line", "table",
+           "short"]
 
 VERDICTS = ("supported", "contradicted", "not resolved", "not trained")
 _UNITS = ("seeds", "contexts")
@@ -200,3 +201,29 @@ def table(claims: Sequence[dict]) -> str:
                     f"{'' if c['unit'] == 'contexts' else ' x ' + str(c['n_contexts']) + ' contexts'} | "
                     f"{_num(c['mde']):.3f} | **{v}** |")
     return "\n".join(rows)
+
+
+def agreement(text: str, a: dict, b: dict, margin: float, margin_text: str = "the margin") -> dict:
+    """A claim that ``a`` and ``b`` agree within ``margin`` (an equivalence claim), from the
+    same paired effect a - b as :func:`claim`: **supported** when its whole 95% interval lies
+    inside (-margin, +margin), **contradicted** when it lies wholly outside [-margin, +margin]
+    (the two surely differ by more than the margin), **not resolved** otherwise, and **not
+    trained** when either side failed its health gate. The record is :func:`claim`'s, with
+    ``worse`` = a, ``better`` = b and the margin added."""
+    m = _num(margin)
+    if not (np.isfinite(m) and m > 0):
+        raise ValueError(f"margin must be a finite number > 0, got {margin!r}")
+    eff = effect(a, b)
+    v, reason = verdict(eff, [a, b])
+    if v != "not trained":
+        lo, hi = eff["low"], eff["high"]
+        if not np.isfinite([lo, hi]).all():
+            v, reason = "not resolved", "no interval (fewer than two units)"
+        elif -m < lo and hi < m:
+            v, reason = "supported", f"the interval lies inside +-{m:.3g} ({margin_text})"
+        elif hi < -m or lo > m:
+            v, reason = "contradicted", f"the interval lies outside +-{m:.3g} ({margin_text})"
+        else:
+            v, reason = "not resolved", f"the interval reaches past +-{m:.3g} ({margin_text})"
+    return {"claim": text, "worse": a["label"], "better": b["label"], "metric": "agreement", "t": None,
+            "worse_value": _value(a), "better_value": _value(b), **eff, "margin": m, "verdict": v, "reason": reason}

@@ -15,7 +15,7 @@ from typing import Callable
 
 from icalign.analysis import claims as CL
 from icalign.analysis import report
-from icalign.analysis.readme_bench import figure1_bench, gd_sweep_bench, train_step_bench
+from icalign.analysis.readme_bench import figure1_bench, gd_sweep_bench, precision, train_step_bench
 from icalign.analysis.report import machine as _hw, num as _f, table as _table
 from icalign.io import read_json, write_text
 from icalign.selfcorrect.critic_study import loop_claims, saturation
@@ -302,7 +302,7 @@ def mechanism(root: Path) -> str:
 
 SECTIONS: dict[str, Callable[[Path], str]] = {
     "gd-baseline": gd_baseline, "gd-sweep-bench": gd_sweep_bench, "tf-vs-gd": tf_vs_gd,
-    "train-step-bench": train_step_bench, "reward-noise": reward_noise, "ablations": ablations,
+    "train-step-bench": train_step_bench, "precision": precision, "reward-noise": reward_noise, "ablations": ablations,
     "figure1-bench": figure1_bench, "verify": verify, "necessity": necessity, "self-correction": self_correction,
     "mechanism": mechanism,
 }

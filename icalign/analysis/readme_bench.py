@@ -8,7 +8,7 @@ from pathlib import Path
 from icalign.analysis.report import machine as _hw, num as _f, table as _table
 from icalign.io import read_json
 
-__all__ = ["gd_sweep_bench", "train_step_bench", "figure1_bench"]
+__all__ = ["gd_sweep_bench", "train_step_bench", "figure1_bench", "precision"]
 
 
 def gd_sweep_bench(root: Path) -> str:
@@ -69,3 +69,20 @@ def figure1_bench(root: Path) -> str:
                  f"one on a GPU, where one small model leaves the matmul units idle; that is not measured here, and "
                  f"where in that range the grid lands needs an H200 run.")
     return "\n\n".join(parts)
+
+
+def precision(root: Path) -> str:
+    from icalign.analysis.claims import line
+
+    res = read_json(root / "precision/quick/precision.json")
+    m, tr = res["model_config"], res["train_config"]
+    rows = [[p, _f(float(sum(res[p]["final_train_loss"])) / len(res[p]["final_train_loss"])),
+             ", ".join(_f(v) for v in res[p]["final_nmse"]), _f(res[p]["nmse"]["mean"][-1]),
+             res[p]["health"]["status"], _f(res[p]["train_seconds"], 0)] for p in ("float32", "bfloat16")]
+    return (f"quick ({m['n_layers']} layers, {m['n_heads']} heads, width {m['d_model']}, {tr['steps']} steps, "
+            f"batch {tr['batch']}; {len(res['seeds'])} seeds, the same in both; {res['eval_contexts']} held-out "
+            f"contexts; {_hw(res)}):\n\n"
+            + _table(["matmuls", f"final training loss (mean of last {res['window']} steps, seed mean)",
+                      f"normalised MSE at t = {res['t'][-1]}, per seed", "seed mean", "health",
+                      "training s (incl. compile)"], rows)
+            + "\n\n" + "\n".join(line(c) for c in res["claims"]))

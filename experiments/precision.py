@@ -1,0 +1,104 @@
+"""`icalign run precision`: float32 against bfloat16 matmuls (``ModelConfig.precision``) on
+the tf-vs-gd task. The same seeds (same initialisation and data stream) train once in each
+precision; the result holds both training curves and the held-out normalised MSE per t, and
+two agreement claims, paired by seed (:func:`icalign.analysis.claims.agreement`): the final
+training loss and the final error agree within the float32 seed spread. Wiring only: train
+(icalign.training), evaluate (icalign.analysis.evaluate), judge (icalign.analysis.claims),
+draw (icalign.viz.precision)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+
+from icalign import model as M
+from icalign import training as T
+from icalign.analysis import claims
+from icalign.analysis.evaluate import transformer_curves
+from icalign.analysis.health import WINDOW, variant_gate
+from icalign.core import keys
+from icalign.core.stats import summarise
+from icalign.core.tasks import sample_contexts
+from icalign.core.validate import check_int
+from icalign.experiment import EvalConfig, check_seed, config_record, publish, result_path, runner
+from icalign.experiments import tf_vs_gd
+from icalign.io import hardware
+from icalign.viz.precision import precision_figure
+
+NAME = "precision"
+DESCRIPTION = "float32 vs bfloat16 matmuls: training curves and normalised MSE of the same seeds"
+PRECISIONS = ("float32", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    model: M.ModelConfig = tf_vs_gd.QUICK.model
+    train: T.TrainConfig = tf_vs_gd.QUICK.train
+    eval: EvalConfig = EvalConfig(contexts=256)
+    seeds: int = 5
+    seed: int = 0
+
+    def __post_init__(self):
+        check_seed(self.seed)
+        check_int("seeds", self.seeds, minimum=2)  # a seed spread needs two seeds
+
+
+# quick: the tf-vs-gd quick model and protocol; full: the published base config
+QUICK = Config()
+FULL = Config(model=M.BASE, train=T.TrainConfig())
+
+
+def figures(res: dict) -> dict:
+    return {"": precision_figure(res)}
+
+
+def _judge(res: dict) -> list[dict]:
+    """Agreement claims, bfloat16 against float32, paired by seed; margin: the float32 seed sd."""
+    n_ctx = res["eval_contexts"]
+    out = []
+    for key, what in (("final_train_loss", f"training loss (mean of the last {res['window']} steps)"),
+                      ("final_nmse", "held-out normalised MSE at the largest t")):
+        a, b = (claims.sample(p, res[p][key], "seeds", n_contexts=n_ctx, health=res[p]["health"])
+                for p in ("bfloat16", "float32"))
+        margin = float(np.std(res["float32"][key], ddof=1))
+        out.append(claims.agreement(f"bfloat16 and float32 reach the same {what}", a, b, margin,
+                                    margin_text="the float32 seed sd"))
+    return out
+
+
+@runner
+def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = True, run_root=None) -> dict:
+    path = result_path(out, "precision", force)
+    seeds = tuple(range(cfg.seed, cfg.seed + cfg.seeds))
+    k_ctx, _ = keys.eval_keys(cfg.seed, 2)
+    ctx = sample_contexts(k_ctx, cfg.eval.contexts, cfg.model.d, cfg.model.n, cfg.train.queries, cfg.train.query_corr)
+    res = {"experiment": NAME, "name": None if out is None else out.name, **config_record(cfg),
+           "model_config": cfg.model.to_dict(), "train_config": cfg.train.to_dict(), "seeds": list(seeds),
+           "eval_contexts": cfg.eval.contexts, "window": min(WINDOW, cfg.train.steps)}
+    for precision in PRECISIONS:
+        model = dataclasses.replace(cfg.model, precision=precision)
+        t0 = time.perf_counter()
+        if run_root is None:
+            trained = T.train(model, cfg.train, seeds=seeds, checkpoint=False, progress=progress)
+        else:
+            trained = T.train_or_load(model, cfg.train, seeds=seeds, run_root=run_root, progress=progress)
+        seconds = time.perf_counter() - t0
+        curves = transformer_curves(trained.params, model, ctx, ctx.r_true[:, None, :])
+        nmse_seed = curves.nmse[:, 0].mean(axis=1)  # (seeds, T): each seed's mean over the contexts
+        losses = np.asarray(trained.losses)
+        final_loss = losses[:, -res["window"]:].mean(axis=1)
+        res["t"] = [int(t) for t in curves.t]
+        res[precision] = {
+            "train_loss_per_seed": losses, "final_train_loss": final_loss, "final_nmse": nmse_seed[:, -1],
+            "nmse": summarise(curves.nmse[:, 0], "seeds", keep=True),
+            "health": variant_gate(final_loss, cfg.train.to_dict(), model.to_dict(), nmse_per_seed=nmse_seed),
+            "train_seconds": seconds, "train_loaded": trained.loaded,
+            "run_folder": None if trained.run_dir is None else trained.run_dir.name}
+    res["hardware"] = hardware()
+    res["claims"] = _judge(res)
+    res = publish(path, res, figures=figures, markdown=lambda r: "\n".join(claims.line(c) for c in r["claims"]))
+    for c in res["claims"]:
+        print(claims.line(c))
+    return res

@@ -1,0 +1,52 @@
+"""Figure of the precision experiment, drawn from its results dict only."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from icalign.viz.style import NMSE_LABEL, T_LABEL, band, band_note, floats, integer_ticks, new_figure
+
+__all__ = ["precision_figure"]
+
+# bfloat16 dashed: where the two agree, the float32 line must still show beneath it
+STYLE = {"float32": dict(color="C0", marker="o", ls="-"), "bfloat16": dict(color="C3", marker="s", ls="--")}
+
+
+def _windows(losses, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-seed training loss averaged over consecutive windows of ``width`` steps (the loss
+    of one step is one batch: too noisy to compare curves)."""
+    a = np.asarray([floats(row) for row in losses])  # (seeds, steps)
+    k = a.shape[1] // width
+    return (np.arange(k) + 0.5) * width, a[:, :k * width].reshape(a.shape[0], k, width).mean(axis=2)
+
+
+def precision_figure(res: dict):
+    """Left: training loss (window means) per step, each seed a thin line and the seed mean a
+    thick one, float32 and bfloat16. Right: held-out normalised MSE against t, mean over seeds
+    with its 95% interval over seeds. Titles give each precision's training time."""
+    fig, axes = new_figure(1, 2, figsize=(11, 4.0))
+    ax, ax2 = axes[0]
+    steps = len(res["float32"]["train_loss_per_seed"][0])
+    width = max(1, min(int(res["window"]), steps // 20))  # at least 20 points on the curve
+    for p, st in STYLE.items():
+        x, w = _windows(res[p]["train_loss_per_seed"], width)
+        for row in w:
+            ax.plot(x, row, color=st["color"], lw=0.6, alpha=0.35)
+        ax.plot(x, w.mean(axis=0), color=st["color"], lw=2.0, ls=st["ls"],
+                label=f"{p} ({len(w)} seeds; {float(res[p]['train_seconds']):.0f} s incl. compile)")
+        band(ax2, res["t"], res[p]["nmse"], st["color"], label=p, marker=st["marker"], ls=st["ls"])
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"training loss (mean over {width}-step windows)")
+    ax.legend(fontsize=7)
+    m, tr = res["model_config"], res["train_config"]
+    ax.set_title(f"{res.get('name') or 'in memory'}: {m['n_layers']} layers, {m['n_heads']} heads, width "
+                 f"{m['d_model']}; {tr['steps']} steps, batch {tr['batch']}\nthin: each seed; thick: seed mean",
+                 fontsize=8)
+    ax2.set_xlabel(T_LABEL)
+    ax2.set_ylabel(NMSE_LABEL)
+    integer_ticks(ax2)
+    ax2.legend(fontsize=7)
+    verdicts = "; ".join(f"{c['claim'].split('same ')[-1]}: {c['verdict']}" for c in res.get("claims", []))
+    ax2.set_title(f"bands: {band_note('seeds', len(res['seeds']))}, {res['eval_contexts']} contexts\n{verdicts}",
+                  fontsize=7)
+    return fig
