@@ -1,5 +1,5 @@
 """The ablation grid: one field per variant, the mask kept, clear errors (the experiment's
-wiring, resume included, is in test_experiments.py)."""
+wiring is in test_experiments.py, resume in test_cli.py)."""
 
 import dataclasses
 import pytest
