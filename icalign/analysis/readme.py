@@ -295,8 +295,9 @@ def mechanism(root: Path) -> str:
                      "the minimiser here is an oracle: it ranks the unshown candidates at the test query):"
                      "\n\n" + _distance_table(pt, (2, 5, 10, ts[-1])) + "\n\nImplicit weights:\n\n"
                      + _table(["", *(f"t = {ts[i]}" for i in idx)], rows))
-    parts.append("Claims:\n\n" + "\n".join(f"- {c['claim']}: **{c['verdict']}** ({c['values']})"
-                                             for c in res["claims"]))
+    parts.append("Claims (effect = worse - better, 95% interval over contexts; per-context values are not "
+                 "stored, so the sd of each paired difference is bounded by the sum of the two sds, "
+                 "which is conservative):\n\n" + CL.table(res["claims"]))
     return "\n\n".join(parts)
 
 
