@@ -1,12 +1,11 @@
 """`icalign run necessity`: is each component needed to compute one PL gradient step?
 
-For every N, the construction's architecture and each reduced one (linear attention, one
-head, no FFN, half the blocks) are trained directly on the one-step PL target, several seeds
-at once through the one training loop (icalign.theory.necessity); each is reported by the
-median and the best held-out relative error over seeds, and each reduced architecture gets a
-statement (needed / not needed / not resolved / not trained) from a rank test over seeds
-against the full one (necessity.claims). The hand-built construction's float64 error is the
-reference. Progress is saved after every (N, variant)."""
+For every N, the construction's architecture and each reduced one (linear attention, one head,
+no FFN, half the blocks) train on the one-step PL target, several seeds at once through the one
+training loop (icalign.theory.necessity), reported by the median and best held-out relative
+error over seeds; each reduced one gets a statement (needed / not needed / not resolved / not
+trained) from a rank test over seeds against the full one (necessity.claims). The hand-built
+construction's float64 error is the reference. Progress is saved after every (N, variant)."""
 
 from __future__ import annotations
 
@@ -100,7 +99,8 @@ def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = 
                 "attention": arch.attention, "ffn": arch.ffn, "final_train_loss": curves[:, -20:].mean(axis=1),
                 "seconds": time.perf_counter() - t0})
             s = saved.get((n, name))
-            print(f"[{NAME}] N={n:2d} {name:16s} best {s['best']:.3e}  median {s['median']:.3e}  "
+            # float(): a diverged variant's summary is NaN, which the saved JSON holds as "nan"
+            print(f"[{NAME}] N={n:2d} {name:16s} best {float(s['best']):.3e}  median {float(s['median']):.3e}  "
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
     table = {}
     for entry in saved.entries.values():

@@ -53,3 +53,12 @@ def test_every_experiment_runs_in_memory_and_writes_nothing(name, tmp_path, monk
         assert res["float32"]["final_nmse"] != res["bfloat16"]["final_nmse"]  # the precision changed the model
     if name != "verify":
         assert res.get("figures"), "figures are returned in memory"
+
+
+def test_a_necessity_run_whose_seeds_all_diverge_finishes_and_decides_nothing():
+    """Diverged seeds are NaN, stored in the saved progress as "nan": the run must still finish,
+    and a reduced architecture against a diverged full one is "not trained", never "needed"."""
+    cfg = dataclasses.replace(TINY_CONFIGS["necessity"], lr=1e4)
+    res = MODULES["necessity"].run(cfg, progress=False)
+    assert all(v["diverged_seeds"] == cfg.seeds for v in res["results"]["3"]["variants"].values())
+    assert [c["verdict"] for c in res["claims"]] == ["not trained"]
