@@ -22,7 +22,7 @@ from icalign.core import keys
 from icalign.core.stats import summarise
 from icalign.core.tasks import sample_contexts
 from icalign.core.validate import check_int
-from icalign.experiment import EvalConfig, check_seed, config_record, publish, result_path, runner
+from icalign.experiment import check_seed, config_record, publish, result_path, runner
 from icalign.experiments import tf_vs_gd
 from icalign.io import hardware
 from icalign.viz.precision import precision_figure
@@ -36,13 +36,17 @@ PRECISIONS = ("float32", "bfloat16")
 class Config:
     model: M.ModelConfig = tf_vs_gd.QUICK.model
     train: T.TrainConfig = tf_vs_gd.QUICK.train
-    eval: EvalConfig = EvalConfig(contexts=256)
+    contexts: int = 256  # held-out evaluation contexts
     seeds: int = 5
     seed: int = 0
 
     def __post_init__(self):
         check_seed(self.seed)
+        check_int("contexts", self.contexts, minimum=2)
         check_int("seeds", self.seeds, minimum=2)  # a seed spread needs two seeds
+        if self.model.precision != "float32":  # it would be ignored: both precisions are trained
+            raise ValueError(f"model.precision must stay 'float32' here (the experiment trains both 'float32' and "
+                             f"'bfloat16'), got {self.model.precision!r}")
 
 
 # quick: the tf-vs-gd quick model and protocol; full: the published base config
@@ -73,10 +77,10 @@ def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = 
     path = result_path(out, "precision", force)
     seeds = tuple(range(cfg.seed, cfg.seed + cfg.seeds))
     k_ctx, _ = keys.eval_keys(cfg.seed, 2)
-    ctx = sample_contexts(k_ctx, cfg.eval.contexts, cfg.model.d, cfg.model.n, cfg.train.queries, cfg.train.query_corr)
+    ctx = sample_contexts(k_ctx, cfg.contexts, cfg.model.d, cfg.model.n, cfg.train.queries, cfg.train.query_corr)
     res = {"experiment": NAME, "name": None if out is None else out.name, **config_record(cfg),
            "model_config": cfg.model.to_dict(), "train_config": cfg.train.to_dict(), "seeds": list(seeds),
-           "eval_contexts": cfg.eval.contexts, "window": min(WINDOW, cfg.train.steps)}
+           "eval_contexts": cfg.contexts, "window": min(WINDOW, cfg.train.steps)}
     for precision in PRECISIONS:
         model = dataclasses.replace(cfg.model, precision=precision)
         t0 = time.perf_counter()

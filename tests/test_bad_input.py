@@ -210,6 +210,8 @@ CLI_CASES = [
     ("--set verify contexts -1", ["verify", "--set", "contexts=-1"], ValueError, "'contexts'"),
     ("--set self-correction steps", ["run", "self-correction", "--set", "train.steps=-5"], ValueError, "'train.steps'"),
     ("--set necessity ns", ["run", "necessity", "--set", "ns=1"], ValueError, "'ns'"),
+    ("--set precision model.precision", ["run", "precision", "--set", "model.precision=bfloat16"], ValueError,
+     "model.precision must stay 'float32'"),
     ("--config missing", ["run", "gd-baseline", "--config", "/nonexistent.toml"], ValueError, "--config"),
     ("--name slash", ["run", "gd-baseline", "--name", "a/b"], ValueError, "--name must be a plain folder name"),
     ("--name reserved", ["run", "gd-baseline", "--name", "full", "--set", "eval.contexts=8"], ValueError, "reserved"),

@@ -78,7 +78,8 @@ def precision(root: Path) -> str:
     m, tr = res["model_config"], res["train_config"]
     rows = [[p, _f(float(sum(res[p]["final_train_loss"])) / len(res[p]["final_train_loss"])),
              ", ".join(_f(v) for v in res[p]["final_nmse"]), _f(res[p]["nmse"]["mean"][-1]),
-             res[p]["health"]["status"], _f(res[p]["train_seconds"], 0)] for p in ("float32", "bfloat16")]
+             res[p]["health"]["status"], "loaded" if res[p]["train_loaded"] else _f(res[p]["train_seconds"], 0)]
+            for p in ("float32", "bfloat16")]
     return (f"quick ({m['n_layers']} layers, {m['n_heads']} heads, width {m['d_model']}, {tr['steps']} steps, "
             f"batch {tr['batch']}; {len(res['seeds'])} seeds, the same in both; {res['eval_contexts']} held-out "
             f"contexts; {_hw(res)}):\n\n"

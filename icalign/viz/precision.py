@@ -23,7 +23,8 @@ def _windows(losses, width: int) -> tuple[np.ndarray, np.ndarray]:
 def precision_figure(res: dict):
     """Left: training loss (window means) per step, each seed a thin line and the seed mean a
     thick one, float32 and bfloat16. Right: held-out normalised MSE against t, mean over seeds
-    with its 95% interval over seeds. Titles give each precision's training time."""
+    with its 95% interval over seeds. The legend gives each precision's training time (or says the
+    run was loaded)."""
     fig, axes = new_figure(1, 2, figsize=(11, 4.0))
     ax, ax2 = axes[0]
     steps = len(res["float32"]["train_loss_per_seed"][0])
@@ -32,8 +33,9 @@ def precision_figure(res: dict):
         x, w = _windows(res[p]["train_loss_per_seed"], width)
         for row in w:
             ax.plot(x, row, color=st["color"], lw=0.6, alpha=0.35)
-        ax.plot(x, w.mean(axis=0), color=st["color"], lw=2.0, ls=st["ls"],
-                label=f"{p} ({len(w)} seeds; {float(res[p]['train_seconds']):.0f} s incl. compile)")
+        took = ("loaded from its run folder" if res[p]["train_loaded"]  # a load time is no training time
+                else f"{float(res[p]['train_seconds']):.0f} s incl. compile")
+        ax.plot(x, w.mean(axis=0), color=st["color"], lw=2.0, ls=st["ls"], label=f"{p} ({len(w)} seeds; {took})")
         band(ax2, res["t"], res[p]["nmse"], st["color"], label=p, marker=st["marker"], ls=st["ls"])
     ax.set_xlabel("training step")
     ax.set_ylabel(f"training loss (mean over {width}-step windows)")
