@@ -155,7 +155,7 @@ ALPHA = 0.05  # one-sided level of every necessity claim
 
 def seed_summary(rel) -> dict:
     """Median and best over seeds of the held-out relative error; a diverged seed (NaN) is
-    counted, not hidden, and ranks as the worst possible error in :func:`compare`."""
+    counted, not hidden, and makes :func:`compare` answer "not trained"."""
     rel = np.asarray(rel, float)
     finite = rel[np.isfinite(rel)]
     nan = float("nan")
