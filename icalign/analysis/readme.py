@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from icalign.analysis import claims as CL
+from icalign.analysis import health
 from icalign.analysis import report
 from icalign.analysis.readme_bench import figure1_bench, gd_sweep_bench, precision, train_step_bench
 from icalign.analysis.report import machine as _hw, num as _f, table as _table
@@ -59,7 +60,10 @@ def tf_vs_gd(root: Path) -> str:
                      f"{_loaded(res)}):\n\n"
                      + _table(head, _tf_rows(res)))
     for res, what in ((quick, "quick"), (full, "full")):
-        parts.append(_tf_diff(res, what))
+        g = health.variant_gate([res["train_loss_first_last"][1]], res["train_config"], res["model_config"],
+                                nmse_mean=res["comparison"]["nmse"]["transformer"]["mean"])
+        parts.append(_tf_diff(res, what) + f" Training health: **{g['status']}**" + (f" ({g['reason']})." if g["reason"]
+                                                                                    else "."))
     cmp, ts = full["comparison"], full["comparison"]["t"]
     late = [c for t, c in zip(ts, cmp["pred_diff"]["adam"]["cos"]["mean"]) if t >= 4]
     sens = cmp["sensitivity"]["adam"]["candidates"]["cos"]["mean"]
