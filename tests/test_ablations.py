@@ -1,5 +1,5 @@
 """The ablation grid: one field per variant, the mask kept, clear errors (the experiment's
-wiring is in test_experiments.py, resume in test_cli.py)."""
+wiring and resume are in test_experiments.py)."""
 
 import dataclasses
 import pytest

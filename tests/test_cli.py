@@ -1,5 +1,5 @@
 """Experiments through the command line: configs, overrides, output folders, refusal to
-overwrite, verify's two entry points, resume after a kill."""
+overwrite, verify's two entry points."""
 
 from __future__ import annotations
 
@@ -10,11 +10,9 @@ import sys
 import time
 
 import pytest
-from tiny_configs import TINY_CONFIGS
 
 from icalign import cli
 from icalign import config as C
-from icalign import train as T
 from icalign.experiments import ablations, gd_baseline, verify
 
 
@@ -119,30 +117,3 @@ def test_verify_runs_in_memory_and_through_both_entry_points(tmp_path, monkeypat
         res = json.loads((written[0] / "verify.json").read_text())
         assert res["all_pass"] and len(res["claims"]) > 10
     assert calls == [(0, 2), (0, 2)]  # the flags reached the library call
-
-
-def test_ablations_resume_after_a_kill(tmp_path, monkeypatch):
-    cfg = TINY_CONFIGS["ablations"]
-    trained, original = [], T.train_or_load
-    monkeypatch.setattr(ablations.T, "train_or_load", lambda arch, *a, **k: trained.append(arch) or original(arch, *a, **k))
-    calls = {"n": 0}
-    real_put = ablations.Progress.put
-
-    def put_then_die(self, key, entry):
-        real_put(self, key, entry)
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise KeyboardInterrupt  # killed after the first architecture was saved
-
-    monkeypatch.setattr(ablations.Progress, "put", put_then_die)
-    out = tmp_path / "out"
-    with pytest.raises(KeyboardInterrupt):
-        ablations.run(cfg, out, progress=False, run_root=tmp_path / "runs")
-    assert len(trained) == 1 and len(list(out.glob(".ablations.*.partial.json"))) == 1
-    res = ablations.run(cfg, out, progress=False, run_root=tmp_path / "runs")
-    assert len(trained) == 2  # the second architecture only
-    assert [v["changed_fields"] for v in res["variants"]] == [[], ["ffn"]]
-    assert all(a["status"] == "ok" for a in res["architectures"].values())
-    assert not list(out.glob(".ablations.*.partial.json"))
-    for name in ("ablations.md", "ablations.png", "ablations.pdf", "ablations_bars.png"):
-        assert (out / name).stat().st_size > 0

@@ -1,9 +1,9 @@
-"""Every experiment as a Python function of its config, in memory, writing nothing.
+"""Every experiment as a Python function of its config, in memory, writing nothing; and the
+ablation sweep's resume after a kill (it reuses the programs the in-memory run compiled).
 
 Tiny configs (tests/tiny_configs.py) keep each experiment to a few compiled calls; the claims
 here are about the wiring, not the numbers (those are in each library module's tests). The
-command line (configs, overrides, output folders, refusal to overwrite, resume) is in
-tests/test_cli.py."""
+command line (configs, overrides, output folders, refusal to overwrite) is in tests/test_cli.py."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from tiny_configs import MODULES, TINY_CONFIGS
 
 from icalign import cli
 from icalign import config as C
+from icalign import train as T
+from icalign.experiments import ablations
 from icalign.tasks import CORRUPTIONS, DEFAULT_LEVELS
 
 
@@ -62,3 +64,31 @@ def test_a_necessity_run_whose_seeds_all_diverge_finishes_and_decides_nothing():
     res = MODULES["necessity"].run(cfg, progress=False)
     assert all(v["diverged_seeds"] == cfg.seeds for v in res["results"]["3"]["variants"].values())
     assert [c["verdict"] for c in res["claims"]] == ["not trained"]
+
+
+def test_ablations_resume_after_a_kill(tmp_path, monkeypatch):
+    # here, not in test_cli.py: it reuses the programs the in-memory ablation run compiled
+    cfg = TINY_CONFIGS["ablations"]
+    trained, original = [], T.train_or_load
+    monkeypatch.setattr(ablations.T, "train_or_load", lambda arch, *a, **k: trained.append(arch) or original(arch, *a, **k))
+    calls = {"n": 0}
+    real_put = ablations.Progress.put
+
+    def put_then_die(self, key, entry):
+        real_put(self, key, entry)
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyboardInterrupt  # killed after the first architecture was saved
+
+    monkeypatch.setattr(ablations.Progress, "put", put_then_die)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        ablations.run(cfg, out, progress=False, run_root=tmp_path / "runs")
+    assert len(trained) == 1 and len(list(out.glob(".ablations.*.partial.json"))) == 1
+    res = ablations.run(cfg, out, progress=False, run_root=tmp_path / "runs")
+    assert len(trained) == 2  # the second architecture only
+    assert [v["changed_fields"] for v in res["variants"]] == [[], ["ffn"]]
+    assert all(a["status"] == "ok" for a in res["architectures"].values())
+    assert not list(out.glob(".ablations.*.partial.json"))
+    for name in ("ablations.md", "ablations.png", "ablations.pdf", "ablations_bars.png"):
+        assert (out / name).stat().st_size > 0
