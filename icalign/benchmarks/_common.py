@@ -11,9 +11,10 @@ import time
 import jax
 import jax.numpy as jnp
 
+from icalign import training as T
 from icalign.io import hardware, to_jsonable
 
-__all__ = ["compile_timed", "median_seconds", "xla_flops", "peak_matmul_gflops", "emit"]
+__all__ = ["compile_timed", "median_seconds", "time_chunk", "xla_flops", "peak_matmul_gflops", "emit"]
 
 
 def compile_timed(jitted, *args, **kwargs):
@@ -21,6 +22,22 @@ def compile_timed(jitted, *args, **kwargs):
     t0 = time.perf_counter()
     compiled = jitted.lower(*args, **kwargs).compile()
     return compiled, time.perf_counter() - t0
+
+
+def time_chunk(state, runs, objective, steps: int) -> tuple[float, list[float], jax.Array]:
+    """The training loop's compiled chunk at one step per call (``icalign.training.run_chunk``):
+    compile seconds, the wall time of each of ``steps`` calls after one untimed warm-up call
+    (allocation), and the last loss. Each call's step index differs, so no call is a repeat."""
+    compiled, compile_s = compile_timed(T.run_chunk, state, runs, jnp.int32(0), objective, 1)
+    state, loss, _ = compiled(state, runs, jnp.int32(0))
+    jax.block_until_ready(loss)
+    times = []
+    for i in range(1, steps + 1):
+        t0 = time.perf_counter()
+        state, loss, _ = compiled(state, runs, jnp.int32(i))
+        jax.block_until_ready(loss)
+        times.append(time.perf_counter() - t0)
+    return compile_s, times, loss
 
 
 def median_seconds(fn, *args, repeats: int = 5, warmup: int = 1) -> tuple[float, list[float]]:

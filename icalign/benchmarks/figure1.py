@@ -18,16 +18,14 @@ import argparse
 import os
 import resource
 import sys
-import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from icalign import model as M
 from icalign import training as T
 from icalign.analysis import ablations as A
-from icalign.benchmarks._common import emit, peak_matmul_gflops
+from icalign.benchmarks._common import emit, peak_matmul_gflops, time_chunk
 from icalign.benchmarks.train_step import model_flops
 from icalign.model import gates as G
 from icalign.training.group import max_runs_per_program, prepare
@@ -77,17 +75,7 @@ def _time_program(sup, rows, train_cfg, timed_steps):
     objective, runs_R, initial = prepare(sup, rows, train_cfg)
     state = T.states_from(initial, runs_R, objective)
     jax.block_until_ready(state)
-    t0 = time.perf_counter()
-    compiled = T.run_chunk.lower(state, runs_R, jnp.int32(0), objective, 1).compile()
-    compile_s = time.perf_counter() - t0
-    state, loss, _ = compiled(state, runs_R, jnp.int32(0))  # allocation warm-up, untimed
-    jax.block_until_ready(loss)
-    times = []
-    for i in range(1, timed_steps + 1):
-        t0 = time.perf_counter()
-        state, loss, _ = compiled(state, runs_R, jnp.int32(i))
-        jax.block_until_ready(loss)
-        times.append(time.perf_counter() - t0)
+    compile_s, times, _ = time_chunk(state, runs_R, objective, timed_steps)
     return compile_s, float(np.median(times))
 
 

@@ -12,14 +12,13 @@ import argparse
 import dataclasses
 import json
 import os
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from icalign import model as M
-from icalign.benchmarks._common import median_seconds, peak_matmul_gflops
+from icalign.benchmarks._common import median_seconds, peak_matmul_gflops, time_chunk
 from icalign import training as T
 from icalign.io import hardware
 
@@ -103,17 +102,7 @@ def time_step(model_cfg: M.ModelConfig, batch: int, steps: int) -> dict:
     runs, _ = T.make_runs((0,), train_cfg=train_cfg)
     state = T.init_states(runs, objective)
     jax.block_until_ready(state)
-    t0 = time.perf_counter()
-    compiled = T.run_chunk.lower(state, runs, jnp.int32(0), objective, 1).compile()
-    compile_s = time.perf_counter() - t0
-    state, loss, _ = compiled(state, runs, jnp.int32(0))
-    jax.block_until_ready(loss)
-    times = []
-    for i in range(1, steps + 1):
-        t0 = time.perf_counter()
-        state, loss, _ = compiled(state, runs, jnp.int32(i))
-        jax.block_until_ready(loss)
-        times.append(time.perf_counter() - t0)
+    compile_s, times, loss = time_chunk(state, runs, objective, steps)
     if not np.all(np.isfinite(np.asarray(loss))):
         raise SystemExit(f"benchmark step produced a non-finite loss: {np.asarray(loss)}")
     return {"compile_seconds": compile_s, "seconds_per_step_median": float(np.median(times)),
