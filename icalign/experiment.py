@@ -78,7 +78,7 @@ def preflight(cfg) -> None:
     train = getattr(cfg, "train", None)
     if isinstance(model, M.ModelConfig) and isinstance(train, T.TrainConfig):
         runs = getattr(cfg, "seeds", 1) * len(getattr(cfg, "train_levels", (0,)))
-        check_memory(f"training {runs} run(s) of this model", T.training_bytes(model, train.batch, runs),
+        check_memory(f"training {runs} run(s) of this model", T.training_bytes(model, train.batch, runs, train.microbatches),
                      "train.batch, seeds or the model size")
 
 

@@ -193,6 +193,38 @@ def test_runs_may_differ_in_learning_rate(tmp_path):
         T.make_runs((0, 1), lrs=(1e-3, 2e-3, 3e-3), train_cfg=TRAIN)
 
 
+@pytest.mark.parametrize("gated", [False, True])
+def test_microbatched_step_gives_the_whole_batch_gradient(gated):
+    """TrainConfig.microbatches: the mean of the slices' losses and gradients against
+    jax.value_and_grad of loss_fn on the whole batch (an independent computation), for a
+    plain and a gated (grouped-variant) objective."""
+    from icalign.model.gates import gates_for, stack_gates, super_config
+    variant = dataclasses.replace(MODEL, n_layers=1)
+    model = super_config([MODEL, variant]) if gated else MODEL
+    split = T.ICAObjective.of(model, dataclasses.replace(TRAIN, microbatches=4), gated=gated)
+    runs, _ = T.make_runs((0,), train_cfg=TRAIN)
+    run = T.select_run(runs, 0)
+    params = M.init(run.k_init, model)
+    ctx = T.batch_for_step(run, 3, model, TRAIN)
+    gates = T.select_run(stack_gates([gates_for(variant, model)]), 0) if gated else None
+    want_loss, want_grad = jax.value_and_grad(T.loss_fn)(params, ctx, model, TRAIN.min_seen, gates)
+    loss, grad = jax.jit(split.value_and_grad)(params, (ctx, gates) if gated else ctx)
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
+    scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree_util.tree_leaves(want_grad))
+    for g, w in zip(jax.tree_util.tree_leaves(grad), jax.tree_util.tree_leaves(want_grad)):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4, atol=1e-6 * scale)
+
+
+def test_microbatches_train_and_are_part_of_the_run_identity(reference):
+    """Training with microbatches goes through the loop (losses track the reference run's for
+    its first steps, up to float rounding amplified by Adam), and names its own run folder."""
+    split = dataclasses.replace(TRAIN, steps=25, microbatches=2)
+    out = T.train(MODEL, split, seeds=(0,), checkpoint=False, progress=False)
+    np.testing.assert_allclose(out.losses[0, :5], reference.losses[0, :5], rtol=1e-4)
+    _, runs = T.make_runs((0,), train_cfg=TRAIN)
+    assert T.run_dir_for(MODEL, TRAIN, runs) != T.run_dir_for(MODEL, dataclasses.replace(TRAIN, microbatches=2), runs)
+
+
 # ---------------------------------------------------------------------------------------------
 # Failure modes
 # ---------------------------------------------------------------------------------------------
@@ -220,6 +252,8 @@ def test_non_finite_loss_stops_naming_the_step(tmp_path):
     (dict(corruption="flip"), "corruption"),
     (dict(noise=1.5), "replace level p"),
     (dict(b2=1.0), "b2"),
+    (dict(microbatches=0), "microbatches"),
+    (dict(batch=256, microbatches=3), "microbatches=3 must divide batch=256"),
 ])
 def test_bad_train_config_fails_with_clear_message(kwargs, needle):
     with pytest.raises(ValueError, match=needle):

@@ -39,9 +39,9 @@ def groups(configs: Sequence[M.ModelConfig]) -> list[list[M.ModelConfig]]:
     return list(out.values())
 
 
-def max_runs_per_program(sup: M.ModelConfig, batch: int) -> int:
+def max_runs_per_program(sup: M.ModelConfig, batch: int, microbatches: int = 1) -> int:
     """How many runs of ``sup`` fit in memory at once (at least 1)."""
-    return max(1, int(0.6 * available_memory() // training_bytes(sup, batch, 1)))
+    return max(1, int(0.6 * available_memory() // training_bytes(sup, batch, 1, microbatches)))
 
 
 def train_group(variants: Sequence[M.ModelConfig], train_cfg: TrainConfig, seeds: Sequence[int], noise_levels=None,
@@ -57,7 +57,7 @@ def train_group(variants: Sequence[M.ModelConfig], train_cfg: TrainConfig, seeds
     for v in variants:
         _check_configs(v, train_cfg, 1)
     rows = [(v, r) for v in variants for r in per_variant]
-    size = max_runs or max_runs_per_program(sup, train_cfg.batch)
+    size = max_runs or max_runs_per_program(sup, train_cfg.batch, train_cfg.microbatches)
     results: dict = {v: [] for v in variants}
     for start in range(0, len(rows), size):
         chunk = rows[start:start + size]

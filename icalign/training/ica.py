@@ -82,6 +82,26 @@ class ICAObjective(Objective):
         ctx, gates = batch if self.gated else (batch, None)
         return loss_fn(params, ctx, self.model, self.train.min_seen, gates)
 
+    def value_and_grad(self, params, batch):
+        """Loss and gradient of the step; with ``train.microbatches`` = k > 1, the mean of
+        the k equal slices' losses and gradients, which is the whole batch's (the loss is a
+        mean over contexts with the same number of rows each) up to float rounding."""
+        k = self.train.microbatches
+        if k == 1:
+            return jax.value_and_grad(self.loss)(params, batch)
+        ctx, gates = batch if self.gated else (batch, None)
+        slices = jax.tree_util.tree_map(lambda a: a.reshape(k, a.shape[0] // k, *a.shape[1:]), ctx)
+
+        def add_slice(total, ctx_slice):
+            part = (ctx_slice, gates) if self.gated else ctx_slice
+            return jax.tree_util.tree_map(jnp.add, total, jax.value_and_grad(self.loss)(params, part)), None
+
+        first = jax.tree_util.tree_map(lambda a: a[0], slices)
+        loss_shape = jax.eval_shape(self.loss, params, (first, gates) if self.gated else first)
+        zero = (jnp.zeros((), loss_shape.dtype), jax.tree_util.tree_map(jnp.zeros_like, params))
+        total, _ = jax.lax.scan(add_slice, zero, slices)
+        return jax.tree_util.tree_map(lambda a: a / k, total)
+
     def optimizer(self, lr):
         return optax.adam(lr, b1=self.train.b1, b2=self.train.b2, eps=self.train.eps)
 
@@ -106,12 +126,16 @@ def run_dir_for(model_cfg: M.ModelConfig, train_cfg: TrainConfig, runs: list, ru
     """``run_root/run-<hash>``: the hash covers the model config, the train config, the runs
     trained together and their identity (float64 mode, devices, package versions), so that
     a run that would give other numbers never shares a folder."""
-    train_part = train_cfg
+    # Fields added later stay out of the hash at their original behaviour (shared queries,
+    # one microbatch), so the dict hashes exactly as the dataclass did without them.
+    later = {"queries": "shared", "microbatches": 1}
+    left_out = {k for k, v in later.items() if getattr(train_cfg, k) == v}
     if train_cfg.queries == "shared":
-        # ``queries`` and ``query_corr`` came later: with shared queries they stay out of the
-        # hash (the dict hashes exactly as the dataclass did without them).
+        left_out.add("query_corr")
+    train_part = train_cfg
+    if left_out:
         train_part = {"__type__": "TrainConfig", **{k: v for k, v in dataclasses.asdict(train_cfg).items()
-                                                    if k not in ("queries", "query_corr")}}
+                                                    if k not in left_out}}
     identity = run_identity(len(runs), shard)
     return Path(run_root) / f"run-{M.config_hash(model_cfg, train_part, runs, identity)}"
 
@@ -128,19 +152,21 @@ def _check_configs(model_cfg, train_cfg, n_runs: int = 1):
         raise ValueError("TrainConfig.queries='per_triplet' needs ModelConfig.token_layout='stacked', got "
                          f"{model_cfg.token_layout!r}")
     check_memory(f"training {n_runs} run(s) of {model_cfg.n_layers} layers x width {model_cfg.d_model} at batch "
-                 f"{train_cfg.batch}", training_bytes(model_cfg, train_cfg.batch, n_runs),
+                 f"{train_cfg.batch}", training_bytes(model_cfg, train_cfg.batch, n_runs, train_cfg.microbatches),
                  "train.batch, the number of runs (seeds x levels) or the model size")
 
 
-def training_bytes(model_cfg: M.ModelConfig, batch: int, n_runs: int = 1) -> float:
-    """A rough float32 footprint of training: params and Adam's two moments, the activations
-    the backward pass keeps (the dense outputs of every layer) and one layer's attention
-    weights, per run. Good to a small factor: enough to refuse what cannot fit."""
+def training_bytes(model_cfg: M.ModelConfig, batch: int, n_runs: int = 1, microbatches: int = 1) -> float:
+    """A rough float32 footprint of training, per run: params and Adam's two moments, the
+    residual stream the backward pass keeps between blocks (each block is recomputed), and
+    one block's recomputed activations and attention weights, all on one slice of the batch
+    (``TrainConfig.microbatches``). Good to a small factor: enough to refuse what cannot fit."""
     c = model_cfg
-    tokens = batch * M.seq_len(c)
-    per_layer = tokens * (4 * c.n_heads * c.head_size + 2 * c.d_model + (c.ffn_size if c.ffn else 0))
-    attention = batch * c.n_heads * M.seq_len(c) ** 2
-    return 4.0 * n_runs * (3 * M.config_param_count(c) + c.n_layers * per_layer + 2 * attention)
+    tokens = batch // microbatches * M.seq_len(c)
+    saved = (c.n_layers + 1) * tokens * c.d_model
+    block = tokens * (4 * c.n_heads * c.head_size + 2 * c.d_model + (c.ffn_size if c.ffn else 0))
+    attention = batch // microbatches * c.n_heads * M.seq_len(c) ** 2
+    return 4.0 * n_runs * (3 * M.config_param_count(c) + saved + 2 * block + 2 * attention)
 
 
 def train(model_cfg: M.ModelConfig, train_cfg: TrainConfig = TrainConfig(), seeds: Sequence[int] = (0,),

@@ -72,6 +72,11 @@ class Objective:
     def loss(self, params, batch) -> jax.Array:
         raise NotImplementedError
 
+    def value_and_grad(self, params, batch):
+        """(loss, gradient) of one step; an objective may override it (e.g. to accumulate
+        the gradient over slices of the batch)."""
+        return jax.value_and_grad(self.loss)(params, batch)
+
     def optimizer(self, lr) -> optax.GradientTransformation:
         """Built per call so that ``lr`` may be a traced, per-run (vmapped) value."""
         return optax.adam(lr)
@@ -117,7 +122,7 @@ def run_chunk(state_R: TrainState, runs_R: RunSpec, start, objective: Objective,
 
     def step(state: TrainState, i, run: RunSpec):
         batch = objective.batch(run, i)
-        loss, grads = jax.value_and_grad(objective.loss)(state.params, batch)
+        loss, grads = objective.value_and_grad(state.params, batch)
         updates, opt_state = objective.optimizer(run.lr).update(grads, state.opt_state, state.params)
         return TrainState(optax.apply_updates(state.params, updates), opt_state), loss
 
