@@ -24,19 +24,22 @@ def compile_timed(jitted, *args, **kwargs):
     return compiled, time.perf_counter() - t0
 
 
-def time_chunk(state, runs, objective, steps: int) -> tuple[float, list[float], jax.Array]:
-    """The training loop's compiled chunk at one step per call (``icalign.training.run_chunk``):
-    compile seconds, the wall time of each of ``steps`` calls after one untimed warm-up call
-    (allocation), and the last loss. Each call's step index differs, so no call is a repeat."""
-    compiled, compile_s = compile_timed(T.run_chunk, state, runs, jnp.int32(0), objective, 1)
+def time_chunk(state, runs, objective, steps: int, length: int = 1) -> tuple[float, list[float], jax.Array]:
+    """The training loop's compiled chunk (``icalign.training.run_chunk``) of ``length`` steps
+    per call: compile seconds, the wall time per step (call time / ``length``) of each of
+    ``steps`` calls after one untimed warm-up call (allocation), and the last losses. Each
+    chunk also checks its last update with one extra forward pass, which training (``chunk``
+    50 by default) spreads over 50 steps: time with ``length`` > 1 to spread it likewise.
+    Each call starts at another step index, so no call is a repeat."""
+    compiled, compile_s = compile_timed(T.run_chunk, state, runs, jnp.int32(0), objective, length)
     state, loss, _ = compiled(state, runs, jnp.int32(0))
     jax.block_until_ready(loss)
     times = []
     for i in range(1, steps + 1):
         t0 = time.perf_counter()
-        state, loss, _ = compiled(state, runs, jnp.int32(i))
+        state, loss, _ = compiled(state, runs, jnp.int32(i * length))
         jax.block_until_ready(loss)
-        times.append(time.perf_counter() - t0)
+        times.append((time.perf_counter() - t0) / length)
     return compile_s, times, loss
 
 

@@ -3,7 +3,8 @@
 Prints one JSON object: median seconds per train step after compilation, compile time, the
 model FLOPs per step (analytic, see :func:`model_flops`), achieved GFLOP/s, the fp32 matmul
 peak measured in the same run with a large jitted matmul, and their ratio. The step timed is
-the one training runs (``icalign.train``'s compiled chunk, here one step per call).
+the one training runs (``icalign.train``'s compiled chunk, ``--steps-per-call`` steps per call),
+on the whole batch and split into ``--microbatches`` slices (``TrainConfig.microbatches``).
 """
 
 from __future__ import annotations
@@ -89,20 +90,27 @@ def dense_matmul_floor(config: M.ModelConfig, batch: int, reps: int = 3) -> dict
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=int, default=5, help="timed steps after compilation (default 5)")
-    p.add_argument("--quick", action="store_true", help="2 timed steps (same base config)")
+    p.add_argument("--steps", type=int, default=3, help="timed calls after compilation (default 3)")
+    p.add_argument("--steps-per-call", type=int, default=5,
+                   help="steps per compiled call (default 5; training runs 50): each call ends with one "
+                        "extra forward pass checking its last update, spread over these steps")
+    p.add_argument("--quick", action="store_true", help="2 timed calls of 2 steps (same base config)")
     p.add_argument("--batch", type=int, default=256, help="batch size (default 256, the published one)")
+    p.add_argument("--microbatches", type=int, default=8,
+                   help="also time the step with the batch split into this many slices "
+                        "(TrainConfig.microbatches; default 8, the CPU setting; 1 skips it)")
 
 
-def time_step(model_cfg: M.ModelConfig, batch: int, steps: int) -> dict:
+def time_step(model_cfg: M.ModelConfig, batch: int, steps: int, microbatches: int = 1, per_call: int = 1) -> dict:
     """Compile seconds and per-step seconds (after one untimed warm-up call) of the train step
-    that training runs: ``icalign.training``'s compiled chunk, one step per call."""
-    train_cfg = T.TrainConfig(batch=batch, steps=steps + 1, chunk=1, checkpoint_every=1)
+    that training runs: ``icalign.training``'s compiled chunk, ``per_call`` steps per call."""
+    train_cfg = T.TrainConfig(batch=batch, steps=(steps + 1) * per_call, chunk=per_call,
+                              checkpoint_every=per_call, microbatches=microbatches)
     objective = T.ICAObjective.of(model_cfg, train_cfg)
     runs, _ = T.make_runs((0,), train_cfg=train_cfg)
     state = T.init_states(runs, objective)
     jax.block_until_ready(state)
-    compile_s, times, loss = time_chunk(state, runs, objective, steps)
+    compile_s, times, loss = time_chunk(state, runs, objective, steps, per_call)
     if not np.all(np.isfinite(np.asarray(loss))):
         raise SystemExit(f"benchmark step produced a non-finite loss: {np.asarray(loss)}")
     return {"compile_seconds": compile_s, "seconds_per_step_median": float(np.median(times)),
@@ -110,29 +118,46 @@ def time_step(model_cfg: M.ModelConfig, batch: int, steps: int) -> dict:
 
 
 def run(args) -> int:
-    steps = 2 if getattr(args, "quick", False) else getattr(args, "steps", 5)
+    quick = getattr(args, "quick", False)
+    steps = 2 if quick else getattr(args, "steps", 3)
+    per_call = 2 if quick else getattr(args, "steps_per_call", 5)
     batch = getattr(args, "batch", 256)
-    if steps < 1 or batch < 1:
-        raise SystemExit("--steps and --batch must be >= 1")
+    micro = getattr(args, "microbatches", 8)
+    if steps < 1 or batch < 1 or per_call < 1:
+        raise SystemExit("--steps, --steps-per-call and --batch must be >= 1")
+    if micro < 1 or batch % micro:
+        raise SystemExit(f"--microbatches must be >= 1 and divide --batch={batch}, got {micro}")
     load_before = os.getloadavg()
     flops = model_flops(M.BASE, batch)
     out = {
-        "benchmark": "train-step", "config": M.BASE.to_dict(), "batch": batch,
+        "benchmark": "train-step", "config": M.BASE.to_dict(), "batch": batch, "steps_per_call": per_call,
         "tokens_per_context": M.seq_len(M.BASE), "n_params": M.config_param_count(M.BASE),
         "model_gflop_per_step": flops["step"] / 1e9, "recompute_gflop_per_step": flops["recompute"] / 1e9,
         "flops_counted": "analytic matmul FLOPs, 3 x forward (icalign.benchmarks.train_step.model_flops)",
     }
+    if micro > 1:
+        out["microbatched"] = {"microbatches": micro}
     # float32 and bfloat16 (ModelConfig.precision) side by side, each against the matmul peak
-    # of its own operand type, both measured in this run.
+    # of its own operand type, both measured in this run; the whole batch and the
+    # microbatched step (TrainConfig.microbatches) back to back, so they see the same machine.
     for precision in ("float32", "bfloat16"):
         cfg = dataclasses.replace(M.BASE, precision=precision)
-        timing = time_step(cfg, batch, steps)
         peak = peak_matmul_gflops(precision=precision)
-        achieved = flops["step"] / timing["seconds_per_step_median"] / 1e9
-        out[precision] = {**timing, "achieved_gflops": achieved, "peak_matmul_gflops": peak["best"],
-                          "peak_matmul_gflops_median": peak["median"], "peak_matmul_n": peak["n"],
-                          "fraction_of_peak": achieved / peak["best"]}
+        for k in ((1, micro) if micro > 1 else (1,)):
+            timing = time_step(cfg, batch, steps, k, per_call)
+            achieved = flops["step"] / timing["seconds_per_step_median"] / 1e9
+            row = {**timing, "achieved_gflops": achieved, "peak_matmul_gflops": peak["best"],
+                   "peak_matmul_gflops_median": peak["median"], "peak_matmul_n": peak["n"],
+                   "fraction_of_peak": achieved / peak["best"]}
+            (out if k == 1 else out["microbatched"])[precision] = row
+        if micro > 1:
+            out["microbatched"][f"speedup_{precision}"] = (out[precision]["seconds_per_step_median"]
+                                                           / out["microbatched"][precision]["seconds_per_step_median"])
     floor = dense_matmul_floor(M.BASE, batch)
+    if micro > 1:
+        # the microbatched step runs its dense products on slices: their floor is k slices
+        slice_floor = dense_matmul_floor(M.BASE, batch // micro)
+        out["microbatched"]["dense_matmul_floor_seconds"] = micro * slice_floor["seconds"]
     out.update(dense_matmul_floor_seconds=floor["seconds"], dense_matmul_floor_gflop=floor["gflop"],
                dense_matmul_floor_gflops=floor["gflops"],
                step_over_dense_floor=out["float32"]["seconds_per_step_median"] / floor["seconds"],
