@@ -3,6 +3,10 @@
 256 contexts x 5 reward-noise levels x 14 context lengths (t = 2..15) x 50 optimiser steps,
 for the Adam baseline and plain GD. Reference: the published PyTorch code takes about 0.5 s
 per context per noise level on a 2-core CPU, about 10 minutes for this sweep.
+
+The contexts are spread over the visible devices as ``gd.baseline_sweep`` spreads them; on a
+CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=2`` makes each core a device (the
+sweep's loop fusions otherwise run on one core). The device count is recorded.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from icalign.core import tasks
+from icalign.core.sharding import shard_contexts
 from icalign.theory import gd
 from icalign.benchmarks._common import compile_timed, emit, median_seconds, peak_matmul_gflops, xla_flops
 
@@ -25,11 +30,12 @@ def run(args) -> int:
     contexts, steps = 256, 50
     levels = jnp.asarray(tasks.DEFAULT_LEVELS["replace"], jnp.float32)
     ts = jnp.arange(2, 16)
-    ctx = tasks.sample_contexts(jax.random.PRNGKey(0), contexts)
+    ctx = shard_contexts(tasks.sample_contexts(jax.random.PRNGKey(0), contexts), contexts)
     key = jax.random.PRNGKey(1)
     peak = peak_matmul_gflops()["best"]
     record = {
         "benchmark": "gd-sweep",
+        "devices": jax.device_count(),
         "counts": {"contexts": contexts, "levels": int(levels.size), "context_lengths": int(ts.size),
                    "optimiser_steps": steps,
                    "fits": contexts * int(levels.size) * int(ts.size)},
