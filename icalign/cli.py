@@ -170,8 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     if ns.command == "verify":  # `icalign verify ...` is `icalign run verify ...`
         rest = ([ns.name] if ns.name else []) + rest
         ns.command, ns.name = "run", "verify"
-    if ns.command == "readme":
-        return _readme(([ns.name] if ns.name else []) + rest)
+    if ns.command == "readme":  # the top parser took -h: hand it on, or help would rewrite README.md
+        return _readme(([ns.name] if ns.name else []) + rest + (["--help"] if ns.help else []))
+    if ns.command == "redraw" and ns.help:
+        print("usage: icalign redraw RESULT.json ...  (redraw a result's markdown and figures from its JSON)")
+        return 0
     if ns.command == "redraw":
         return _redraw(([ns.name] if ns.name else []) + rest)
     if ns.help and (ns.command in (None, "list") or not ns.name):

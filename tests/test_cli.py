@@ -77,6 +77,16 @@ def test_bad_overrides_are_one_line_errors_naming_the_key(flag, match):
         cli.main(["run", "tf-vs-gd", "--set", flag])
 
 
+def test_help_of_readme_and_redraw_only_prints(tmp_path, monkeypatch, capsys):
+    """`icalign readme --help` used to rewrite README.md (the top parser kept the flag)."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["readme", "--help"])
+    assert e.value.code == 0 and "usage: icalign readme" in capsys.readouterr().out
+    assert cli.main(["redraw", "--help"]) == 0 and "usage: icalign redraw" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_bad_override_fails_before_any_compilation(tmp_path):
     """In a fresh process: the error comes within the import time of icalign plus a second,
     and as one line on stderr (no traceback). Each timing is the best of two, so that a busy
