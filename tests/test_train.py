@@ -201,13 +201,15 @@ def test_microbatched_step_gives_the_whole_batch_gradient(gated):
     from icalign.model.gates import gates_for, stack_gates, super_config
     variant = dataclasses.replace(MODEL, n_layers=1)
     model = super_config([MODEL, variant]) if gated else MODEL
-    split = T.ICAObjective.of(model, dataclasses.replace(TRAIN, microbatches=4), gated=gated)
-    runs, _ = T.make_runs((0,), train_cfg=TRAIN)
+    train = dataclasses.replace(TRAIN, batch=16)
+    split = T.ICAObjective.of(model, dataclasses.replace(train, microbatches=4), gated=gated)
+    runs, _ = T.make_runs((0,), train_cfg=train)
     run = T.select_run(runs, 0)
     params = M.init(run.k_init, model)
-    ctx = T.batch_for_step(run, 3, model, TRAIN)
+    ctx = T.batch_for_step(run, 3, model, train)
     gates = T.select_run(stack_gates([gates_for(variant, model)]), 0) if gated else None
-    want_loss, want_grad = jax.value_and_grad(T.loss_fn)(params, ctx, model, TRAIN.min_seen, gates)
+    whole = jax.jit(jax.value_and_grad(T.loss_fn), static_argnums=(2, 3))
+    want_loss, want_grad = whole(params, ctx, model, train.min_seen, gates)
     loss, grad = jax.jit(split.value_and_grad)(params, (ctx, gates) if gated else ctx)
     np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
     scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree_util.tree_leaves(want_grad))
