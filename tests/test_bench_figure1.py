@@ -30,7 +30,7 @@ def test_benchmark_json_on_a_tiny_grid(monkeypatch, capsys):
     monkeypatch.setitem(F.SIZES, "cpu", dict(base=tiny, batch=2))
     full_grid = F.grid_rows
     monkeypatch.setattr(F, "grid_rows", lambda base, seeds: full_grid(base, seeds, depths=(1, 2), heads=(2,)))
-    args = types.SimpleNamespace(size="cpu", seeds=1, steps=10, timed_steps=1, ungrouped=False)
+    args = types.SimpleNamespace(size="cpu", seeds=1, steps=10, timed_steps=1, steps_per_call=1, ungrouped=False)
     assert F.run(args) == 0
     text = capsys.readouterr().out
     out = json.loads(text[text.index("{\n"):])

@@ -43,7 +43,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="full: the published base (batch 256); cpu: width 24, batch 8 (default on a CPU)")
     p.add_argument("--seeds", type=int, default=5, help="seeds per model (default 5, the published number)")
     p.add_argument("--steps", type=int, default=3000, help="training steps the estimate is for (default 3000)")
-    p.add_argument("--timed-steps", type=int, default=2, help="steps timed per program after compiling (default 2)")
+    p.add_argument("--timed-steps", type=int, default=2, help="calls timed per program after compiling (default 2)")
+    p.add_argument("--steps-per-call", type=int, default=5,
+                   help="steps per compiled call (default 5; training runs 50): each call ends with one extra "
+                        "forward pass checking its last update, spread over these steps")
     p.add_argument("--ungrouped", action="store_true", help="also time one program per architecture")
 
 
@@ -71,11 +74,11 @@ def _programs(rows, batch: int, grouped: bool) -> list:
     return out
 
 
-def _time_program(sup, rows, train_cfg, timed_steps):
+def _time_program(sup, rows, train_cfg, timed_steps, per_call):
     objective, runs_R, initial = prepare(sup, rows, train_cfg)
     state = T.states_from(initial, runs_R, objective)
     jax.block_until_ready(state)
-    compile_s, times, _ = time_chunk(state, runs_R, objective, timed_steps)
+    compile_s, times, _ = time_chunk(state, runs_R, objective, timed_steps, per_call)
     return compile_s, float(np.median(times))
 
 
@@ -88,10 +91,10 @@ def _peak_memory() -> dict:
             "what": "host peak resident set size (this process)"}
 
 
-def _estimate(programs, train_cfg, steps, timed_steps, label):
+def _estimate(programs, train_cfg, steps, timed_steps, per_call, label):
     total, per = 0.0, []
     for sup, rows in programs:
-        compile_s, step_s = _time_program(sup, rows, train_cfg, timed_steps)
+        compile_s, step_s = _time_program(sup, rows, train_cfg, timed_steps, per_call)
         useful = sum(model_flops(a, train_cfg.batch)["step"] for a, _ in rows)
         executed = model_flops(sup, train_cfg.batch)["step"] * len(rows)
         seconds = compile_s + steps * step_s
@@ -107,7 +110,7 @@ def _estimate(programs, train_cfg, steps, timed_steps, label):
 
 
 def run(args) -> int:
-    for flag in ("seeds", "steps", "timed_steps"):
+    for flag in ("seeds", "steps", "timed_steps", "steps_per_call"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     size = SIZES[args.size]
@@ -119,12 +122,13 @@ def run(args) -> int:
     record = {"benchmark": "figure1", "size": args.size, "base_config": base.to_dict(), "batch": batch,
               "seeds": args.seeds, "steps": args.steps, "models": len(rows),
               "architectures": len({a for a, _ in rows}), "timed_steps": args.timed_steps,
+              "steps_per_call": args.steps_per_call,
               "matmul_peak_gflops": peak["best"], "devices": jax.device_count()}
     plans = {"grouped": _programs(rows, batch, grouped=True)}
     if args.ungrouped:
         plans["one_program_per_architecture"] = _programs(rows, batch, grouped=False)
     for label, programs in plans.items():
-        total, per = _estimate(programs, train_cfg, args.steps, args.timed_steps, label)
+        total, per = _estimate(programs, train_cfg, args.steps, args.timed_steps, args.steps_per_call, label)
         step_times = [p["seconds_per_step"] for p in per]
         useful = sum(p["useful_gflop_per_step"] for p in per)
         record[label] = {
