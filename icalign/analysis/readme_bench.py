@@ -58,10 +58,14 @@ def train_step_bench(root: Path) -> str:
 
 def figure1_bench(root: Path) -> str:
     parts = []
-    for name in ("bench/figure1_cpu.json", "bench/figure1_cpu8.json"):
+    # an accelerator run (bench figure1 --size full on an H200), once committed, joins them
+    for name in ("bench/figure1_cpu.json", "bench/figure1_cpu8.json", "bench/figure1_h200.json"):
+        if name.endswith("h200.json") and not (root / name).exists():
+            continue
         b = read_json(root / name)
         g, base = b["grouped"], b["base_config"]
-        line = (f"On a {_hw(b)} with {b['devices']} device(s), at the reduced size (base {base['n_layers']} layers, "
+        size = "reduced" if b["size"] == "cpu" else "published"
+        line = (f"On a {_hw(b)} with {b['devices']} device(s), at the {size} size (base {base['n_layers']} layers, "
                 f"width {base['d_model']}, batch {b['batch']}): {b['models']} models ({b['architectures']} "
                 f"architectures x {b['seeds']} seeds, and the base at 4 noisy levels) in {g['programs']} programs, "
                 f"estimated {_f(g['estimated_wall_minutes'], 1)} min for {b['steps']} steps "
