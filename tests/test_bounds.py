@@ -93,7 +93,50 @@ def test_bound_is_finite_where_the_checks_pass_and_sharp_selection_makes_it_smal
         assert a.valid.all() and np.all(np.isfinite(a.bound))
         assert a.bound.shape == ((16, 6) if causal else (16,))
         assert np.max(a.bound) < 1e-6  # B gap = 50: leaks ~e^-50; rounding dominates
-        soft = construct.spec_for(5, 2, np.eye(2) * 0.7, causal=causal, steps=2, selection=4.0)
+        soft = construct.spec_for(5, 2, np.eye(2) * 0.7, causal=causal, steps=2, selection=4.0, rel_tol=1.0)
         b = bounds.analyse(soft, ctx)
         rows = b.bound[:, 2:] if causal else b.bound  # rows 0, 1: no PL term, no selection
         assert b.valid.all() and np.min(rows) > 100 * np.max(a.bound)  # the selection term shows
+
+
+def _ill_conditioned(cond, d=3, seed=0):
+    """W0 = cond U diag(1, cond^-1/2, 1/cond) V^T and x = V e_d: ||W0 x|| = 1 while the read-in's
+    sum W0 x has terms of size ||W0|| ||x|| = cond, so rounding scales with the conditioning."""
+    rng = np.random.default_rng(seed)
+    U, V = (np.linalg.qr(rng.normal(size=(d, d)))[0] for _ in range(2))
+    return cond * U @ np.diag([1.0, cond ** -0.5, 1.0 / cond]) @ V.T, V[:, -1]
+
+
+def test_ill_conditioned_W0_and_degenerate_x_are_bounded_or_refused_by_name(x64):
+    """Every accepted context is within its bound (the read-in and the reference round at the
+    scale eps ||W0|| ||x||, not eps ||W0 x||); where that scale makes the bound exceed rel_tol
+    of the step, the context is refused; x with ||x||^2 not a normal float is refused."""
+    from icalign.theory import search
+
+    n, d, batch = 4, 3, 8
+    base = construct.separated_contexts(jax.random.PRNGKey(5), batch, n, d)
+    runs = {}
+    for cond in (1e2, 1e4, 1e8, 1e12):
+        W0, x = _ill_conditioned(cond)
+        spec = construct.spec_for(n, d, W0, eta=0.2)
+        ctx = base.replace(x=jnp.broadcast_to(jnp.asarray(x), (batch, d)))
+        runs[cond] = (spec, ctx) + tuple(search.evaluate(spec, ctx))[::-1]
+    worst = {c: float(np.max(r[3][r[2]], initial=0.0)) for c, r in runs.items()}
+    assert max(worst.values()) <= 1.0, worst  # no accepted context over its bound
+    accepted = {c: int(r[2].sum()) for c, r in runs.items()}
+    for spec, ctx, valid, _ in runs.values():
+        a = bounds.analyse(spec, ctx)
+        assert np.all(a.bound[valid] <= spec.rel_tol * a.step[valid])
+    assert accepted[1e2] == accepted[1e4] == batch and accepted[1e12] == 0, accepted
+    W0, x = _ill_conditioned(1e12)
+    with pytest.raises(ValueError, match=r"precondition 'step tolerance'.*rel_tol = 0.0001.*bound/step = "):
+        construct.run(construct.spec_for(n, d, W0, eta=0.2), context(x, np.asarray(base.ys[0]), base.rewards[0]))
+    # Degenerate queries: the W-space step eta / ||x||^2 needs a normal, nonzero ||x||^2.
+    spec = construct.spec_for(n, d, np.eye(d))
+    ys, r = np.asarray(base.ys[0]), np.asarray(base.rewards[0])
+    for scale, shown in ((0.0, "0"), (1e-170, "0"), (1e-160, "3e-320"), (1e155, "inf")):
+        with pytest.raises(ValueError, match=rf"precondition 'query norm'.*\|\|x\|\|\^2 = {shown}"):
+            construct.run(spec, context(np.ones(d) * scale, ys, r))
+    tiny = context(np.ones(d) * 1e-100, ys, r)  # tiny but normal: accepted, and within its bound
+    ratio, valid = search.evaluate(spec, jax.tree_util.tree_map(lambda a: a[None], tiny))
+    assert valid.all() and ratio.max() <= 1.0

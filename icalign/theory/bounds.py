@@ -42,6 +42,7 @@ __all__ = ["Analysis", "analyse", "check_preconditions", "error_bound", "PRECOND
 EPS = float(np.finfo(np.float64).eps)
 PRECONDITIONS = {
     "finite": "every input (x, candidates, rewards, W0) and every derived logit is finite",
+    "query norm": "||x||^2 and the W-space step eta / ||x||^2 are nonzero, finite, normal floats",
     "reward range": "rewards lie in [0, r_cap]",
     "reward gap": "rewards are distinct with smallest gap >= gap",
     "order": "causal=True without any_order needs best-first candidates",
@@ -49,19 +50,25 @@ PRECONDITIONS = {
     "sink margin": "the largest alive PL logit stays >= leak_margin above the sink's -M/2",
     "dead margin": "eliminated tokens' PL logits (minus M) stay >= leak_margin below the largest alive one",
     "empty-window margin": "in a window with no alive candidate, eliminated PL logits stay >= leak_margin below M/2",
+    "step tolerance": "the bound is at most rel_tol times the exact step's size (every output row whose window "
+                      "holds >= 2 candidates)",
 }
+TINY, HUGE = float(np.finfo(np.float64).tiny), float(np.finfo(np.float64).max)
 
 
 @dataclasses.dataclass
 class Analysis:
     """Per context (leading axis B): ``margins[name]`` (B,) the smallest margin of each
     precondition (>= 0: holds), ``where[name]`` a readable location of that minimum, and
-    ``bound`` (B,) or (B, N + 1) for causal rows. ``valid`` (B,): every margin >= 0."""
+    ``bound`` (B,) or (B, N + 1) for causal rows, ``step`` the same shape: the exact step's
+    size ||y_hat_T - y_hat_0|| (0 for rows whose window holds < 2 candidates: no step).
+    ``valid`` (B,): every margin >= 0."""
 
     margins: dict
     where: dict
     bound: np.ndarray
     valid: np.ndarray
+    step: np.ndarray
 
 
 def _fields(spec, ctx):
@@ -108,7 +115,19 @@ def _analyse(spec, ctx) -> Analysis:
     finite &= np.isfinite(l0).all(-1) & np.isfinite(dist).all((-1, -2))
     record("finite", np.where(finite, 0.0, -np.inf), np.array(["" if f else "non-finite input or overflow"
                                                                 for f in finite]))
+    # The W-space step is eta / ||x||^2: it needs ||x||^2 (and the step) to be normal floats.
+    x2 = np.sum(x * x, -1)
+    with np.errstate(divide="ignore"):
+        norm_ok = np.minimum.reduce([np.log10(x2 / TINY), np.log10(HUGE / x2),
+                                     np.log10(spec.eta / x2 / TINY), np.log10(HUGE * x2 / spec.eta)])
+    norm_ok = np.where(np.isnan(norm_ok), -np.inf, norm_ok)
+    record("query norm", np.where(finite, norm_ok, np.inf), np.array([f"||x||^2 = {v:.4g}" for v in x2]))
+    finite &= norm_ok >= 0
+    # Conditioning: the read-in and the W-space reference form W0 x (and W_t x) as sums whose
+    # rounding scales with || |W0| |x| || (<= ||W0||_F ||x||), not with ||W0 x||.
+    w0x = np.linalg.norm(np.abs(x) @ np.abs(np.asarray(spec.W0, float)).T, axis=-1)
     ok = finite[:, None]
+    w0x = np.where(finite, w0x, 0.0)
     r = np.where(ok, r, 0.0)
     ys, y2, l0, dist = (np.where(ok[..., None] if a.ndim == 3 else ok, a, 0.0) for a in (ys, y2, l0, dist))
     y0 = np.where(ok, y0, 0.0)
@@ -139,7 +158,8 @@ def _analyse(spec, ctx) -> Analysis:
     elim_at = np.full(nb, "", dtype=object)
     marg = {k: (np.full(nb, np.inf), np.full(nb, "", dtype=object))
             for k in ("sink margin", "dead margin", "empty-window margin")}
-    err = np.zeros((nb, V))
+    tw = 2 * d + 3  # token width: the read-in's sum for Y_HAT = W0 x
+    err = np.broadcast_to(16 * EPS * tw * w0x[:, None], (nb, V)).copy()  # read-in rounding
     rad = np.zeros((nb, V))  # bound on ||y_hat_t - y_hat_0|| per viewer
     lip = 1.0 + bt * spec.beta * np.maximum(m - 1, 0)[None, :] * diam ** 2 / 4
     yh0 = np.linalg.norm(y0, axis=-1)[:, None]
@@ -198,22 +218,52 @@ def _analyse(spec, ctx) -> Analysis:
         # read-out, refresh and the float64 reference (logits up to logit_mag, N terms)
         step_err += 16 * EPS * acc * (yh + bt * np.maximum(m - 1, 0)[None, :] * diam) \
             + bt * np.maximum(m - 1, 0)[None, :] * 2 * 16 * EPS * (n + d) * logit_mag * diam
+        # the reference's W_t x: W_t's entries carry t + 1 roundings at the scale |W0| |x| + rad
+        step_err += 16 * EPS * (d + t + 2) * (w0x[:, None] + rad)
         err = lip * err + step_err
         rad = rad + bt * np.maximum(m - 1, 0)[None, :] * diam + step_err
     if n > 2:
         record("elimination", elim_min, elim_at)
     for name, (vals, at) in marg.items():
         record(name, vals, at)
-    valid = np.all([np.asarray(v) >= 0 for v in margins.values()], axis=0)
+    checked = np.all([np.asarray(v) >= 0 for v in margins.values()], axis=0)
+    step = np.linalg.norm(_ideal_step(spec, ys, y2, y0, rank, inwin), axis=-1)  # (B, V)
+    with np.errstate(all="ignore"):
+        rel = np.where(m[None, :] >= 2, err / step, 0.0)
+    rel = np.where(np.isnan(rel), np.inf, rel)
+    at = rel.argmax(-1)
+    record("step tolerance", np.where(checked, spec.rel_tol - rel.max(-1), np.inf),
+           np.array([f"bound/step = {rel[b, v]:.3g}" + (f", token {v + 1}" if spec.causal else "")
+                     for b, v in enumerate(at)]))
+    valid = checked & (margins["step tolerance"] >= 0)
     bound = np.where(valid[:, None], err, np.nan)
     if spec.causal:  # row 0 (the query) sees no candidate: y_hat_0 up to read-in/out rounding
-        row0 = 16 * EPS * acc * yh0
+        row0 = 16 * EPS * acc * (yh0 + w0x[:, None])
         bound = np.concatenate([np.where(valid[:, None], row0, np.nan), bound], axis=-1)
+        step = np.concatenate([np.zeros((nb, 1)), step], axis=-1)
     else:
-        bound = bound[:, 0]
+        bound, step = bound[:, 0], step[:, 0]
     margins = {k: np.asarray(v, float).reshape(lead) for k, v in margins.items()}
     where = {k: np.asarray(v, object).reshape(lead) for k, v in where.items()}
-    return Analysis(margins, where, bound.reshape(lead + bound.shape[1:]), valid.reshape(lead))
+    return Analysis(margins, where, bound.reshape(lead + bound.shape[1:]), valid.reshape(lead),
+                    step.reshape(lead + step.shape[1:]))
+
+
+def _ideal_step(spec, ys, y2, y0, rank, inwin):
+    """y_hat_T - y_hat_0 per viewer (B, V, D): the exact PL step map of docs/theory.md section
+    3.1 iterated in float64 numpy. Only its size is used: the denominator of bound / step."""
+    y = np.repeat(y0[:, None, :], rank.shape[1], axis=1)
+    for _ in range(spec.steps):
+        logit = spec.beta * (np.einsum("bnd,bvd->bvn", ys, y) - 0.5 * y2[:, None, :])
+        g = np.zeros_like(y)
+        for k in range(spec.n - 1):
+            alive, top = inwin & (rank >= k), inwin & (rank == k)
+            la = np.where(alive, logit, -np.inf)
+            w = np.exp(la - np.max(la, -1, keepdims=True))
+            w = np.where(alive, w, 0.0) / np.maximum(np.sum(np.where(alive, w, 0.0), -1, keepdims=True), 1e-300)
+            g += np.einsum("bvn,bnd->bvd", np.where(top, 1.0, 0.0) - np.where(top.any(-1, keepdims=True), w, 0.0), ys)
+        y = y + spec.eta * spec.beta * g
+    return y - y0[:, None, :]
 
 
 def _first_violation(spec, a: Analysis):
@@ -251,8 +301,10 @@ def check_preconditions(spec, ctx) -> None:
         "dead margin": f" (M = {spec.M:g})",
         "empty-window margin": f" (M = {spec.M:g})",
         "elimination": f" (raise B = {spec.B:g}, or the context's smallest reward gap)",
+        "query norm": f" (normal floats: [{TINY:.4g}, {HUGE:.4g}]; eta = {spec.eta:g})",
+        "step tolerance": f" (rel_tol = {spec.rel_tol:g}: the output would not be the GD step to that accuracy)",
     }.get(name, "")
-    unit = f" nats (>= {need:g} required)" if need else ""
+    unit = f" nats (>= {need:g} required)" if need else {"query norm": " decades"}.get(name, "")
     raise ValueError(f"precondition '{name}' violated: {PRECONDITIONS[name]}{extra}; measured margin "
                      f"{margin:.4g}{unit} at {where}")
 

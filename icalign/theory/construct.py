@@ -46,35 +46,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from icalign import model as M_
+from icalign.core.tasks import Context
 from icalign.core.validate import check_int, check_positive
 from icalign.theory import blocks
+from icalign.theory.basis import Slots, check_writes, layout
 
-__all__ = ["PLConstruction", "build", "check_preconditions", "error_bound", "run", "Slots",
-           "separated_contexts", "spec_for", "LEAK_MARGIN"]
+__all__ = ["PLConstruction", "build", "check_preconditions", "error_bound", "run", "Slots", "describe",
+           "separated_contexts", "spec_for", "LEAK_MARGIN", "REL_TOL"]
 
 LEAK_MARGIN = 20.0  # nats between a kept logit and a leaking one: each leak <= e^-20 = 2e-9
-
-
-@dataclasses.dataclass(frozen=True)
-class Slots:
-    """Feature offsets in the residual stream (see module docstring); ``k`` comparator hats."""
-
-    d: int
-    k: int = 0
-
-    X = property(lambda s: slice(0, s.d))
-    Y = property(lambda s: slice(s.d, 2 * s.d))
-    R = property(lambda s: 2 * s.d)
-    A = property(lambda s: 2 * s.d + 1)
-    F = property(lambda s: 2 * s.d + 2)
-    Q = property(lambda s: 2 * s.d + 3)
-    ONE = property(lambda s: 2 * s.d + 4)
-    YH = property(lambda s: slice(2 * s.d + 5, 3 * s.d + 5))
-    G = property(lambda s: slice(3 * s.d + 5, 4 * s.d + 5))
-    RM = property(lambda s: 4 * s.d + 5)
-    KAP = property(lambda s: slice(4 * s.d + 6, 4 * s.d + 6 + s.k))
-    THR = property(lambda s: slice(4 * s.d + 6 + s.k, 4 * s.d + 6 + 2 * s.k))
-    width = property(lambda s: 4 * s.d + 6 + 2 * s.k)
+# Default relative tolerance on the step: a context is accepted only where the documented bound
+# is at most this fraction of the exact step's size (docs/theory.md section 3.4).
+REL_TOL = 1e-4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +68,9 @@ class PLConstruction:
     B: selection inverse temperature; M: mask strength (M/2 - B r_cap >= ``leak_margin``);
     gap: the smallest reward gap the elimination is built for; r_cap: rewards lie in
     [0, r_cap]; ``leak_margin``: the log-margin (nats) every context must keep between the
-    kept attention logits and the sink or eliminated tokens (docs/theory.md section 3.3).
+    kept attention logits and the sink or eliminated tokens (docs/theory.md section 3.3);
+    ``rel_tol``: a context is accepted only where the documented error bound is at most this
+    fraction of the exact step's size (section 3.4; soft selection needs a looser one).
     """
 
     d: int
@@ -102,12 +87,13 @@ class PLConstruction:
     any_order: bool = False
     heads_per_layer: int = 2
     leak_margin: float = LEAK_MARGIN
+    rel_tol: float = REL_TOL
 
     def __post_init__(self):
         check_int("d", self.d, minimum=1)
         check_int("n", self.n, minimum=2)
         check_int("steps", self.steps, minimum=1)
-        for name in ("beta", "eta", "B", "M", "gap", "r_cap", "leak_margin"):
+        for name in ("beta", "eta", "B", "M", "gap", "r_cap", "leak_margin", "rel_tol"):
             check_positive(name, getattr(self, name))
         for name in ("causal", "any_order"):
             if not isinstance(getattr(self, name), bool):
@@ -146,7 +132,15 @@ class PLConstruction:
 
 
 def build(spec: PLConstruction, dtype=jnp.float64) -> tuple[M_.ModelConfig, M_.Params]:
-    """The config and the hand-built :class:`~icalign.model.Params` for ``spec``."""
+    """The config and the hand-built :class:`~icalign.model.Params` for ``spec`` (``dtype``: a
+    floating dtype; an integer one would round eta beta and the codes to 0). Every block is
+    checked to write only its role's slots (:func:`icalign.theory.basis.check_writes`)."""
+    try:
+        floating = jnp.issubdtype(jnp.dtype(dtype), jnp.floating)
+    except TypeError:
+        floating = False
+    if not floating:
+        raise ValueError(f"dtype must be a floating dtype (float16, bfloat16, float32, float64), got {dtype!r}")
     cfg = spec.config()
     d, S = spec.d, spec.slots
     attns, ffns = [], []
@@ -160,6 +154,11 @@ def build(spec: PLConstruction, dtype=jnp.float64) -> tuple[M_.ModelConfig, M_.P
             attn_b, ffn = blocks.block(spec, S, layer, heads=(1,))
             attns += [attn_a, attn_b]
             ffns += [jax.tree_util.tree_map(np.zeros_like, ffn), ffn]
+    # who writes what: in one-head layers the heads alternate A, B (heads <-> depth)
+    role = lambda i, h: ("head A", "head B")[h if spec.heads_per_layer == 2 else i % 2]
+    written = [(f"layer {i + 1} {role(i, h)}", role(i, h), a["wo"][h], -1)
+               for i, a in enumerate(attns) for h in range(spec.heads_per_layer)]
+    written += [(f"layer {i + 1} FFN", "FFN", f["w2"], -1) for i, f in enumerate(ffns)]
     cast = lambda a: jnp.asarray(a, dtype)
     stack = lambda dicts, k: cast(np.stack([x[k] for x in dicts]))
     attn = M_.Attention(**{k: stack(attns, k) for k in ("wq", "wk", "wv", "wo")})
@@ -176,6 +175,7 @@ def build(spec: PLConstruction, dtype=jnp.float64) -> tuple[M_.ModelConfig, M_.P
     w_in[:d, S.YH] = np.asarray(spec.W0, float).T  # Y_HAT = W0 x
     b_in = np.zeros(S.width)
     b_in[S.ONE] = 1.0
+    check_writes(S, written + [("read-in", "read-in", w_in, -1)])
     w_out = np.zeros((S.width, d))
     for j in range(d):
         w_out[S.YH.start + j, j] = 1.0
@@ -210,5 +210,38 @@ def run(spec: PLConstruction, ctx, params: Optional[M_.Params] = None, check: bo
     return out if spec.causal else out[..., 0, :]
 
 
+def describe(spec: PLConstruction) -> str:
+    """A readable printout of the construction: its shape and residual layout."""
+    cfg = spec.config()
+    return (f"{spec.steps} GD step(s) x {spec.n - 1} blocks = {cfg.n_layers} layers of {cfg.n_heads} head(s), "
+            f"head_dim {cfg.head_dim}, FFN width {cfg.ffn_width if cfg.ffn else 0}\n" + layout(spec.slots))
+
+
+def separated_contexts(key: jax.Array, batch: int, n: int, d: int, best_first: bool = False,
+                       dtype=jnp.float64):
+    """Random contexts that meet the preconditions: candidates and query ~ N(0, I), rewards a
+    random permutation of (k + 1/2 + U(-0.2, 0.2)) / n, so every gap is >= 0.6 / n and all lie
+    in [0, 1] (best-first order if asked). y* is not defined here (zeros)."""
+    check_int("batch", batch, minimum=1)
+    k_r, k_p, k_y, k_x = jax.random.split(key, 4)
+    base = (jnp.arange(n, dtype=dtype)[None, :] + 0.5 + jax.random.uniform(k_r, (batch, n), dtype, -0.2, 0.2)) / n
+    if best_first:
+        r = base[:, ::-1]
+    else:
+        r = jax.vmap(jax.random.permutation)(jax.random.split(k_p, batch), base)
+    ys = jax.random.normal(k_y, (batch, n, d), dtype)
+    x = jax.random.normal(k_x, (batch, d), dtype)
+    return Context(x=x, ys=ys, r_true=r, rewards=r, y_star=jnp.zeros((batch, d), dtype))
+
+
+def spec_for(n: int, d: int, W0, selection: float = 50.0, **fields) -> PLConstruction:
+    """A construction for the contexts of :func:`separated_contexts` (reward gaps >= 0.6 / n):
+    built for gap = 0.5 / n, with selection strength B * gap = ``selection`` (50 gives
+    float64 exactness) and M = 4 B + 100, unless ``fields`` give B or M."""
+    gap = 0.5 / check_int("n", n, minimum=2)
+    fields.setdefault("B", selection / gap)
+    fields.setdefault("M", 4 * fields["B"] + 100.0)
+    return PLConstruction(d=d, n=n, W0=np.asarray(W0), gap=gap, **fields)
+
+
 from icalign.theory.bounds import check_preconditions, error_bound  # noqa: E402  (public API)
-from icalign.theory.contexts import separated_contexts, spec_for  # noqa: E402  (re-exported: public API)
