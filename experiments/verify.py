@@ -1,9 +1,10 @@
 """`icalign verify` (= `icalign run verify`): every theorem-as-code claim checked in float64
 against independent references (icalign.theory.verify), each construction claim against its
-documented per-context bound, with an adversarial hunt for counterexamples inside the
-preconditions (short by default; `--search` runs the wide one: N up to 32, d up to 16,
-extreme norms, near-tied rewards, soft and sharp selection). Prints the table, writes it as
-JSON, and exits 1 if any claim fails."""
+documented per-context bound and its relative tolerance on the step, with an adversarial
+hunt for counterexamples inside the preconditions, in seven families of edge cases
+(ill-conditioned W0, x near zero and huge, far clusters, every gap at the built-for gap,
+long runs; short by default, `--search` runs the wide one: N up to 32, d up to 16). Prints
+the table and the hunt per family, writes it as JSON, and exits 1 if any claim fails."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from icalign.theory import verify as V
 
 NAME = "verify"
 DESCRIPTION = "check every construction against closed-form GD and jax.grad (float64 table) and hunt for counterexamples"
-FLAGS = {"--search": ("search=true", "run the wide adversarial hunt (N up to 32, d up to 16; minutes)")}
+FLAGS = {"--search": ("search=true", "run the wide adversarial hunt (N up to 32, d up to 16, seven families; minutes)")}
 
 
 @dataclasses.dataclass(frozen=True)

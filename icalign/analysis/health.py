@@ -22,9 +22,10 @@ predictor's per-context loss sd stands in for the model's). A variant is *traine
 every seed is; otherwise it is *not trained*, with each failing seed's reason.
 
 Why the predictors are gated on the training loss and not on the normalised MSE: the
-objective (cosine PL on the shown ranking) is minimised along y* - eps, whose normalised MSE
-is about 0.33, while copying the best shown candidate reaches about 0.005 at t = 19 on clean
-rewards. Every learner of this project, GD included, "loses" to it in normalised MSE; that is
+objective (cosine PL on the shown ranking) is not minimised at y*: its minimiser leans from y*
+towards y* - eps, and its normalised MSE is measured, not quoted (``references.minimiser``, the
+"minimiser" reference of the mechanism study), while copying the best shown candidate reaches
+about 0.005 at t = 19 on clean rewards. Every learner of this project, GD included, "loses" to it in normalised MSE; that is
 a property of the objective, reported next to the results (``reference``), not a training
 failure.
 """

@@ -192,18 +192,28 @@ def verify(root: Path) -> str:
     quick = read_json(root / "verify/quick/verify.json")
     wide = read_json(root / "verify/search/verify.json")
     found = {(r["claim"], r["N"]): r["search_worst_ratio"] for r in wide["claims"]}
-    sci = lambda x: f"{float(x):.1e}"
+    sci = lambda x: "-" if x is None else f"{float(x):.1e}"
     rows = [[r["claim"], r["N"], sci(r["max_abs_error"]), sci(r["bound"]), sci(r["worst_ratio"]),
+             sci(r["rel_error"]), "-" if r["bound_step"] is None else f"{sci(r['bound_step'])} ({r['rel_tol']:g})",
              "-" if found.get((r["claim"], r["N"])) is None else _floor4(found[(r["claim"], r["N"])])]
             for r in quick["claims"]]
     passed = sum(r["pass"] for r in quick["claims"])
     hunts = wide["search"]["claims"].values()
-    return (_table(["claim", "N", "max abs error", "bound", "worst ratio", "worst ratio found by search"], rows)
+    fams = [[f, f"{o['tried']:,}", f"{o['valid']:,}", _f(o["accepted_fraction"], 2), o["over_bound"],
+             o["over_tolerance"], _floor4(o["worst_ratio"]), sci(o["worst_tolerance"]), sci(o["worst_bound_step"])]
+            for f, o in wide["search"]["families"].items()]
+    return (_table(["claim", "N", "max abs error", "bound", "worst ratio", "worst relative error",
+                    "worst bound/step (rel_tol)", "worst ratio found by search"], rows)
             + f"\n\n{passed}/{len(rows)} claims pass on {quick['contexts']} random float64 contexts each "
-              f"({_f(quick['seconds'], 0)} s on a {_hw(quick)}, including a short hunt per construction). The "
-              f"wide hunt (`--search`) tried {sum(h['tried'] for h in hunts):,} contexts, of which "
-              f"{sum(h['valid'] for h in hunts):,} passed the checks, in {_f(wide['seconds'] / 60, 1)} min; "
-              f"{sum(r['pass'] for r in wide['claims'])}/{len(wide['claims'])} claims pass there.")
+              f"({_f(quick['seconds'], 0)} s on a {_hw(quick)}, including a short hunt per construction). A claim "
+              f"passes when every error is within its bound (ratio <= 1) and the bound is within rel_tol of the "
+              f"step (relative error = ||error|| / ||step||). The wide hunt (`--search`) tried "
+              f"{sum(h['tried'] for h in hunts):,} contexts, of which {sum(h['valid'] for h in hunts):,} passed the "
+              f"checks, in {_f(wide['seconds'] / 60, 1)} min; {sum(r['pass'] for r in wide['claims'])}/"
+              f"{len(wide['claims'])} claims pass there. Per family of the hunt (summed over the construction "
+              f"claims):\n\n"
+              + _table(["family", "tried", "accepted", "fraction accepted", "over bound", "over tolerance",
+                        "worst ratio", "worst relative error / rel_tol", "worst bound/step"], fams))
 
 
 def self_correction(root: Path) -> str:

@@ -22,11 +22,20 @@ window is candidates 1..i) and each GD step t, adds over the blocks k = 1..N-1
   minus beta ||y_j|| times a bound on ||y_hat_t - y_hat_0||;
 * rounding: a floating-point model in which a sum of n terms has error <= n eps times the sum
   of their magnitudes (constants rounded up by a factor 16), for the logits (whose magnitude is
-  ~2M), the mixing, the residual additions, the read-out, and the float64 reference itself;
+  ~2M; a logit error rho moves the weights by at most e^{2 rho} - 1 in l1), the mixing, the
+  residual additions, the read-out, and the float64 reference itself; the read-in's W0 x and the
+  reference's W_t x round at the scale || |W0| |x| || (<= ||W0|| ||x||), which follows the
+  conditioning of W0, not at ||W0 x||;
 
 and carries the error of step t into step t + 1 with the Lipschitz constant
 1 + eta beta^2 (m - 1) D^2 / 4 of the ideal step map (m candidates in the window, D their
 diameter; the covariance of a distribution on a set of diameter D is at most D^2 / 4).
+
+Two context-level conditions close the loop (docs/theory.md sections 3.3 and 3.4): ||x||^2 and
+eta / ||x||^2 must be normal floats ("query norm"), and the bound must be at most ``rel_tol``
+times the exact step's size ("step tolerance"; the step map iterated in numpy), so that an
+accepted context's output is the GD step to that relative accuracy, not merely within a bound
+larger than the step.
 """
 
 from __future__ import annotations
@@ -197,7 +206,7 @@ def _analyse(spec, ctx) -> Analysis:
             err_a = np.sum(wa * np.where(has[..., None], d_top, ynorm[:, None, :]), -1) \
                 + ws * np.sum(np.where(top, ynorm[:, None, :], 0.0), -1)
             if k < n - 2:  # this block eliminates: the remaining sets must stay exact
-                slack = tol - (dev + 2 * rho * spec.r_cap + 16 * EPS * acc * spec.r_cap)
+                slack = tol - (dev + np.expm1(2 * rho) * spec.r_cap + 16 * EPS * acc * spec.r_cap)
                 keep_min((elim_min, elim_at), slack, loc(t, k))
             # --- head B: PL logits of the alive set vs dead tokens and the sink ---
             lmax = np.max(np.where(alive, lo, -np.inf), -1)  # (B, V); -inf when empty
@@ -213,7 +222,7 @@ def _analyse(spec, ctx) -> Analysis:
             err_b = np.where(has, np.sum(wd, -1) * diam + wsb * ymax, np.sum(wd * ynorm[:, None, :], -1))
             # --- rounding in this block: logits (-> weights), mixing, residual additions ---
             g_mag = np.maximum(m - 1, 0)[None, :] * diam + ymax
-            rnd = 2 * rho * (R + spec.r_cap) + 16 * EPS * acc * (ymax + g_mag)
+            rnd = np.expm1(2 * rho) * (R + spec.r_cap) + 16 * EPS * acc * (ymax + g_mag)  # exact, not 2 rho
             step_err += bt * (err_a + err_b + depth * rnd)
         # read-out, refresh and the float64 reference (logits up to logit_mag, N terms)
         step_err += 16 * EPS * acc * (yh + bt * np.maximum(m - 1, 0)[None, :] * diam) \

@@ -57,7 +57,7 @@ __all__ = ["PLConstruction", "build", "check_preconditions", "error_bound", "run
 LEAK_MARGIN = 20.0  # nats between a kept logit and a leaking one: each leak <= e^-20 = 2e-9
 # Default relative tolerance on the step: a context is accepted only where the documented bound
 # is at most this fraction of the exact step's size (docs/theory.md section 3.4).
-REL_TOL = 1e-4
+REL_TOL = 1e-3
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,15 +3,16 @@ construction's error comes closest to (or exceeds) its documented bound (``icali
 --search``; docs/theory.md section 3.9).
 
 Each claim of :data:`CLAIMS` is a construction variant. For every claim the hunt draws specs and
-batches of contexts from *extreme* distributions (candidate, query and W0 norms log-uniform over
-six decades, candidates clustered around the prediction or spread far from it, rewards with
-several gaps exactly at the built-for gap, beta and eta over four decades, soft to sharp
-selection, M from its smallest allowed value up), keeps the contexts that pass the checks, runs
+batches of contexts from the seven families of :data:`FAMILIES` (docs/theory.md section 3.9):
+extreme norms and clusters, ill-conditioned W0 (condition 1e2 .. 1e12), x near zero and huge
+(across the "query norm" edges), candidates clustered far from the origin, every reward gap at
+the built-for gap, and long runs (5 GD steps, large eta beta); beta, eta, soft to sharp
+selection, M and rel_tol vary in every family. It keeps the contexts that pass the checks, runs
 the construction through ``model.apply`` and the closed form of ``icalign.gd``, and records
-error / bound. A few rounds of local search (random multiplicative moves, kept when the ratio
-grows) then push on the worst contexts found. ``checker`` swaps in another precondition set and
-bound: tests replay the first version's (rewards only, and a claimed 1e-9) and the hunt finds
-the counterexample of issue 13 against it.
+error / bound and relative error / rel_tol per family. A few rounds of local search (random
+multiplicative moves, kept when the ratio grows) then push on the worst contexts found. ``checker`` swaps in another precondition set
+and bound: tests replay the first version's (rewards only, and a claimed 1e-9) and the hunt finds
+the first reported counterexample (candidates far outside the unit ball) against it.
 """
 
 from __future__ import annotations

@@ -75,22 +75,35 @@ def _rel(out, ref, y0, has_step, bound):
     return float(np.max(rel)), float(np.max(b_s))
 
 
+def _keep(ctx, *specs):
+    """The contexts every spec accepts (random contexts can have a step too small for rel_tol:
+    those are refused by name, and the row says how many were kept)."""
+    valid = np.all([bounds.analyse(s, ctx).valid for s in specs], axis=0)
+    return jax.tree_util.tree_map(lambda a: a[valid], ctx), int(valid.sum())
+
+
 def _rows(label, spec, ctx, out=None):
     """Two rows (vs closed form, vs jax.grad) with the documented per-context bound, the worst
-    relative error and the worst bound / step."""
-    out = construct.run(spec, ctx) if out is None else out
+    relative error and the worst bound / step, on the contexts the spec accepts."""
+    total = ctx.x.shape[0]
+    if out is None:
+        ctx, kept = _keep(ctx, spec)
+        out = construct.run(spec, ctx)
+    else:
+        kept = total
     a = bounds.analyse(spec, ctx)
     y0 = ctx.x @ jnp.asarray(spec.W0).T
     y0 = y0[:, None, :] if spec.causal else y0
     for name, ref in zip(("closed form", "jax.grad"), _references(spec, ctx)):
         err = np.max(np.abs(np.asarray(out - ref)), axis=-1)
         yield _row(f"{label} (vs {name})", spec.n, float(err.max()), float(np.max(a.bound)),
-                   float(np.max(err / a.bound)), *_rel(out, ref, y0, a.step > 0, a.bound), spec.rel_tol)
+                   float(np.max(err / a.bound)), *_rel(out, ref, y0, a.step > 0, a.bound), spec.rel_tol,
+                   accepted=f"{kept}/{total}")
 
 
-def _row(claim, n, err, bound, ratio, rel=None, bound_step=None, rel_tol=None, search=None):
+def _row(claim, n, err, bound, ratio, rel=None, bound_step=None, rel_tol=None, search=None, accepted=None):
     return dict(claim=claim, N=n, max_abs_error=err, bound=bound, worst_ratio=ratio, rel_error=rel,
-                bound_step=bound_step, rel_tol=rel_tol, search=search)
+                bound_step=bound_step, rel_tol=rel_tol, search=search, accepted=accepted)
 
 
 def claims(key, contexts: int):
@@ -141,7 +154,7 @@ def claims(key, contexts: int):
     n = 4
     two = _spec(n, next(k), eta=0.2, beta=0.8)
     one = dataclasses.replace(two, heads_per_layer=1)
-    ctx = construct.separated_contexts(next(k), contexts, n, D)
+    ctx, kept = _keep(construct.separated_contexts(next(k), contexts, n, D), one, two)
     out1 = construct.run(one, ctx)
     a1, a2 = bounds.analyse(one, ctx), bounds.analyse(two, ctx)
     b = a1.bound + a2.bound
@@ -149,9 +162,10 @@ def claims(key, contexts: int):
     err = np.max(np.abs(np.asarray(out1 - out2)), -1)
     label = search.CLAIMS["heads<->depth"].label
     yield _row(f"{label} (vs two heads)", n, float(err.max()), float(b.max()), float(np.max(err / b)),
-               *_rel(out1, out2, ctx.x @ jnp.asarray(two.W0).T, a1.step > 0, b), one.rel_tol, "heads<->depth")
+               *_rel(out1, out2, ctx.x @ jnp.asarray(two.W0).T, a1.step > 0, b), one.rel_tol, "heads<->depth",
+               f"{kept}/{contexts}")
     for row in _rows(label, one, ctx, out1):
-        yield {**row, "search": "heads<->depth"}
+        yield {**row, "search": "heads<->depth", "accepted": f"{kept}/{contexts}"}
     # Soft selection: B * gap = 4, the documented bound must hold per context, and its looser
     # guarantee is a number: the bound is at most SOFT_TOL of the step.
     n = 8
@@ -167,7 +181,7 @@ def claims(key, contexts: int):
     spec = construct.spec_for(n, D, q, beta=1.0, eta=0.2)
     ctx = construct.separated_contexts(next(k), contexts, n, D)
     unit = lambda v: v / jnp.linalg.norm(v, axis=-1, keepdims=True)
-    ctx = ctx.replace(x=unit(ctx.x), ys=unit(ctx.ys))
+    ctx, kept = _keep(ctx.replace(x=unit(ctx.x), ys=unit(ctx.ys)), spec)
     y0 = ctx.x @ q.T  # unit: q is orthogonal
     step = construct.run(spec, ctx) - y0
     tangent = step - y0 * jnp.sum(y0 * step, -1, keepdims=True)
@@ -177,27 +191,30 @@ def claims(key, contexts: int):
     b = bounds.analyse(spec, ctx).bound + COSINE_SLACK
     rel, b_s = _rel(tangent, -spec.eta * grad, 0.0, np.ones(err.shape, bool), b)
     yield _row("cosine PL, unit vectors: tangent part of the construction's step (beta = 1) = -eta dL_cos/dy "
-               "(jax.grad)", n, float(err.max()), float(b.max()), float(np.max(err / b)), rel, b_s, spec.rel_tol, "PL")
+               "(jax.grad)", n, float(err.max()), float(b.max()), float(np.max(err / b)), rel, b_s, spec.rel_tol, "PL",
+               f"{kept}/{contexts}")
 
     # --- latent concept (docs/theory.md section 5) ---
     for row in concept_claims.claims(next(k), contexts):
         yield _fixed(*row)
 
-    # --- refusals: inputs outside the preconditions raise before anything runs ---
+    # --- refusals: inputs outside the preconditions raise before anything runs, naming the
+    # precondition (a refusal for another reason, e.g. a shape error, does not count) ---
+    ctx = construct.separated_contexts(next(k), contexts, 4, D)
     tied = ctx.replace(rewards=ctx.rewards.at[:, 1].set(ctx.rewards[:, 0]))
-    yield _fixed("tied rewards are rejected before running (0 = rejected)", 4, _refused(two, tied), 0.0)
+    yield _fixed("tied rewards are rejected before running (0 = rejected)", 4, _refused(two, tied, "reward gap"), 0.0)
     repro = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), ctx.replace(
         x=jnp.array([0.5, -0.3, 0.2]), ys=50 * jnp.array([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [-1, 0, 0]]),
         rewards=jnp.array([0.2, 0.9, 0.45, 0.7]), r_true=jnp.zeros(4), y_star=jnp.zeros(3)))
     yield _fixed("far candidates (50 e_i, W0 = I): the sink leak is refused (0 = refused)", 4,
-                 _refused(construct.spec_for(4, 3, np.eye(3)), repro), 0.0)
+                 _refused(construct.spec_for(4, 3, np.eye(3)), repro, "sink margin"), 0.0)
     yield _fixed("x = 0 (no W-space step eta / ||x||^2) is refused (0 = refused)", 4,
-                 _refused(two, ctx.replace(x=jnp.zeros_like(ctx.x))), 0.0)
+                 _refused(two, ctx.replace(x=jnp.zeros_like(ctx.x)), "query norm"), 0.0)
     U, V = (np.linalg.qr(np.asarray(jax.random.normal(next(k), (D, D), jnp.float64)))[0] for _ in range(2))
     ill = 1e12 * U @ np.diag([1.0, 1e-6, 1e-12]) @ V.T  # ||W0 x|| = 1 along V e_3, rounding at 1e12 eps
     yield _fixed("W0 of condition 1e12, x along its weakest direction: bound > rel_tol of the step, "
                  "refused (0 = refused)", 4, _refused(dataclasses.replace(two, W0=ill), ctx.replace(
-                     x=jnp.broadcast_to(jnp.asarray(V[:, -1]), ctx.x.shape))), 0.0)
+                     x=jnp.broadcast_to(jnp.asarray(V[:, -1]), ctx.x.shape)), "step tolerance"), 0.0)
 
 
 def _fixed(claim, n, err, bound):
@@ -208,12 +225,13 @@ def _err(a, b):
     return float(jnp.max(jnp.abs(jnp.asarray(a) - jnp.asarray(b))))
 
 
-def _refused(spec, ctx) -> float:
+def _refused(spec, ctx, precondition: str) -> float:
+    """0 when ``run`` refuses ``ctx`` naming ``precondition``, 1 otherwise."""
     try:
         construct.run(spec, ctx)
         return 1.0
-    except ValueError:
-        return 0.0
+    except ValueError as e:
+        return 0.0 if f"precondition '{precondition}'" in str(e) else 1.0
 
 
 def _hunts(seed: int, contexts: int, wide: bool, names, progress) -> dict:
@@ -299,6 +317,9 @@ def table(result: dict) -> str:
         lines.append(f"{f:<20} {o['tried']:>7} {o['valid']:>8} {o['accepted_fraction']:>8.2f} {o['over_bound']:>6} "
                      f"{o['over_tolerance']:>5} {o['worst_ratio']:>15.2e} {o['worst_tolerance']:>17.2e} "
                      f"{o['worst_bound_step']:>16.2e}")
+    kept = [tuple(map(int, r["accepted"].split("/"))) for r in rows if r.get("accepted")]
+    lines.append(f"construction rows: {sum(k for k, _ in kept)}/{sum(n for _, n in kept)} drawn contexts accepted "
+                 f"(the rest refused by name, e.g. a step too small for rel_tol)")
     lines.append(f"{sum(r['pass'] for r in rows)}/{len(rows)} claims pass ({result['contexts']} random contexts "
                  f"each; ratio = worst error / documented bound; rel err = worst ||error|| / ||step||; a claim "
                  f"passes when ratio <= 1 and bound/step <= rel_tol; search = worst ratio the hunt found; "
