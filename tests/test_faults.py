@@ -209,3 +209,13 @@ def test_a_symlink_out_of_the_folder_is_refused_before_writing(trained, tmp_path
     with pytest.raises(ValueError, match=rf"{link} is a symbolic link to {outside}, outside"):
         _load(tmp_path / "runs")
     assert not outside.exists()
+
+
+def test_damaged_orbax_metadata_of_an_older_step_does_not_stop_the_final_load(trained, tmp_path):
+    """A restore reads its own step's files (all in its manifest) and, as orbax lists the
+    steps, each step's _CHECKPOINT_METADATA, whose damage orbax only logs."""
+    run_dir = _copy(trained, tmp_path)
+    (run_dir / "checkpoints" / "2" / "_CHECKPOINT_METADATA").write_text("{not json")
+    loaded = T.load_run(run_dir)
+    assert loaded.finished
+    _same_as(loaded, trained)

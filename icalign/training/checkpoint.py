@@ -123,8 +123,9 @@ def finished_run(run_dir: Path, want: dict, steps: int) -> bool:
 def _manager(run_dir: Path, read_only: bool = False):
     import orbax.checkpoint as ocp
 
-    options = ocp.CheckpointManagerOptions(max_to_keep=KEEP, create=not read_only, enable_async_checkpointing=False,
-                                           cleanup_tmp_directories=not read_only, read_only=read_only)
+    # for a restore: nothing created or cleaned (orbax's own read_only mode logs warnings on each load)
+    options = ocp.CheckpointManagerOptions(max_to_keep=None if read_only else KEEP, create=not read_only,
+                                           enable_async_checkpointing=False, cleanup_tmp_directories=not read_only)
     return ocp.CheckpointManager(Path(run_dir).absolute() / CHECKPOINTS, options=options)
 
 

@@ -177,10 +177,11 @@ def _open_run_dir(run_dir: Path, force: bool, template: TrainState, meta: dict, 
                 raise RunExistsError(
                     f"{run_dir} holds a finished run ({old.get('steps_done')} steps); pass force=True "
                     "(--force) to retrain it, or load it (icalign.train.load_run)")
-            note = f"the run was marked finished, but {note}: it is not finished"
         found = ck.newest_checkpoint(run_dir, template)
         skipped = found[3] if found else []
         problems = ([note] if note and steps not in [s for s, _ in skipped] else []) + [p for _, p in skipped]
+        if note and problems:
+            problems[0] = f"the run was marked finished, but {problems[0]}: it is not finished"
         if not writable:
             at = f"resuming from step {found[0]}" if found else "training from step 0"
             raise ck.CheckpointError(f"{run_dir} is not writable, and {at} writes there" +
