@@ -105,7 +105,7 @@ def append_text(path: Path, text: str) -> Path:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, _umask_mode())
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), _umask_mode())
     except OSError as err:
         if path.is_symlink():
             raise ValueError(f"{path} is a symbolic link (to {os.readlink(path)}): refusing to append through "

@@ -219,3 +219,14 @@ def test_damaged_orbax_metadata_of_an_older_step_does_not_stop_the_final_load(tr
     loaded = T.load_run(run_dir)
     assert loaded.finished
     _same_as(loaded, trained)
+
+
+def test_the_log_writer_never_appends_through_a_symlink(tmp_path):
+    target = tmp_path / "elsewhere.jsonl"
+    os.symlink(target, tmp_path / "metrics.jsonl")
+    with pytest.raises(ValueError, match=r"metrics\.jsonl is a symbolic link .*refusing to append"):
+        io.append_text(tmp_path / "metrics.jsonl", "{}\n")
+    assert not target.exists()
+    io.append_text(tmp_path / "log.jsonl", "a\n")
+    io.append_text(tmp_path / "log.jsonl", "b\n")
+    assert (tmp_path / "log.jsonl").read_text() == "a\nb\n"
