@@ -27,8 +27,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-__all__ = ["ResultExistsError", "ResultClaimedError", "claim_output", "release", "write_bytes", "write_text",
-           "write_json", "append_text", "save_figure", "read_json", "hardware", "identity", "to_jsonable",
+__all__ = ["ResultExistsError", "ResultClaimedError", "claim_output", "lock_folder", "release", "write_bytes", "write_text",
+           "write_json", "append_text", "check_inside", "writable", "save_figure", "read_json", "hardware", "identity", "to_jsonable",
            "is_writer"]
 
 
@@ -98,14 +98,52 @@ def write_json(path: Path, obj) -> Path:
 
 def append_text(path: Path, text: str) -> Path:
     """Append ``text`` to a log (process 0 only). Not atomic: a kill can cut the last line,
-    which readers of a log skip (``icalign.training.checkpoint.truncate_log``)."""
+    which readers of a log skip (``icalign.training.checkpoint.truncate_log``). A log that is
+    a symbolic link is refused, never appended through (it could point anywhere)."""
     path = Path(path)
     if not is_writer():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), _umask_mode())
+    except OSError as err:
+        if path.is_symlink():
+            raise ValueError(f"{path} is a symbolic link (to {os.readlink(path)}): refusing to append through "
+                             "it; remove the link") from None
+        raise
+    with os.fdopen(fd, "a") as f:
         f.write(text)
     return path
+
+
+def check_inside(folder: Path) -> None:
+    """Refuse (ValueError naming the link and its target) a symbolic link in ``folder``, or
+    ``folder`` itself, that leads out of it (dangling or not): writing through it would write
+    elsewhere. Links inside the folder are harmless; links in linked folders are not followed."""
+    folder = Path(folder)
+    root = Path(os.path.realpath(folder))
+    links = [folder] if folder.is_symlink() else []
+    for top, dirs, files in os.walk(folder):
+        links += [Path(top) / name for name in dirs + files if os.path.islink(os.path.join(top, name))]
+    for link in links:
+        target = Path(os.path.realpath(link))
+        if link != folder and (target == root or root in target.parents):
+            continue
+        if link == folder and folder.parent.resolve() in target.parents:
+            continue
+        raise ValueError(f"{link} is a symbolic link to {os.readlink(link)}, outside {folder}: a run folder "
+                         "writes only inside itself; remove the link")
+
+
+def writable(folder: Path) -> bool:
+    """Can this process create files in ``folder`` (tried, not guessed from permissions)?"""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".write-test.", suffix=".tmp")
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(tmp)
+    return True
 
 
 def save_figure(fig, stem: Path, formats=("png", "pdf"), dpi: int = 150) -> list[Path]:
@@ -155,12 +193,26 @@ def claim_output(path: Path, force: bool) -> Path:
         raise ResultExistsError(
             f"{path} already holds a finished result; pass --force to overwrite it, "
             "or --out DIR / --name NAME to write elsewhere")
+    return _claim(path, force, "is being written by another run", "wait for it, or use --name / --out to write "
+                  "elsewhere", "the output folder {folder} (--out)")
+
+
+def lock_folder(folder: Path) -> Path:
+    """Lock a run folder for training: the claim of :func:`claim_output` (a claim file next
+    to the folder naming its holder; a stale one, whose holder died, is released), so a second
+    run on the same folder is refused with the holder's pid instead of both writing into it.
+    :func:`release` gives it back (and process exit)."""
+    return _claim(Path(folder), False, "is being trained by another run", "wait for it to finish, then run "
+                  "again (a finished run is loaded, not retrained)", "the folder {folder} that holds the run folder")
+
+
+def _claim(path: Path, force: bool, busy: str, advice: str, where: str) -> Path:
     if not is_writer():
         return path
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise ValueError(f"cannot create the output folder {path.parent} (--out): {err.strerror}") from None
+        raise ValueError(f"cannot create {where.format(folder=path.parent)}: {err.strerror}") from None
     claim = _claim_file(path)
     record = {"pid": os.getpid(), "host": platform.node(), "file": str(claim),
               "started": __import__("datetime").datetime.now().isoformat(timespec="seconds")}
@@ -170,17 +222,21 @@ def claim_output(path: Path, force: bool) -> Path:
         except FileExistsError:
             try:
                 holder = json.loads(claim.read_text())
-            except (OSError, json.JSONDecodeError):
-                holder = {}  # half-written by a run killed while claiming
+            except (OSError, ValueError):
+                holder = {}  # half-written by a run killed while claiming (or not a claim at all)
+            if not isinstance(holder, dict):
+                holder = {}
             if holder and _alive(holder) and not (force and holder.get("host") != platform.node()):
                 raise ResultClaimedError(
-                    f"{path} is being written by another run (pid {holder.get('pid')} on {holder.get('host')}, "
-                    f"since {holder.get('started')}; claim file {claim}); wait for it, or use --name / --out "
-                    "to write elsewhere") from None
-            claim.unlink(missing_ok=True)  # stale: its holder is gone
+                    f"{path} {busy} (pid {holder.get('pid')} on {holder.get('host')}, since "
+                    f"{holder.get('started')}; claim file {claim}); {advice}") from None
+            try:
+                claim.unlink(missing_ok=True)  # stale: its holder is gone
+            except IsADirectoryError:
+                raise ValueError(f"{claim} is a directory, not a claim file: remove it") from None
             continue
         except OSError as err:
-            raise ValueError(f"cannot write to the output folder {path.parent} (--out): {err.strerror}") from None
+            raise ValueError(f"cannot write to {where.format(folder=path.parent)}: {err.strerror}") from None
         with os.fdopen(fd, "w") as f:
             f.write(json.dumps(record))
         _HELD[claim] = record

@@ -25,6 +25,7 @@ from icalign.model import gates as G
 from icalign.training.config import TrainConfig, make_runs, run_settings, select_run
 from icalign.training.ica import ICAObjective, TrainResult, _check_configs, training_bytes
 from icalign.training import checkpoint as ck
+from icalign.training.checkpoint import finished_run
 from icalign.training.loop import fit, run_identity, states_from
 
 __all__ = ["groups", "train_group", "max_runs_per_program", "prepare"]
@@ -92,11 +93,12 @@ def _train_chunk(sup, rows, train_cfg, run_root, force, progress):
     run_dir = None
     if run_root is not None:
         run_dir = Path(run_root) / f"group-{M.config_hash(sup, train_cfg, described, run_identity(len(rows)))}"
-    old = None if run_dir is None or force else ck.read_meta(run_dir)
-    if old is not None and old.get("status") == "finished":  # load it instead of training again
-        step, state, losses = ck.load_checkpoint(run_dir, states_from(initial, runs_R, objective))
-        return state.params, losses, run_dir
     meta = {"super_config": sup.to_dict(), "train_config": train_cfg.to_dict(), "grouped": True}
+    want = {**meta, "runs": described, "identity": run_identity(len(rows))}
+    if run_dir is not None and not force and finished_run(run_dir, want, train_cfg.steps):
+        # load it instead of training again (an unfinished or damaged one is resumed by fit)
+        step, state, losses = ck.load_checkpoint(run_dir, states_from(initial, runs_R, objective), train_cfg.steps)
+        return state.params, losses, run_dir
     res = fit(objective, runs_R, described, steps=train_cfg.steps,
               chunk=train_cfg.chunk, checkpoint_every=train_cfg.checkpoint_every, run_dir=run_dir, force=force,
               meta=meta, progress=progress, desc=f"group of {len({v for v, _ in rows})} archs", initial=initial)

@@ -29,6 +29,7 @@ from icalign.core.tasks import Context, corrupt, sample_contexts, scored_candida
 from icalign.core.validate import check_memory
 from icalign.training import checkpoint as ck
 from icalign.training.config import RunSpec, TrainConfig, make_runs, run_settings, select_run
+from icalign.training.checkpoint import check_same_run, finished_run
 from icalign.training.loop import Objective, fit, init_states, run_identity
 
 __all__ = ["ICAObjective", "TrainResult", "loss_fn", "batch_for_step", "train", "train_or_load", "load_run",
@@ -185,9 +186,8 @@ def train(model_cfg: M.ModelConfig, train_cfg: TrainConfig = TrainConfig(), seed
     _check_configs(model_cfg, train_cfg, len(run_settings(seeds, lrs, noise_levels, train_cfg)))
     runs_R, runs = make_runs(seeds, lrs, noise_levels, train_cfg)
     run_dir = run_dir_for(model_cfg, train_cfg, runs, run_root, shard) if checkpoint else None
-    meta = {"model_config": model_cfg.to_dict(), "train_config": train_cfg.to_dict()}
     out = fit(ICAObjective.of(model_cfg, train_cfg), runs_R, runs, steps=train_cfg.steps, chunk=train_cfg.chunk,
-              checkpoint_every=train_cfg.checkpoint_every, run_dir=run_dir, force=force, meta=meta,
+              checkpoint_every=train_cfg.checkpoint_every, run_dir=run_dir, force=force, meta=_meta(model_cfg, train_cfg),
               progress=progress, shard=shard, callback=callback)
     return TrainResult(params=out.state.params, losses=out.losses, model_config=model_cfg, train_config=train_cfg,
                        runs=runs, run_dir=run_dir, finished=True)
@@ -196,7 +196,10 @@ def train(model_cfg: M.ModelConfig, train_cfg: TrainConfig = TrainConfig(), seed
 def load_run(run, run_root="runs") -> TrainResult:
     """Load a training run (finished or not) written by :func:`train`, as params (leading run
     axis) plus its configs and losses: ``run`` is a run folder, or a run folder's name under
-    ``run_root`` (e.g. a result's ``run_folder``)."""
+    ``run_root`` (e.g. a result's ``run_folder``). Refused (RunIdentityError, naming the
+    fields) when the folder was trained under another identity (float64 mode, devices,
+    package versions); a run marked finished loads only its final checkpoint, verified
+    against its manifest (CheckpointError naming the damaged file otherwise)."""
     run_dir = Path(run)
     if not run_dir.is_dir() and (Path(run_root) / run_dir).is_dir():
         run_dir = Path(run_root) / run_dir
@@ -204,32 +207,42 @@ def load_run(run, run_root="runs") -> TrainResult:
     if meta is None:
         raise FileNotFoundError(f"{run} is not a run folder (no meta.json), neither as a path nor under "
                                 f"run_root={str(run_root)!r}")
-    model_cfg = M.ModelConfig(**meta["model_config"])
-    train_cfg = TrainConfig(**meta["train_config"])
-    runs = meta["runs"]
-    runs_R, _ = make_runs([r["seed"] for r in runs], [r["lr"] for r in runs], [r["noise"] for r in runs],
-                          train_cfg)
+    try:
+        model_cfg = M.ModelConfig(**meta["model_config"])
+        train_cfg = TrainConfig(**meta["train_config"])
+        runs = meta["runs"]
+        runs_R, _ = make_runs([r["seed"] for r in runs], [r["lr"] for r in runs], [r["noise"] for r in runs],
+                              train_cfg)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ck.CheckpointError(f"{run_dir / ck.META} does not describe a run of icalign.train.train "
+                                 f"({type(err).__name__}: {err}): the run folder is damaged or of another kind") from None
+    check_same_run(run_dir, meta, {"identity": run_identity(len(runs))})
+    finished = meta.get("status") == "finished"
     objective = ICAObjective.of(model_cfg, train_cfg)
     template = jax.eval_shape(lambda: init_states(runs_R, objective))
     template = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), template)
-    restored = ck.load_checkpoint(run_dir, template)
+    restored = ck.load_checkpoint(run_dir, template, train_cfg.steps if finished else None)
     if restored is None:
         raise FileNotFoundError(f"{run_dir} has no checkpoint yet")
     step, state, losses = restored
     return TrainResult(params=state.params, losses=losses, model_config=model_cfg, train_config=train_cfg,
-                       runs=runs, run_dir=run_dir,
-                       finished=meta.get("status") == "finished" and step == train_cfg.steps, loaded=True)
+                       runs=runs, run_dir=run_dir, finished=finished and step == train_cfg.steps, loaded=True)
 
 
 def train_or_load(model_cfg: M.ModelConfig, train_cfg: TrainConfig = TrainConfig(), seeds=(0,), lrs=None,
                   noise_levels=None, *, run_root="runs", force: bool = False, progress: bool = True) -> TrainResult:
-    """Load the finished run with these settings if there is one (and not ``force``);
-    otherwise train (resuming a partial run)."""
+    """Load the finished run with these settings if there is one (and not ``force``): its
+    folder must hold these settings and identity (RunIdentityError otherwise) and its final
+    checkpoint must verify; otherwise train (resuming a partial or damaged run)."""
     runs = run_settings(seeds, lrs, noise_levels, train_cfg)
     _check_configs(model_cfg, train_cfg, len(runs))
     run_dir = run_dir_for(model_cfg, train_cfg, runs, run_root)
-    meta = ck.read_meta(run_dir)
-    if not force and meta is not None and meta.get("status") == "finished":
+    want = {**_meta(model_cfg, train_cfg), "runs": runs, "identity": run_identity(len(runs))}
+    if not force and finished_run(run_dir, want, train_cfg.steps):
         return load_run(run_dir)
     return train(model_cfg, train_cfg, seeds, lrs, noise_levels, run_root=run_root, force=force,
                  progress=progress)
+
+
+def _meta(model_cfg: M.ModelConfig, train_cfg: TrainConfig) -> dict:
+    return {"model_config": model_cfg.to_dict(), "train_config": train_cfg.to_dict()}

@@ -25,6 +25,7 @@ import dataclasses
 import json
 import shutil
 import time
+import warnings
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -38,6 +39,7 @@ from flax import struct
 from icalign import io
 from icalign.core.sharding import shard_leading, sweep_mesh, to_host
 from icalign.training import checkpoint as ck
+from icalign.training.checkpoint import RunIdentityError, check_same_run
 from icalign.training.config import RunSpec
 
 __all__ = ["Objective", "TrainState", "LoopResult", "RunExistsError", "RunIdentityError", "NonFiniteLossError",
@@ -46,10 +48,6 @@ __all__ = ["Objective", "TrainState", "LoopResult", "RunExistsError", "RunIdenti
 
 class RunExistsError(FileExistsError):
     """A finished run is already in the run folder (pass force=True to retrain)."""
-
-
-class RunIdentityError(ValueError):
-    """A run folder would be resumed under another identity (x64, devices, versions)."""
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -142,35 +140,60 @@ def run_chunk(state_R: TrainState, runs_R: RunSpec, start, objective: Objective,
     return jax.vmap(one_run)(state_R, runs_R)
 
 
-def _identity_change(old: dict, new: dict) -> str:
-    diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-    return "; ".join(diff)
-
-
-def _open_run_dir(run_dir: Path, force: bool, template: TrainState, meta: dict):
-    """Claim the run folder; restore its newest valid checkpoint. Returns (restored or None,
-    the meta written). Refuses a finished run (unless ``force``) and a resume under another
-    identity (float64 mode, devices, package versions: they change a run's numbers)."""
-    ck.clean_temporaries(run_dir)
-    old = ck.read_meta(run_dir)
-    restored = None
-    if force and run_dir.exists():
-        if io.is_writer():
-            for name in (ck.CHECKPOINTS, ck.MANIFESTS):
-                shutil.rmtree(run_dir / name, ignore_errors=True)
-            for name in (ck.LOG, ck.META):
-                (run_dir / name).unlink(missing_ok=True)
-    elif old is not None and old.get("status") == "finished":
-        raise RunExistsError(
-            f"{run_dir} holds a finished run ({old.get('steps_done')} steps); pass force=True "
-            "(--force) to retrain it, or load it (icalign.train.load_run)")
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
     else:
-        if old is not None and old.get("identity") not in (None, meta["identity"]):
-            raise RunIdentityError(
-                f"{run_dir} was trained under another identity ({_identity_change(old['identity'], meta['identity'])}); "
-                "resuming would continue on other numbers. Resume it under its own settings, or retrain with "
-                "force=True (--force)")
-        restored = ck.load_checkpoint(run_dir, template)
+        path.unlink(missing_ok=True)
+
+
+def _open_run_dir(run_dir: Path, force: bool, template: TrainState, meta: dict, steps: int):
+    """Open the (locked) run folder: restore its newest valid checkpoint. Returns (restored
+    or None, the meta written). Refuses a finished run (unless ``force``: then it starts
+    over) and a folder of other settings or another identity (float64 mode, devices, package
+    versions: they change a run's numbers). A run is finished only when its final checkpoint
+    verifies: otherwise it resumes from its newest valid step, saying so."""
+    io.check_inside(run_dir) if run_dir.exists() or run_dir.is_symlink() else None
+    writable = not run_dir.exists() or io.writable(run_dir)
+    if writable:
+        ck.clean_temporaries(run_dir)
+    restored, note = None, ""
+    if force and run_dir.exists():
+        if not writable:
+            raise ValueError(f"{run_dir} is not writable: retraining it (force) writes there")
+        if io.is_writer():
+            for name in (ck.CHECKPOINTS, ck.MANIFESTS, ck.LOG, ck.META):
+                _remove(run_dir / name)
+    elif run_dir.exists():
+        old = ck.read_meta(run_dir)
+        if old is None and ck.steps_saved(run_dir):
+            raise ck.CheckpointError(f"{run_dir / ck.META} is missing, so the checkpoints in {run_dir} cannot be "
+                                     "told apart from another run's: delete the folder or retrain with force=True (--force)")
+        if old is not None:
+            check_same_run(run_dir, old, meta)
+        if old is not None and old.get("status") == "finished":
+            note = ck.verify_step(run_dir, steps)
+            if not note:
+                raise RunExistsError(
+                    f"{run_dir} holds a finished run ({old.get('steps_done')} steps); pass force=True "
+                    "(--force) to retrain it, or load it (icalign.train.load_run)")
+        found = ck.newest_checkpoint(run_dir, template)
+        skipped = found[3] if found else []
+        problems = ([note] if note and steps not in [s for s, _ in skipped] else []) + [p for _, p in skipped]
+        if note and problems:
+            problems[0] = f"the run was marked finished, but {problems[0]}: it is not finished"
+        if not writable:
+            at = f"resuming from step {found[0]}" if found else "training from step 0"
+            raise ck.CheckpointError(f"{run_dir} is not writable, and {at} writes there" +
+                                     (f" ({'; '.join(problems)})" if problems else "") + ": make it writable and run again")
+        if found is not None:
+            restored = found[:3]
+        if skipped:
+            ck.set_aside(run_dir, [s for s, _ in skipped])
+        if problems:
+            aside = f" (set aside in {run_dir / ck.DAMAGED})" if skipped else ""
+            warnings.warn(f"resuming {run_dir} from step {found[0] if found else 0}: {'; '.join(problems)}{aside}",
+                          stacklevel=3)
     start = restored[0] if restored else 0
     run_dir.mkdir(parents=True, exist_ok=True)
     ck.truncate_log(run_dir / ck.LOG, start)
@@ -200,12 +223,28 @@ def fit(objective: Objective, runs_R: RunSpec, runs: list, *, steps: int, chunk:
     state = init_states(runs_R, objective) if initial is None else states_from(initial, runs_R, objective)
     start, losses = 0, np.zeros((R, 0), np.float32)
     mesh = sweep_mesh(R) if shard else None
-    if run_dir is not None:
-        run_dir = Path(run_dir)
-        meta = {**(meta or {}), "runs": runs, "identity": run_identity(R, shard)}
-        restored, meta = _open_run_dir(run_dir, force, state, meta)
+    if run_dir is None:
+        return _fit(objective, runs_R, runs, state, start, losses, mesh, steps, chunk, checkpoint_every, None, meta,
+                    progress, desc, callback)
+    run_dir = Path(run_dir)
+    meta = {**(meta or {}), "runs": runs, "identity": run_identity(R, shard)}
+    io.lock_folder(run_dir)  # one training run per folder: a second is refused with this one's pid
+    try:
+        restored, meta = _open_run_dir(run_dir, force, state, meta, steps)
         if restored is not None:
             start, state, losses = restored
+            # orbax gives arrays committed to a device; the fresh state is uncommitted, and
+            # jit compiles the chunk anew for committed inputs (10 s of a tiny run's resume)
+            state = jax.device_get(state)
+        return _fit(objective, runs_R, runs, state, start, losses, mesh, steps, chunk, checkpoint_every, run_dir,
+                    meta, progress, desc, callback)
+    finally:
+        io.release(run_dir)
+
+
+def _fit(objective, runs_R, runs, state, start, losses, mesh, steps, chunk, checkpoint_every, run_dir, meta, progress,
+         desc, callback) -> LoopResult:
+    R = len(runs)
     if mesh is not None:
         if mesh.size > 1:
             # (A one-device mesh would change nothing but jit's cache key: the same program
