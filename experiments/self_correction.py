@@ -5,7 +5,7 @@ N0 clean candidates, T rounds; each round the learner answers, a critic scores t
 it is appended. Learners: the published Adam baseline, plain GD, and a small transformer
 trained here on the published task (``seeds`` seeds, the unit of its claims, after the
 training-health gate). Critics: the null critic (random scores), exact, Gaussian noise, flips,
-bias. Claims (icalign.selfcorrect.critic_study): a critic's gain minus the null critic's,
+bias. Claims (icalign.analysis.selfcorrect_claims): a critic's gain minus the null critic's,
 and the choice entropy at ``entropy_beta``, where it is not saturated.
 Part 2, latent concept (icalign.selfcorrect.concept_study): a transformer trained on the
 right-vs-wrong family mixture, per-layer probes, and the loop against the exact Bayes
@@ -27,7 +27,7 @@ from icalign.core.validate import check_int, check_positive
 from icalign.experiment import check_seed, check_seeds, config_record, publish, result_path, runner
 from icalign.io import hardware
 from icalign.selfcorrect import CRITIC_SETTINGS, NULL_CRITIC, critic_sweep, gd_learner, make_critics, transformer_learner
-from icalign.selfcorrect.critic_study import loop_claims
+from icalign.analysis.selfcorrect_claims import loop_claims
 from icalign.selfcorrect.metrics import combine_seeds, metric_notes
 from icalign.selfcorrect.concept_study import ConceptConfig, concept_study
 from icalign.viz.selfcorrect import figures  # noqa: F401  (this experiment's figures)

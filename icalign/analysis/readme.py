@@ -19,7 +19,7 @@ from icalign.analysis import report
 from icalign.analysis.readme_bench import figure1_bench, gd_sweep_bench, precision, train_step_bench
 from icalign.analysis.report import machine as _hw, num as _f, table as _table
 from icalign.io import read_json, write_text
-from icalign.selfcorrect.critic_study import loop_claims, saturation
+from icalign.analysis.selfcorrect_claims import loop_claims, saturation
 
 __all__ = ["SECTIONS", "render", "update", "check"]
 

@@ -20,7 +20,7 @@ import numpy as np
 from icalign import model as M
 from icalign.core.stats import mean_ci
 from icalign.core.validate import check_int, check_positive
-from icalign.selfcorrect.bayes import posterior_rounds
+from icalign.theory.bayes import posterior_rounds
 from icalign.selfcorrect.concept import ConceptTask, sample_concept
 from icalign.selfcorrect.concept_model import (concept_config, concept_learner, concept_loop, fit_layer_probes,
                                                train_concept)

@@ -17,7 +17,7 @@ import itertools
 import jax
 import numpy as np
 
-from icalign.selfcorrect import bayes
+from icalign.theory import bayes
 
 __all__ = ["claims"]
 
