@@ -17,7 +17,7 @@ from icalign import training as T
 from icalign.analysis import ablations as A
 from icalign.analysis import evaluate as E
 from icalign.analysis import health as H
-from icalign.analysis import report
+from icalign.analysis import report, sweep_claims
 from icalign.core import keys
 from icalign.core.sharding import describe, sweep_mesh
 from icalign.core.stats import summarise
@@ -111,7 +111,7 @@ def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = 
         "architectures": saved.entries, "gd": gd, "reference": {k: v["replace"]["0.0"] for k, v in ref.items()},
         "devices": describe(sweep_mesh(len(seeds))), "seconds": time.perf_counter() - t0, "hardware": hardware(),
     }
-    res["claims"] = report.ablation_claims(res)
+    res["claims"] = sweep_claims.ablation_claims(res)
     res = publish(path, res, figures=figures, markdown=report.ablation_markdown)
     saved.done()
     print(report.ablation_markdown(res, claims_only=True))

@@ -21,7 +21,7 @@ from icalign import model as M
 from icalign import training as T
 from icalign.analysis import evaluate as E
 from icalign.analysis import health as H
-from icalign.analysis import report
+from icalign.analysis import report, sweep_claims
 from icalign.core import keys
 from icalign.core.sharding import describe, sweep_mesh
 from icalign.core.tasks import CORRUPTIONS, DEFAULT_LEVELS, LEVEL_NAMES, check_corruption_levels, sample_contexts
@@ -114,8 +114,8 @@ def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = 
         "seconds": {"train": t_train, "evaluate": t_eval, "total": time.perf_counter() - t0},
         "hardware": hardware(),
     }
-    res["health"] = report.noise_health(res)
-    res["claims"] = report.noise_claims(res)
+    res["health"] = sweep_claims.noise_health(res)
+    res["claims"] = sweep_claims.noise_claims(res)
     res = publish(path, res, figures=figures, markdown=report.noise_markdown)
     print(report.noise_markdown(res, claims_only=True))
     return res

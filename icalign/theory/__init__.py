@@ -4,5 +4,5 @@ step (:mod:`~icalign.theory.construct`, block weights in :mod:`~icalign.theory.b
 preconditions and error bound (:mod:`~icalign.theory.bounds`), the necessity study of each
 component's architectures and target (:mod:`~icalign.theory.necessity`), the latent-concept
 posterior (:mod:`~icalign.theory.bayes`), the numerical verification of every claim
-(:mod:`~icalign.theory.verify`, latent-concept rows in :mod:`~icalign.theory.concept_claims`) and
+(:mod:`~icalign.theory.verify`, latent-concept rows in :mod:`~icalign.theory.concept_checks`) and
 the adversarial hunt for counterexamples (:mod:`~icalign.theory.search`)."""

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from icalign.core import losses
-from icalign.theory import bounds, concept_claims, construct, gd, search
+from icalign.theory import bounds, concept_checks, construct, gd, search
 
 __all__ = ["claims", "verify", "table", "EXACT", "WIDE_SHAPES"]
 
@@ -154,7 +154,7 @@ def claims(key, contexts: int):
            "(jax.grad)", n, float(err.max()), float(b.max()), float(np.max(err / b)), "PL")
 
     # --- latent concept (docs/theory.md section 5) ---
-    for row in concept_claims.claims(next(k), contexts):
+    for row in concept_checks.checks(next(k), contexts):
         yield _fixed(*row)
 
     # --- refusals: inputs outside the preconditions raise before anything runs ---
