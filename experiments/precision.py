@@ -22,7 +22,7 @@ from icalign.core import keys
 from icalign.core.stats import summarise
 from icalign.core.tasks import sample_contexts
 from icalign.core.validate import check_int
-from icalign.experiment import check_seed, config_record, publish, result_path, runner
+from icalign.experiment import check_seed, config_record, publish, result_path, runner, train_or_load
 from icalign.experiments import tf_vs_gd
 from icalign.io import hardware
 from icalign.viz.precision import precision_figure
@@ -70,10 +70,7 @@ def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = 
     for precision in PRECISIONS:
         model = dataclasses.replace(cfg.model, precision=precision)
         t0 = time.perf_counter()
-        if run_root is None:
-            trained = T.train(model, cfg.train, seeds=seeds, checkpoint=False, progress=progress)
-        else:
-            trained = T.train_or_load(model, cfg.train, seeds=seeds, run_root=run_root, progress=progress)
+        trained = train_or_load(model, cfg.train, seeds=seeds, run_root=run_root, progress=progress)
         seconds = time.perf_counter() - t0
         curves = transformer_curves(trained.params, model, ctx, ctx.r_true[:, None, :])
         nmse_seed = curves.nmse[:, 0].mean(axis=1)  # (seeds, T): each seed's mean over the contexts

@@ -209,3 +209,12 @@ def test_every_module_imports_on_its_own(imported_each):
 
 def test_importing_icalign_never_changes_the_matplotlib_backend(imported_each):
     assert imported_each["backend"] == "svg"
+
+
+def test_no_issue_numbers_in_code_output_or_documents():
+    """Code, its output and the docs cite docs/theory.md, never the tracker's numbers."""
+    pattern = re.compile(r"\bissues? ?#?\d|\bissue\d", re.IGNORECASE)
+    found = [f"{p.relative_to(ROOT)}: {m.group(0)}" for folder in ("icalign", "experiments", "docs", "tests")
+             for p in (ROOT / folder).rglob("*") if p.suffix in (".py", ".md", ".toml", ".txt")
+             for m in pattern.finditer(p.read_text())]
+    assert found == []

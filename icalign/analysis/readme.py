@@ -60,7 +60,7 @@ def tf_vs_gd(root: Path) -> str:
                      f"{_loaded(res)}):\n\n"
                      + _table(head, _tf_rows(res)))
     for res, what in ((quick, "quick"), (full, "full")):
-        g = health.variant_gate([res["train_loss_first_last"][1]], res["train_config"], res["model_config"],
+        g = health.variant_gate(health.final_train_loss(res), res["train_config"], res["model_config"],
                                 nmse_mean=res["comparison"]["nmse"]["transformer"]["mean"])
         parts.append(_tf_diff(res, what) + f" Training health: **{g['status']}**" + (f" ({g['reason']})." if g["reason"]
                                                                                     else "."))

@@ -24,7 +24,7 @@ def noise_health(res: dict) -> dict:
     if "health" in res:
         return res["health"]
     S, out = len(res["seeds"]), {}
-    loss = np.asarray(res["train_loss_last50"], float)
+    loss = np.asarray(H.final_train_loss(res), float)
     for j, tl in enumerate(res["train_levels"]):
         s = res["transformer"][str(tl)]["replace"][str(tl)]["nmse"]
         out[str(tl)] = H.variant_gate(loss[j * S:(j + 1) * S], res["train_config"], res["model_config"], float(tl),
@@ -73,7 +73,7 @@ def ablation_health(res: dict) -> dict:
     for key, a in res["architectures"].items():
         if a.get("status") != "ok":
             continue
-        out[key] = a.get("health") or H.variant_gate(a["train_loss_last50"], a.get("train_config", res["train_config"]),
+        out[key] = a.get("health") or H.variant_gate(H.final_train_loss(a), a.get("train_config", res["train_config"]),
                                                      a["config"], nmse_per_seed=a["nmse_per_seed"])
     return out
 

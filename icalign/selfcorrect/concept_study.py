@@ -173,7 +173,7 @@ def concept_study(key, task: ConceptTask, cfg, *, steps: int, batch: int, lr: fl
         "task": task.to_dict(), "model_config": cfg.to_dict(),
         "train": {"steps": steps, "batch": batch, "lr": lr, "beta": beta,
                   "loss": "full-context PL on true rewards (beta * cosine)", "seconds": t_train,
-                  "loss_first50": float(losses[:50].mean()), "loss_last50": float(losses[-50:].mean())},
+                  "first_train_loss": float(losses[:50].mean()), "final_train_loss": float(losses[-50:].mean())},
         "probes": {**rep, "best_layer": best},
         "critic_names": names, "n0": n0,
         "conditions": conditions, "tracking": track,

@@ -11,7 +11,7 @@ the construction through ``model.apply`` and the closed form of ``icalign.gd``, 
 error / bound. A few rounds of local search (random multiplicative moves, kept when the ratio
 grows) then push on the worst contexts found. ``checker`` swaps in another precondition set and
 bound: tests replay the first version's (rewards only, and a claimed 1e-9) and the hunt finds
-the counterexample of issue 13 against it.
+the far-candidate counterexample against it (docs/theory.md section 3).
 """
 
 from __future__ import annotations

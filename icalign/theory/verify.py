@@ -163,7 +163,7 @@ def claims(key, contexts: int):
     repro = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), ctx.replace(
         x=jnp.array([0.5, -0.3, 0.2]), ys=50 * jnp.array([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [-1, 0, 0]]),
         rewards=jnp.array([0.2, 0.9, 0.45, 0.7]), r_true=jnp.zeros(4), y_star=jnp.zeros(3)))
-    yield _fixed("issue 13's context (candidates 50 e_i, W0 = I) is refused (0 = refused)", 4,
+    yield _fixed("the far-candidate context (candidates 50 e_i, W0 = I) is refused (0 = refused)", 4,
                  _refused(construct.spec_for(4, 3, np.eye(3)), repro), 0.0)
 
 

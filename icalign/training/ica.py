@@ -224,7 +224,9 @@ def load_run(run, run_root="runs") -> TrainResult:
 def train_or_load(model_cfg: M.ModelConfig, train_cfg: TrainConfig = TrainConfig(), seeds=(0,), lrs=None,
                   noise_levels=None, *, run_root="runs", force: bool = False, progress: bool = True) -> TrainResult:
     """Load the finished run with these settings if there is one (and not ``force``);
-    otherwise train (resuming a partial run)."""
+    otherwise train (resuming a partial run). ``run_root=None`` trains in memory (no run folder)."""
+    if run_root is None:
+        return train(model_cfg, train_cfg, seeds, lrs, noise_levels, checkpoint=False, progress=progress)
     runs = run_settings(seeds, lrs, noise_levels, train_cfg)
     _check_configs(model_cfg, train_cfg, len(runs))
     run_dir = run_dir_for(model_cfg, train_cfg, runs, run_root)
