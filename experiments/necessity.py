@@ -15,9 +15,9 @@ import time
 import jax
 import numpy as np
 
+from icalign.analysis import health as H, necessity as study, necessity_claims
 from icalign.config import short_hash
 from icalign.core.validate import check_int, check_positive
-from icalign.analysis import necessity as study, necessity_claims
 from icalign.experiment import Progress, check_seed, check_seeds, config_record, publish, result_path, runner
 from icalign.io import hardware
 from icalign.theory import construct, necessity
@@ -98,7 +98,7 @@ def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = 
                 "n": n, "variant": name, "construction_rel_error_float64": built,
                 "rel_error_per_seed": rel, **necessity_claims.seed_summary(rel),  # a diverged seed (NaN) is reported
                 "n_layers": arch.n_layers, "n_heads": arch.n_heads, "head_dim": arch.head_size,
-                "attention": arch.attention, "ffn": arch.ffn, "final_train_loss": curves[:, -20:].mean(axis=1),
+                "attention": arch.attention, "ffn": arch.ffn, "final_train_loss": curves[:, -H.WINDOW:].mean(axis=1),
                 "seconds": time.perf_counter() - t0})
             s = saved.get((n, name))
             # float(): a diverged variant's summary is NaN, which the saved JSON holds as "nan"
