@@ -17,13 +17,14 @@ from icalign import training as T
 from icalign.analysis import ablations as A
 from icalign.analysis import evaluate as E
 from icalign.analysis import health as H
-from icalign.analysis import report
+from icalign.analysis import report, sweep_claims
 from icalign.core import keys
 from icalign.core.sharding import describe, sweep_mesh
 from icalign.core.stats import summarise
 from icalign.core.tasks import sample_contexts
+from icalign.core.validate import described
 from icalign.experiment import (EvalConfig, Progress, check_seed, check_seeds, config_record, publish,
-                                result_path, runner)
+                                result_path, runner, train_or_load)
 from icalign.io import hardware
 from icalign.viz import ablations as figs
 
@@ -36,7 +37,8 @@ class Config:
     model: M.ModelConfig = M.BASE
     train: T.TrainConfig = T.TrainConfig()
     eval: EvalConfig = EvalConfig(contexts=256)
-    factors: tuple[str, ...] = tuple(A.FACTORS)
+    factors: tuple[str, ...] = described(tuple(A.FACTORS), "the factors varied one at a time",
+                                         choices=tuple(A.FACTORS))
     depths: tuple[int, ...] = A.DEPTHS
     heads: tuple[int, ...] = A.HEADS
     probe_lrs: tuple[float, ...] = ()  # the attention factor again at these learning rates
@@ -86,9 +88,9 @@ def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = 
         train = cfg.train if job["lr"] is None else dataclasses.replace(cfg.train, lr=job["lr"])
         entry = {"config": job["arch"].to_dict(), "train_config": train.to_dict(),
                  "variants": [v["name"] for v in job["variants"]],
-                 **A.train_and_score(job["arch"], train, ctx, seeds, run_root, progress)}
+                 **A.train_and_score(job["arch"], train, ctx, seeds, run_root, progress, train_or_load)}
         if entry["status"] == "ok":
-            entry["health"] = H.variant_gate(entry["train_loss_last50"], train.to_dict(), job["arch"].to_dict(),
+            entry["health"] = H.variant_gate(entry["final_train_loss"], train.to_dict(), job["arch"].to_dict(),
                                              nmse_per_seed=entry["nmse_per_seed"])
         entry["seconds"] = time.perf_counter() - t1
         saved.put(job["key"], entry)
@@ -111,7 +113,7 @@ def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = 
         "architectures": saved.entries, "gd": gd, "reference": {k: v["replace"]["0.0"] for k, v in ref.items()},
         "devices": describe(sweep_mesh(len(seeds))), "seconds": time.perf_counter() - t0, "hardware": hardware(),
     }
-    res["claims"] = report.ablation_claims(res)
+    res["claims"] = sweep_claims.ablation_claims(res)
     res = publish(path, res, figures=figures, markdown=report.ablation_markdown)
     saved.done()
     print(report.ablation_markdown(res, claims_only=True))

@@ -11,12 +11,13 @@ import time
 
 from icalign import model as M
 from icalign import training as T
+from icalign.analysis.health import WINDOW
 from icalign.analysis.mechanism import shared_study, triplet_study
 from icalign.analysis.mechanism_claims import claims
 from icalign.core import keys
 from icalign.core.tasks import sample_contexts
 from icalign.core.validate import check_int
-from icalign.experiment import EvalConfig, check_seed, config_record, publish, result_path
+from icalign.experiment import EvalConfig, check_seed, config_record, publish, result_path, runner, train_or_load
 from icalign.io import hardware
 from icalign.viz import mechanism as V
 
@@ -77,18 +78,13 @@ def figures(res: dict) -> dict:
     return figs
 
 
-def _trained(model, train, seed, run_root, progress):
-    if run_root is None:
-        return T.train(model, train, seeds=(seed,), checkpoint=False, progress=progress)
-    return T.train_or_load(model, train, seeds=(seed,), run_root=run_root, progress=progress)
-
-
 def _record(trained, seconds: float) -> dict:
     return {"train_config": trained.train_config.to_dict(), "train_loaded": trained.loaded, "train_seconds": seconds,
             "run_folder": None if trained.run_dir is None else trained.run_dir.name,
-            "train_loss_first_last": [float(trained.losses[0, :50].mean()), float(trained.losses[0, -50:].mean())]}
+            "first_train_loss": trained.losses[:, :WINDOW].mean(1), "final_train_loss": trained.losses[:, -WINDOW:].mean(1)}
 
 
+@runner
 def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = True, run_root=None) -> dict:
     path = result_path(out, "mechanism", force)
     t0 = time.perf_counter()
@@ -96,7 +92,7 @@ def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = 
     res = {"experiment": NAME, "name": None if out is None else out.name, **config_record(cfg),
            "model_config": cfg.model.to_dict(), "seed": cfg.seed, "hardware": hardware()}
     m, d, n = cfg.model, cfg.model.d, cfg.model.n
-    trained = _trained(m, cfg.train, cfg.seed, run_root, progress)
+    trained = train_or_load(m, cfg.train, seeds=(cfg.seed,), run_root=run_root, progress=progress)
     res["n_params"] = M.param_count(trained.params_of(0))
     t1 = time.perf_counter()
     ctx = sample_contexts(k_ctx, cfg.eval.contexts, d, n)
@@ -106,7 +102,7 @@ def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = 
     if cfg.triplets:
         t2 = time.perf_counter()
         tt = cfg.triplet_train
-        trained = _trained(m, tt, cfg.seed, run_root, progress)
+        trained = train_or_load(m, tt, seeds=(cfg.seed,), run_root=run_root, progress=progress)
         ctx = sample_contexts(k_ctx3, cfg.eval.contexts, d, n, tt.queries, tt.query_corr)
         res["triplet"] = {**_record(trained, time.perf_counter() - t2), **triplet_study(
             trained.params_of(0), m, ctx, k_study3, cfg.etas, tt.query_corr, cfg.k_max, cfg.minimiser_steps,

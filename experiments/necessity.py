@@ -1,11 +1,11 @@
 """`icalign run necessity`: is each component needed to compute one PL gradient step?
 
 For every N, the construction's architecture and each reduced one (linear attention, one head,
-no FFN, half the blocks) train on the one-step PL target, several seeds at once through the one
-training loop (icalign.theory.necessity), reported by the median and best held-out relative
-error over seeds; each reduced one gets a statement (needed / not needed / not resolved / not
-trained) from a rank test over seeds against the full one (necessity.claims). The hand-built
-construction's float64 error is the reference. Progress is saved after every (N, variant)."""
+no FFN, half the blocks) train on the one-step PL target (icalign.analysis.necessity), reported
+by the median and best held-out relative error over seeds; each reduced one gets a statement
+(needed / not needed / not resolved / not trained) from a rank test over seeds against the full
+one (icalign.analysis.necessity_claims). The hand-built construction's float64 error is the
+reference. Progress is saved after every (N, variant)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ import time
 import jax
 import numpy as np
 
+from icalign.analysis import health as H, necessity as study, necessity_claims
+from icalign.config import short_hash
 from icalign.core.validate import check_int, check_positive
 from icalign.experiment import Progress, check_seed, check_seeds, config_record, publish, result_path, runner
 from icalign.io import hardware
@@ -90,13 +92,13 @@ def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = 
                 continue
             t0 = time.perf_counter()
             run_dir = None if run_root is None else run_root / f"necessity-{saved_key(cfg, n, name)}"
-            rel, curves = necessity.fit_variant(k_fit, spec, arch, cfg.seeds, cfg.steps, cfg.batch, cfg.lr,
-                                                run_dir=run_dir, progress=progress)
+            rel, curves = study.fit_variant(k_fit, spec, arch, cfg.seeds, cfg.steps, cfg.batch, cfg.lr,
+                                            run_dir=run_dir, progress=progress)
             saved.put((n, name), {
                 "n": n, "variant": name, "construction_rel_error_float64": built,
-                "rel_error_per_seed": rel, **necessity.seed_summary(rel),  # a diverged seed (NaN) is reported
+                "rel_error_per_seed": rel, **necessity_claims.seed_summary(rel),  # a diverged seed (NaN) is reported
                 "n_layers": arch.n_layers, "n_heads": arch.n_heads, "head_dim": arch.head_size,
-                "attention": arch.attention, "ffn": arch.ffn, "final_train_loss": curves[:, -20:].mean(axis=1),
+                "attention": arch.attention, "ffn": arch.ffn, "final_train_loss": curves[:, -H.WINDOW:].mean(axis=1),
                 "seconds": time.perf_counter() - t0})
             s = saved.get((n, name))
             # float(): a diverged variant's summary is NaN, which the saved JSON holds as "nan"
@@ -117,7 +119,7 @@ def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = 
                      "construction_metric": f"the same on {cfg.construction_contexts} contexts, float64",
                      "summary": "median and best over seeds", "target": "one PL GD step, sqdist reward",
                      "seed": cfg.seed},
-        "results": table, "claims": necessity.claims(table), "seconds": time.perf_counter() - t_start,
+        "results": table, "claims": necessity_claims.claims(table), "seconds": time.perf_counter() - t_start,
         "hardware": hardware()}
     res = publish(path, res, figures=figures)
     saved.done()
@@ -125,6 +127,4 @@ def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = 
 
 
 def saved_key(cfg: Config, n: int, name: str) -> str:
-    from icalign.config import short_hash
-
     return f"{short_hash(cfg)}-n{n}-{name.replace(' ', '_')}"

@@ -3,7 +3,7 @@ the tf-vs-gd task. The same seeds (same initialisation and data stream) train on
 precision; the result holds both training curves and the held-out normalised MSE per t, and
 two agreement claims, paired by seed (:func:`icalign.analysis.claims.agreement`): the final
 training loss and the final error agree within the float32 seed spread. Wiring only: train
-(icalign.training), evaluate (icalign.analysis.evaluate), judge (icalign.analysis.claims),
+(icalign.training), evaluate (icalign.analysis.evaluate), judge (icalign.analysis.precision_claims),
 draw (icalign.viz.precision)."""
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ import numpy as np
 
 from icalign import model as M
 from icalign import training as T
-from icalign.analysis import claims
+from icalign.analysis import claims, precision_claims
 from icalign.analysis.evaluate import transformer_curves
 from icalign.analysis.health import WINDOW, variant_gate
 from icalign.core import keys
 from icalign.core.stats import summarise
 from icalign.core.tasks import sample_contexts
 from icalign.core.validate import check_int
-from icalign.experiment import check_seed, config_record, publish, result_path, runner
+from icalign.experiment import check_seed, config_record, publish, result_path, runner, train_or_load
 from icalign.experiments import tf_vs_gd
 from icalign.io import hardware
 from icalign.viz.precision import precision_figure
@@ -58,20 +58,6 @@ def figures(res: dict) -> dict:
     return {"": precision_figure(res)}
 
 
-def _judge(res: dict) -> list[dict]:
-    """Agreement claims, bfloat16 against float32, paired by seed; margin: the float32 seed sd."""
-    n_ctx = res["eval_contexts"]
-    out = []
-    for key, what in (("final_train_loss", f"training loss (mean of the last {res['window']} steps)"),
-                      ("final_nmse", "held-out normalised MSE at the largest t")):
-        a, b = (claims.sample(p, res[p][key], "seeds", n_contexts=n_ctx, health=res[p]["health"])
-                for p in ("bfloat16", "float32"))
-        margin = float(np.std(res["float32"][key], ddof=1))
-        out.append(claims.agreement(f"bfloat16 and float32 reach the same {what}", a, b, margin,
-                                    margin_text="the float32 seed sd"))
-    return out
-
-
 @runner
 def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = True, run_root=None) -> dict:
     path = result_path(out, "precision", force)
@@ -84,10 +70,7 @@ def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = 
     for precision in PRECISIONS:
         model = dataclasses.replace(cfg.model, precision=precision)
         t0 = time.perf_counter()
-        if run_root is None:
-            trained = T.train(model, cfg.train, seeds=seeds, checkpoint=False, progress=progress)
-        else:
-            trained = T.train_or_load(model, cfg.train, seeds=seeds, run_root=run_root, progress=progress)
+        trained = train_or_load(model, cfg.train, seeds=seeds, run_root=run_root, progress=progress)
         seconds = time.perf_counter() - t0
         curves = transformer_curves(trained.params, model, ctx, ctx.r_true[:, None, :])
         nmse_seed = curves.nmse[:, 0].mean(axis=1)  # (seeds, T): each seed's mean over the contexts
@@ -101,7 +84,7 @@ def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = 
             "train_seconds": seconds, "train_loaded": trained.loaded,
             "run_folder": None if trained.run_dir is None else trained.run_dir.name}
     res["hardware"] = hardware()
-    res["claims"] = _judge(res)
+    res["claims"] = precision_claims.claims(res)
     res = publish(path, res, figures=figures, markdown=lambda r: "\n".join(claims.line(c) for c in r["claims"]))
     for c in res["claims"]:
         print(claims.line(c))

@@ -21,12 +21,12 @@ from icalign import model as M
 from icalign import training as T
 from icalign.analysis import evaluate as E
 from icalign.analysis import health as H
-from icalign.analysis import report
+from icalign.analysis import report, sweep_claims
 from icalign.core import keys
 from icalign.core.sharding import describe, sweep_mesh
 from icalign.core.tasks import CORRUPTIONS, DEFAULT_LEVELS, LEVEL_NAMES, check_corruption_levels, sample_contexts
 from icalign.experiment import (EvalConfig, check_seed, check_seeds, config_record, publish, result_path,
-                                runner)
+                                runner, train_or_load)
 from icalign.io import hardware
 from icalign.viz import sweeps
 
@@ -72,12 +72,8 @@ def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = 
     run_seeds = [s for _ in cfg.train_levels for s in seeds]
     run_levels = [lv for lv in cfg.train_levels for _ in seeds]
     t0 = time.perf_counter()
-    if run_root is None:
-        trained = T.train(cfg.model, cfg.train, seeds=run_seeds, noise_levels=run_levels, checkpoint=False,
-                          progress=progress)
-    else:
-        trained = T.train_or_load(cfg.model, cfg.train, seeds=run_seeds, noise_levels=run_levels,
-                                  run_root=run_root, progress=progress)
+    trained = train_or_load(cfg.model, cfg.train, seeds=run_seeds, noise_levels=run_levels, run_root=run_root,
+                            progress=progress)
     t_train = time.perf_counter() - t0
 
     k_ctx, k_corrupt, k_gd = keys.eval_keys(cfg.seed, 3)
@@ -108,14 +104,14 @@ def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = 
                     "pl": "PL loss of y_hat_t on all N candidates ranked by their true rewards (cosine reward)"},
         "transformer": transformer, "gd": gd, "reference": H.reference_nmse(ctx, rewards, cols),
         "run_folder": None if trained.run_dir is None else trained.run_dir.name,
-        "train_loss_last50": trained.losses[:, -50:].mean(axis=1),
+        "final_train_loss": trained.losses[:, -H.WINDOW:].mean(axis=1),
         "devices": describe(sweep_mesh(len(run_seeds))),
         "train_loaded": trained.loaded,  # True: training time is a load, not a training run
         "seconds": {"train": t_train, "evaluate": t_eval, "total": time.perf_counter() - t0},
         "hardware": hardware(),
     }
-    res["health"] = report.noise_health(res)
-    res["claims"] = report.noise_claims(res)
+    res["health"] = sweep_claims.noise_health(res)
+    res["claims"] = sweep_claims.noise_claims(res)
     res = publish(path, res, figures=figures, markdown=report.noise_markdown)
     print(report.noise_markdown(res, claims_only=True))
     return res

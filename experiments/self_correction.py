@@ -5,7 +5,7 @@ N0 clean candidates, T rounds; each round the learner answers, a critic scores t
 it is appended. Learners: the published Adam baseline, plain GD, and a small transformer
 trained here on the published task (``seeds`` seeds, the unit of its claims, after the
 training-health gate). Critics: the null critic (random scores), exact, Gaussian noise, flips,
-bias. Claims (icalign.selfcorrect.critic_study): a critic's gain minus the null critic's,
+bias. Claims (icalign.analysis.selfcorrect_claims): a critic's gain minus the null critic's,
 and the choice entropy at ``entropy_beta``, where it is not saturated.
 Part 2, latent concept (icalign.selfcorrect.concept_study): a transformer trained on the
 right-vs-wrong family mixture, per-layer probes, and the loop against the exact Bayes
@@ -17,19 +17,17 @@ from __future__ import annotations
 import dataclasses
 import time
 
-import jax
-
 from icalign import model as M
 from icalign import training as T
-from icalign.core import tasks
 from icalign.analysis import health as H
+from icalign.analysis.selfcorrect_claims import loop_claims
+from icalign.core import keys, tasks
 from icalign.core.validate import check_int, check_positive
-from icalign.experiment import check_seed, check_seeds, config_record, publish, result_path, runner
+from icalign.experiment import check_seed, check_seeds, config_record, publish, result_path, runner, train_or_load
 from icalign.io import hardware
 from icalign.selfcorrect import CRITIC_SETTINGS, NULL_CRITIC, critic_sweep, gd_learner, make_critics, transformer_learner
-from icalign.selfcorrect.critic_study import loop_claims
-from icalign.selfcorrect.metrics import combine_seeds, metric_notes
 from icalign.selfcorrect.concept_study import ConceptConfig, concept_study
+from icalign.selfcorrect.metrics import combine_seeds, metric_notes
 from icalign.viz.selfcorrect import figures  # noqa: F401  (this experiment's figures)
 
 NAME = "self-correction"
@@ -81,8 +79,8 @@ FULL = Config(contexts=256, draws=8, model=M.ModelConfig(n_layers=8, n_heads=4, 
 def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = True, run_root=None) -> dict:
     t_start = time.perf_counter()
     path = result_path(out, STEM, force)
-    key = jax.random.PRNGKey(cfg.seed)
-    k_ctx, k_sweep, k_eval, k_concept = (jax.random.fold_in(key, i) for i in range(4))
+    # the seed's evaluation stream (core.keys): never a training run's init, data or corruption key
+    k_ctx, k_sweep, k_eval, k_concept = keys.eval_keys(cfg.seed, 4)
     ctx = tasks.sample_contexts(k_ctx, cfg.contexts, 5, cfg.n0)
     names, critics = make_critics()
     sweep = lambda learner: critic_sweep(k_sweep, learner, ctx, critics, names, cfg.rounds, cfg.draws, cfg.tolerance,
@@ -95,13 +93,13 @@ def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = 
     concept_res = None
     if cfg.transformer:
         t0, seeds = time.perf_counter(), tuple(cfg.seed + i for i in range(cfg.seeds))
-        trained = (T.train_or_load(cfg.model, cfg.train, seeds=seeds, run_root=run_root, progress=progress) if run_root
-                   else T.train(cfg.model, cfg.train, seeds=seeds, checkpoint=False, progress=progress))
+        trained = train_or_load(cfg.model, cfg.train, seeds=seeds, run_root=run_root, progress=progress)
         health = H.run_gate(trained, tasks.sample_contexts(k_eval, 256, cfg.model.d, cfg.model.n))
         info = {"model_config": cfg.model.to_dict(), "train_config": cfg.train.to_dict(),
                 "seconds": time.perf_counter() - t0, "train_loaded": trained.loaded,
-                "loss_first50": trained.losses[:, :50].mean(1),
-                "loss_last50": trained.losses[:, -50:].mean(1), "health": health}
+                "run_folder": None if trained.run_dir is None else trained.run_dir.name,
+                "first_train_loss": trained.losses[:, :H.WINDOW].mean(1),
+                "final_train_loss": trained.losses[:, -H.WINDOW:].mean(1), "health": health}
         m, tf = cfg.model, transformer_learner(trained.params_of(0), cfg.model)  # one learner: one compile
         learners["transformer"] = {
             "label": f"transformer ({m.n_layers} layers, width {m.d_model}, {cfg.train.steps} steps, stacked; "

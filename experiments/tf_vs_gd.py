@@ -11,9 +11,10 @@ import time
 from icalign import model as M
 from icalign import training as T
 from icalign.analysis.compare import compare
+from icalign.analysis.health import WINDOW, variant_gate
 from icalign.core import keys
 from icalign.core.tasks import sample_contexts
-from icalign.experiment import EvalConfig, check_seed, config_record, publish, result_path, runner
+from icalign.experiment import EvalConfig, check_seed, config_record, publish, result_path, runner, train_or_load
 from icalign.io import hardware
 from icalign.viz.tf import tf_vs_gd
 
@@ -50,10 +51,7 @@ def figures(res: dict) -> dict:
 def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = True, run_root=None) -> dict:
     path = result_path(out, "tf_vs_gd", force)
     t0 = time.perf_counter()
-    if run_root is None:
-        trained = T.train(cfg.model, cfg.train, seeds=(cfg.seed,), checkpoint=False, progress=progress)
-    else:
-        trained = T.train_or_load(cfg.model, cfg.train, seeds=(cfg.seed,), run_root=run_root, progress=progress)
+    trained = train_or_load(cfg.model, cfg.train, seeds=(cfg.seed,), run_root=run_root, progress=progress)
     t_train = time.perf_counter() - t0
     k_ctx, k_gd = keys.eval_keys(cfg.seed, 2)
     ctx = sample_contexts(k_ctx, cfg.eval.contexts, cfg.model.d, cfg.model.n, cfg.train.queries,
@@ -69,11 +67,14 @@ def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = 
         "n_params": M.param_count(trained.params_of(0)),
         # the run folder's name (its settings' hash) under the run root: no machine's paths
         "run_folder": None if trained.run_dir is None else trained.run_dir.name,
-        "train_loss_first_last": [float(trained.losses[0, :50].mean()), float(trained.losses[0, -50:].mean())],
+        "first_train_loss": trained.losses[:, :WINDOW].mean(1), "final_train_loss": trained.losses[:, -WINDOW:].mean(1),
         "train_loaded": trained.loaded,  # True: training time is a load, not a training run
         "seconds": {"train": t_train, "evaluate": t_eval, "total": time.perf_counter() - t0},
         "hardware": hardware(), "comparison": cmp,
     }
+    # the training-health verdict, stored beside the numbers it judges (as every experiment's is)
+    res["health"] = variant_gate(res["final_train_loss"], res["train_config"], res["model_config"],
+                                 nmse_mean=cmp["nmse"]["transformer"]["mean"])
     res = publish(path, res, figures=figures)
     ts, nm = list(cmp["t"]), res["comparison"]["nmse"]
     for t in (1, 2, 5, 10, 15):

@@ -1,17 +1,8 @@
-"""The ``icalign`` command: dispatch only; no logic lives here.
+"""The icalign command: it parses flags and calls the experiment, benchmark or renderer.
 
-    icalign run NAME [--quick | --full] [--config FILE.toml] [--set KEY=VALUE ...] [--seed S]
-                     [--name RUN] [--out DIR] [--force] [--show-config] [--run-root DIR]
-    icalign verify [same flags]          the same as `icalign run verify`
-    icalign bench NAME [flags]           a benchmark (prints JSON)
-    icalign readme [--check]             rewrite (or check) README.md's result sections from figures/
-    icalign redraw RESULT.json ...       redraw a result's markdown and figures from its JSON
-    icalign list                         every experiment and benchmark
-
-An experiment's results go to ``<--out>/<NAME>/<--name>/`` (default ``results/NAME/quick``,
-``.../full``, or ``.../variant-<hash>`` for an overridden config). Experiments are the modules
-of ``experiments/`` (shipped as ``icalign.experiments``), benchmarks those of
-``icalign/benchmarks/``; a module's file name with '_' read as '-' is its command name.
+Experiments are the modules of experiments/ (shipped as icalign.experiments), benchmarks those
+of icalign/benchmarks/; a module's file name with '_' read as '-' is its command name. What
+`icalign --help` prints is COMMANDS below.
 """
 
 from __future__ import annotations
@@ -26,7 +17,25 @@ from pathlib import Path
 import icalign.benchmarks
 import icalign.experiments
 from icalign import config as C
-from icalign.experiment import default_name, preflight
+from icalign.experiment import default_name, preflight, run_folders
+
+
+DESCRIPTION = "Self-correction as in-context alignment: run the sandbox's experiments, checks and benchmarks."
+COMMANDS = """commands:
+  run NAME      run an experiment; results go to results/NAME/quick (or full, or variant-HASH)
+                  e.g. icalign run tf-vs-gd --set model.n_layers=4 --no-progress
+                  (icalign run NAME --help lists its flags and every --set key)
+  verify        check every theorem-as-code claim in float64 (the same as icalign run verify)
+                  e.g. icalign verify --set contexts=16
+  list          list every experiment and benchmark with one line each
+                  e.g. icalign list
+  bench NAME    time one piece of the code and print JSON
+                  e.g. icalign bench train-step
+  redraw FILE   redraw a result's markdown and figures from its JSON, without rerunning
+                  e.g. icalign redraw figures/tf-vs-gd/quick/tf_vs_gd.json
+  readme        rewrite (or --check) the README's result sections from the committed results
+                  e.g. icalign readme --check
+"""
 
 
 def _modules(package) -> dict[str, str]:
@@ -52,8 +61,11 @@ def _sub(kind: str, name: str, table: dict[str, str]):
 
 
 def _run_parser(name: str, mod) -> argparse.ArgumentParser:
+    keys = "\n".join(f"  {k}\n      {text}" for k, text in C.describe_keys(mod.QUICK))
     p = argparse.ArgumentParser(prog=f"icalign run {name}", description=mod.DESCRIPTION,
-                                epilog="Keys for --set: " + ", ".join(C.keys(mod.QUICK)))
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=f"keys for --set and --config (type; default of --quick; allowed values):\n{keys}\n\n"
+                                       f"example: icalign run {name} --set seed=1 --no-progress")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", dest="preset", action="store_const", const="quick", default="quick",
                       help="the preset sized for a 2-core CPU in minutes (the default)")
@@ -68,8 +80,11 @@ def _run_parser(name: str, mod) -> argparse.ArgumentParser:
                    help="output root; results go to OUT/NAME/RUN (default results/; "
                         "`--out figures` regenerates the committed results)")
     p.add_argument("--force", action="store_true", help="overwrite a finished result instead of refusing")
-    p.add_argument("--show-config", action="store_true", help="print the resolved config as TOML and exit")
-    p.add_argument("--run-root", type=Path, default=Path("runs"), help="training run folders (default runs/)")
+    p.add_argument("--show-config", action="store_true",
+                   help="print the resolved config as commented TOML (for --config) and exit")
+    p.add_argument("--run-root", type=Path, default=Path("runs"),
+                   help="where trained models are kept, one run folder each (default runs/); a rerun loads them, "
+                        "and icalign.train.load_run(FOLDER) loads one in Python")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     # An experiment may name shortcut flags for config overrides: FLAGS = {"--flag": ("key=value", help)}.
     for flag, (assignment, text) in getattr(mod, "FLAGS", {}).items():
@@ -116,11 +131,14 @@ def _run(name: str, rest: list[str]) -> int:
     args = _run_parser(name, mod).parse_args(rest)
     cfg, out = resolve(name, mod, args)
     if args.show_config:
-        print(C.to_toml(cfg), end="")
+        print(C.to_toml(cfg, comments=True), end="")
         return 0
     print(f"[{name}] results folder: {out}")
-    result = mod.run(cfg, out, force=args.force, progress=not args.no_progress, run_root=args.run_root)
+    result = mod.run(cfg, out, force=args.force, progress=not args.no_progress, run_root=args.run_root, checked=True)
     print(f"[{name}] results folder: {out}")
+    for folder in run_folders(result):  # the trained models, and the one line that loads each
+        print(f"[{name}] trained model: {args.run_root / folder}  (load it: "
+              f"icalign.train.load_run({str(args.run_root / folder)!r}))")
     return int(getattr(mod, "exit_code", lambda r: 0)(result))
 
 
@@ -162,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # The top parser handles -h itself: with argparse's own, `icalign run NAME --help` showed
     # the top-level usage and none of NAME's flags.
-    top = argparse.ArgumentParser(prog="icalign", description=__doc__.split("\n")[0], add_help=False)
+    top = argparse.ArgumentParser(prog="icalign", description=DESCRIPTION, epilog=COMMANDS, add_help=False,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     top.add_argument("-h", "--help", action="store_true", help="show this help (after a NAME: its flags)")
     top.add_argument("command", nargs="?", choices=["run", "bench", "list", "verify", "readme", "redraw"])
     top.add_argument("name", nargs="?")

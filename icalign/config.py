@@ -28,7 +28,8 @@ import typing
 from pathlib import Path
 from typing import Any, Iterable
 
-__all__ = ["ConfigError", "override", "load_toml", "to_toml", "to_dict", "from_dict", "short_hash", "keys"]
+__all__ = ["ConfigError", "override", "load_toml", "to_toml", "to_dict", "from_dict", "short_hash", "keys",
+           "describe_keys"]
 
 
 class ConfigError(ValueError):
@@ -52,6 +53,34 @@ def keys(cfg, prefix: str = "") -> list[str]:
     return out
 
 
+def describe_keys(cfg, prefix: str = "", values: bool = True) -> list[tuple[str, str]]:
+    """(dotted key, description) for every settable key of ``cfg``: its type, its value in
+    ``cfg`` (with ``values``), the allowed values and a help text where the field's metadata
+    gives them (``dataclasses.field(metadata={"help": ..., "choices": ...})``; choices may be
+    a function, for a registry that grows at run time)."""
+    out = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if _is_config(value):
+            out += describe_keys(value, f"{prefix}{f.name}.", values)
+            continue
+        tp = _hints(type(cfg))[f.name]
+        parts = [_describe(tp)] + ([f"default {_plain(value)}"] if values else [])
+        choices = f.metadata.get("choices")
+        if choices:
+            each = "each " if typing.get_origin(_unwrap_optional(tp)[0]) is tuple else ""
+            parts.append(f"{each}one of " + ", ".join(map(str, choices() if callable(choices) else choices)))
+        text = "; ".join(parts)
+        out.append((f"{prefix}{f.name}", text + (f". {f.metadata['help']}" if f.metadata.get("help") else "")))
+    return out
+
+
+def _plain(v) -> str:
+    if v is None or isinstance(v, bool):
+        return str(v).lower()
+    return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+
 def _unwrap_optional(tp):
     args = typing.get_args(tp)
     if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
@@ -63,7 +92,7 @@ def _unwrap_optional(tp):
 def _describe(tp) -> str:
     inner, optional = _unwrap_optional(tp)
     if typing.get_origin(inner) is tuple:
-        name = f"a comma-separated list of {typing.get_args(inner)[0].__name__}"
+        name = f"a list of {typing.get_args(inner)[0].__name__} (a,b or [a, b])"
     else:
         name = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(inner, str(inner))
     return name + (" or none" if optional else "")
@@ -94,6 +123,15 @@ def _parse_scalar(tp, raw):
     raise ValueError
 
 
+def _list_items(text: str) -> list[str]:
+    """The items of a list written ``a,b``, ``[a, b]`` or as TOML writes it, ``["a", "b"]``."""
+    text = text.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    return [x[1:-1] if len(x) >= 2 and x[0] == x[-1] and x[0] in "\"'" else x for x in items]
+
+
 def parse_value(tp, raw):
     """``raw`` (a string from the command line, or a TOML value) as type ``tp``."""
     inner, optional = _unwrap_optional(tp)
@@ -101,7 +139,7 @@ def parse_value(tp, raw):
         return None
     if typing.get_origin(inner) is tuple:
         elem = typing.get_args(inner)[0]
-        items = raw if isinstance(raw, (list, tuple)) else [x for x in str(raw).split(",") if x.strip()]
+        items = raw if isinstance(raw, (list, tuple)) else _list_items(str(raw))
         return tuple(_parse_scalar(elem, x.strip() if isinstance(x, str) else x) for x in items)
     return _parse_scalar(inner, raw)
 
@@ -200,18 +238,25 @@ def _toml_value(v) -> str:
     return repr(v)
 
 
-def to_toml(cfg) -> str:
-    """The resolved config as TOML (top-level values first, then one table per section)."""
+def to_toml(cfg, comments: bool = False) -> str:
+    """The resolved config as TOML (top-level values first, then one table per section);
+    with ``comments`` each key is preceded by its description (:func:`describe_keys`)."""
+    about = dict(describe_keys(cfg, values=False)) if comments else {}
+
+    def entry(prefix, obj, f):
+        note = about.get(prefix + f.name)
+        return ([f"# {note}"] if note else []) + [f"{f.name} = {_toml_value(getattr(obj, f.name))}"]
+
     lines, tables = [], []
     for f in dataclasses.fields(cfg):
-        v = getattr(cfg, f.name)
-        if _is_config(v):
-            tables.append((f.name, v))
+        if _is_config(getattr(cfg, f.name)):
+            tables.append((f.name, getattr(cfg, f.name)))
         else:
-            lines.append(f"{f.name} = {_toml_value(v)}")
+            lines += entry("", cfg, f)
     for name, sub in tables:
-        lines += ["", f"[{name}]"] + [f"{f.name} = {_toml_value(getattr(sub, f.name))}"
-                                      for f in dataclasses.fields(sub)]
+        lines += ["", f"[{name}]"]
+        for f in dataclasses.fields(sub):
+            lines += entry(f"{name}.", sub, f)
     return "\n".join(lines) + "\n"
 
 

@@ -8,7 +8,13 @@ defines ``NAME``, ``DESCRIPTION``, a frozen ``Config`` dataclass with presets ``
 * ``out=None`` computes in memory and writes nothing (training too, unless ``run_root`` is
   given), so a notebook cell can run twice;
 * ``out=DIR`` claims ``DIR/<stem>.json`` first (a finished result is never overwritten
-  without ``force``), then writes the result and its figures there.
+  without ``force``), then writes the result and its figures there;
+* ``run_root=DIR`` keeps every trained model in a run folder under DIR (``runs/`` on the CLI;
+  a result's ``run_folder`` names it, and ``icalign.train.load_run(DIR / run_folder)`` loads
+  it), and a second run loads it instead of training again;
+* ``keep_params=True`` (taken by :func:`runner`) returns the trained models too, in memory,
+  as ``res["trained"]``: a list of ``icalign.train.TrainResult`` (``.params``,
+  ``.params_of(i)``, ``.losses``, ``.run_dir``), in the order they were trained.
 
 The CLI (``icalign run NAME``) resolves the config (preset, ``--config``, the module's shortcut
 flags ``FLAGS = {"--flag": ("key=value", help)}``, ``--set``) and the folder
@@ -30,8 +36,8 @@ from icalign import io
 from icalign.core import validate
 from icalign.core.validate import check_int
 
-__all__ = ["default_name", "result_path", "runner", "Progress", "publish", "redraw", "config_record", "EvalConfig",
-           "check_seed", "check_seeds"]
+__all__ = ["default_name", "result_path", "runner", "train_or_load", "run_folders", "Progress", "publish", "redraw",
+           "config_record", "EvalConfig", "check_seed", "check_seeds", "preflight"]
 
 
 def default_name(cfg, presets: dict) -> str:
@@ -44,6 +50,7 @@ def default_name(cfg, presets: dict) -> str:
 
 
 _CLAIMED: contextvars.ContextVar = contextvars.ContextVar("claimed", default=None)
+_KEPT: contextvars.ContextVar = contextvars.ContextVar("kept", default=None)  # trained models, with keep_params
 
 
 def result_path(out, stem: str, force: bool) -> Optional[Path]:
@@ -84,20 +91,59 @@ def preflight(cfg) -> None:
 
 def runner(run):
     """Decorator of every experiment's ``run``: claims taken during the call are released
-    when it returns or raises, so a failed notebook cell can simply be run again."""
+    when it returns or raises, so a failed notebook cell can simply be run again; with
+    ``keep_params=True`` the models trained through :func:`train_or_load` come back as
+    ``res["trained"]``. ``checked=True`` skips :func:`preflight` (the CLI has made it)."""
 
     @functools.wraps(run)
-    def wrapped(*args, **kwargs):
-        preflight(args[0] if args else kwargs.get("cfg"))
-        token = _CLAIMED.set([])
+    def wrapped(*args, keep_params: bool = False, checked: bool = False, **kwargs):
+        if not checked:
+            preflight(args[0] if args else kwargs.get("cfg"))
+        token, kept = _CLAIMED.set([]), _KEPT.set([] if keep_params else None)
         try:
-            return run(*args, **kwargs)
+            res = run(*args, **kwargs)
+            if keep_params:
+                res["trained"] = _KEPT.get()
+            return res
         finally:
             for path in _CLAIMED.get():
                 io.release(path)
             _CLAIMED.reset(token)
+            _KEPT.reset(kept)
 
     return wrapped
+
+
+def train_or_load(model_cfg, train_cfg, *, run_root, progress: bool, **runs):
+    """The one way an experiment gets a trained model (``runs``: seeds, lrs, noise_levels):
+    in memory when ``run_root`` is None, else loaded from its run folder under ``run_root`` or
+    trained there (:func:`icalign.training.train_or_load`). Kept for ``keep_params``."""
+    from icalign import training as T
+
+    trained = T.train_or_load(model_cfg, train_cfg, run_root=run_root, progress=progress, **runs)
+    kept = _KEPT.get()
+    if kept is not None:
+        kept.append(trained)
+    return trained
+
+
+def run_folders(res) -> list[str]:
+    """Every training run folder a result names (its ``run_folder`` entries), in order, once each."""
+    found = []
+
+    def walk(x):
+        if isinstance(x, dict):
+            for k, v in x.items():
+                if k == "run_folder" and isinstance(v, str) and v not in found:
+                    found.append(v)
+                else:
+                    walk(v)
+        elif isinstance(x, list):
+            for v in x:
+                walk(v)
+
+    walk(res)
+    return found
 
 
 def config_record(cfg) -> dict:

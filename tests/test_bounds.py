@@ -24,12 +24,12 @@ def closed_form(spec, ctx, mask=None):
     return W @ ctx.x
 
 
-# The reproduction of issue 13: verify's defaults, candidates far outside the unit ball.
+# The far-candidate counterexample: verify's defaults, candidates far outside the unit ball.
 REPRO = dict(x=[0.5, -0.3, 0.2], ys=50 * np.array([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [-1, 0, 0]]),
              r=[0.2, 0.9, 0.45, 0.7])
 
 
-def test_issue13_reproduction_is_refused_with_its_margin(x64):
+def test_far_candidate_counterexample_is_refused_with_its_margin(x64):
     spec = construct.spec_for(4, 3, np.eye(3))
     assert (spec.B * spec.gap, spec.M) == (50.0, 4 * spec.B + 100)
     ctx = context(**REPRO)

@@ -1,4 +1,4 @@
-"""The latent-concept model (icalign.selfcorrect.bayes, .concept, .concept_model): exact Bayesian posterior against brute-force
+"""The latent-concept model (icalign.theory.bayes, icalign.selfcorrect.concept, .concept_model): exact Bayesian posterior against brute-force
 enumeration, the corrected round formula (linear log-odds, geometric convergence, lock-in
 when Delta < 0), the entropy decomposition, the concept task's exact log-odds, and the
 pieces of the learned part (hidden states, probes)."""
@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from icalign import model, selfcorrect as sc
-from icalign.selfcorrect import bayes, concept_model
+from icalign.selfcorrect import concept_model
+from icalign.theory import bayes
 from icalign.selfcorrect import concept as concept_task
 
 SETTINGS = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -29,8 +29,13 @@ def test_every_experiment_is_listed_and_has_the_api():
 @pytest.mark.parametrize("name", sorted(TINY_CONFIGS))
 def test_every_experiment_runs_in_memory_and_writes_nothing(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # anything written relative to the working folder would land here
-    res = MODULES[name].run(TINY_CONFIGS[name], progress=False)
+    res = MODULES[name].run(TINY_CONFIGS[name], progress=False, keep_params=True)
     assert res["experiment"] == name
+    # keep_params: the trained transformers come back in memory, with params and no run folder
+    n_trained = {"tf-vs-gd": 1, "reward-noise": 1, "self-correction": 1, "mechanism": 2, "precision": 2,
+                 "ablations": len([a for a in res.get("architectures", {}).values() if a["status"] == "ok"])}
+    kept = res.pop("trained")
+    assert len(kept) == n_trained.get(name, 0) and all(t.run_dir is None and t.params_of(0) for t in kept)
     assert C.from_dict(MODULES[name].Config, res["config"]) == TINY_CONFIGS[name]  # enough to rerun it
     assert list(tmp_path.iterdir()) == []
     if name == "reward-noise":

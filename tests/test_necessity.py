@@ -5,6 +5,7 @@ import dataclasses
 import jax
 import numpy as np
 
+from icalign.analysis import necessity as study, necessity_claims
 from icalign.theory import construct, gd, necessity
 
 
@@ -43,32 +44,32 @@ def test_target_is_the_closed_form_step_and_construction_hits_it(x64):
 def test_fit_variant_runs_and_is_deterministic():
     spec = _spec(n=3)
     cfg = necessity.variant_configs(spec)["no FFN"]
-    rel_a, curves = necessity.fit_variant(jax.random.PRNGKey(1), spec, cfg, seeds=2, steps=5, batch=8)
-    rel_b, _ = necessity.fit_variant(jax.random.PRNGKey(1), spec, cfg, seeds=2, steps=5, batch=8)
+    rel_a, curves = study.fit_variant(jax.random.PRNGKey(1), spec, cfg, seeds=2, steps=5, batch=8)
+    rel_b, _ = study.fit_variant(jax.random.PRNGKey(1), spec, cfg, seeds=2, steps=5, batch=8)
     assert rel_a.shape == (2,) and curves.shape == (2, 5) and np.all(np.isfinite(rel_a))
     np.testing.assert_array_equal(rel_a, rel_b)
 
 
 def test_compare_states_needed_not_needed_or_not_resolved():
     full = [0.10, 0.12, 0.11, 0.13, 0.09]
-    worse = necessity.compare([0.5, 0.6, 0.4, 0.7, 0.55], full)
+    worse = necessity_claims.compare([0.5, 0.6, 0.4, 0.7, 0.55], full)
     assert worse["verdict"] == "needed" and np.isclose(worse["p_worse"], 1 / 252)  # exact, all ranks above
-    assert necessity.compare([0.01, 0.02, 0.03, 0.015, 0.025], full)["verdict"] == "not needed"
-    assert necessity.compare([0.10, 0.14, 0.08, 0.125, 0.095], full)["verdict"] == "not resolved"
+    assert necessity_claims.compare([0.01, 0.02, 0.03, 0.015, 0.025], full)["verdict"] == "not needed"
+    assert necessity_claims.compare([0.10, 0.14, 0.08, 0.125, 0.095], full)["verdict"] == "not resolved"
     # A diverged seed on either side is a training failure, never evidence for "needed".
     for reduced, f in (([np.nan] * 5, full), ([0.01, np.nan, 0.02, 0.015, 0.03], full),
                        ([0.5, 0.6, 0.4, 0.7, 0.55], [np.inf] + list(full[1:]))):
-        c = necessity.compare(reduced, f)
+        c = necessity_claims.compare(reduced, f)
         assert c["verdict"] == "not trained" and c["p_worse"] is None, c
 
 
 def test_seed_summary_and_claims_per_reduced_architecture():
-    s = necessity.seed_summary([0.3, np.nan, 0.1, 0.2])
+    s = necessity_claims.seed_summary([0.3, np.nan, 0.1, 0.2])
     assert (s["median"], s["best"], s["diverged_seeds"]) == (0.2, 0.1, 1)
     results = {"4": {"variants": {"full": {"rel_error_per_seed": [0.1, 0.1, 0.1, 0.1, 0.1]},
                                   "no FFN": {"rel_error_per_seed": [0.5] * 5},
                                   "one head": {"rel_error_per_seed": [0.1] * 5}}}}
-    claims = necessity.claims(results)
+    claims = necessity_claims.claims(results)
     assert [(c["n"], c["variant"], c["verdict"]) for c in claims] == [(4, "no FFN", "needed"),
                                                                        (4, "one head", "not resolved")]
     assert "Mann-Whitney" in claims[0]["statistic"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from icalign import selfcorrect as sc, tasks
-from icalign.selfcorrect.critic_study import loop_claims, saturation
+from icalign.analysis.selfcorrect_claims import loop_claims, saturation
 from icalign.selfcorrect.metrics import choice_entropies, combine_seeds, critic_sweep
 
 

@@ -309,17 +309,18 @@ def test_concept_model_resumes_bit_identically(tmp_path, monkeypatch):
 
 
 def test_necessity_fit_resumes_bit_identically(tmp_path, monkeypatch):
+    from icalign.analysis.necessity import fit_variant
     from icalign.theory import construct, necessity
 
     spec = construct.spec_for(3, 2, np.eye(2))
     cfg = necessity.variant_configs(spec)["no FFN"]
     kw = dict(seeds=2, steps=4, batch=8, chunk=2)
-    ref_rel, ref_curves = necessity.fit_variant(jax.random.PRNGKey(1), spec, cfg, **kw)
+    ref_rel, ref_curves = fit_variant(jax.random.PRNGKey(1), spec, cfg, **kw)
     restore = _kill_after_first_chunk(monkeypatch)
     with pytest.raises(_Killed):
-        necessity.fit_variant(jax.random.PRNGKey(1), spec, cfg, run_dir=tmp_path / "n", **kw)
+        fit_variant(jax.random.PRNGKey(1), spec, cfg, run_dir=tmp_path / "n", **kw)
     restore()
-    rel, curves = necessity.fit_variant(jax.random.PRNGKey(1), spec, cfg, run_dir=tmp_path / "n", **kw)
+    rel, curves = fit_variant(jax.random.PRNGKey(1), spec, cfg, run_dir=tmp_path / "n", **kw)
     np.testing.assert_array_equal(rel, ref_rel)
     np.testing.assert_array_equal(curves, ref_curves)
     assert curves.shape == (2, 4) and np.all(np.isfinite(rel))

@@ -93,7 +93,7 @@ def test_the_cli_command_shown_is_the_quick_variant(tutorial, capsys):
     assert quick_cfg == g["C"].override(tf_vs_gd.QUICK, g["VARIANT"])
     capsys.readouterr()
     assert cli.main(words[1:] + ["--show-config"]) == 0
-    assert capsys.readouterr().out == g["C"].to_toml(quick_cfg)
+    assert capsys.readouterr().out == g["C"].to_toml(quick_cfg, comments=True)
 
 
 def test_section2_construction_matches_the_closed_form_and_autodiff(tutorial):

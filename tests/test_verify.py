@@ -1,6 +1,6 @@
 """The adversarial verifier (icalign.theory.search) and the verify table.
 
-The hunt must find issue 13's counterexample against the first version's precondition set (kept
+The hunt must find the far-candidate counterexample against the first version's precondition set (kept
 here as a fixture), and find nothing beyond the documented bound against the current one.
 """
 
@@ -28,7 +28,7 @@ def old_preconditions(spec, ctx):
     return ok & (spec.M > 2 * spec.B * spec.r_cap), OLD_BOUND
 
 
-def test_hunt_finds_issue13_against_the_old_preconditions():
+def test_hunt_finds_the_far_candidate_counterexample_against_the_old_preconditions():
     res = search.hunt(search.CLAIMS["PL"], seed=0, shapes=((4, 3),), specs=2, batch=32, rounds=0,
                       checker=old_preconditions, defaults=True, families=("extreme",))
     assert res["worst_ratio"] > 1e6  # an error above 1e-3 where the old checks passed

@@ -167,23 +167,22 @@ def jobs(variants: Sequence[Variant], probe_lrs: Sequence[float] = ()) -> list[d
     return out
 
 
-def train_and_score(arch: M.ModelConfig, train_cfg, ctx, seeds, run_root=None, progress: bool = True) -> dict:
-    """Train ``arch`` for every seed (one vmapped program) and score it on the clean
-    contexts ``ctx``: {"status": "ok" | "diverged", "nmse" (summary over seeds), "pl",
-    "nmse_per_seed" (S, T), "train_loss_last50" (S,), ...}. A diverged architecture is a
-    result, not a crash."""
+def train_and_score(arch: M.ModelConfig, train_cfg, ctx, seeds, run_root=None, progress: bool = True,
+                    train=None) -> dict:
+    """Train ``arch`` for every seed (one vmapped program; ``train``, default
+    ``icalign.training.train_or_load``) and score it on the clean contexts ``ctx``:
+    {"status": "ok" | "diverged", "nmse" (summary over seeds), "pl", "nmse_per_seed" (S, T),
+    "final_train_loss" (S,), ...}. A diverged architecture is a result, not a crash."""
     from icalign import training as T
     from icalign.analysis import evaluate as E
+    from icalign.analysis.health import WINDOW
 
     try:
-        if run_root is None:
-            res = T.train(arch, train_cfg, seeds=seeds, checkpoint=False, progress=progress)
-        else:
-            res = T.train_or_load(arch, train_cfg, seeds=seeds, run_root=run_root, progress=progress)
+        res = (train or T.train_or_load)(arch, train_cfg, seeds=seeds, run_root=run_root, progress=progress)
     except T.NonFiniteLossError as e:
         return dict(status="diverged", message=str(e))
     curves = E.transformer_curves(res.params, arch, ctx, ctx.r_true[:, None, :])  # (R, 1, B, T)
     return dict(status="ok", run_folder=None if res.run_dir is None else res.run_dir.name, train_loaded=res.loaded,
                 nmse=summarise(curves.nmse[:, 0], "seeds"), pl=summarise(curves.pl[:, 0], "seeds"),
                 nmse_per_seed=curves.nmse[:, 0].mean(axis=1), n_params=M.param_count(res.params_of(0)),
-                train_loss_last50=res.losses[:, -50:].mean(axis=1))
+                final_train_loss=res.losses[:, -WINDOW:].mean(axis=1))

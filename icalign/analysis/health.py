@@ -45,10 +45,10 @@ from icalign.core.tasks import Context, check_corruption_levels, corrupt, sample
 from icalign.core.validate import check_int
 
 __all__ = ["PREDICTORS", "predictions", "trivial_losses", "reference_nmse", "gate", "variant_gate", "run_gate",
-           "WINDOW"]
+           "WINDOW", "final_train_loss"]
 
 PREDICTORS = ("mean of candidates", "best shown candidate")
-WINDOW = 50  #: steps averaged into a run's stored training loss (``train_loss_last50``)
+WINDOW = 50  #: steps averaged into a run's stored training loss (``final_train_loss``)
 _N_BASELINE = 2048  #: contexts on which a predictor's loss is estimated
 _BASELINE_SEED = 15  #: fold_in index of the baseline contexts' key (disjoint from every run's)
 
@@ -163,3 +163,15 @@ def run_gate(trained, ctx: Context) -> dict:
     curves = transformer_curves(trained.params, trained.model_config, ctx, ctx.r_true[:, None, :])
     return variant_gate(trained.losses[:, -WINDOW:].mean(axis=1), trained.train_config.to_dict(),
                         trained.model_config.to_dict(), nmse_per_seed=curves.nmse[:, 0].mean(axis=1))
+
+
+def final_train_loss(record: dict) -> list[float]:
+    """A result record's final training loss, one per run (the mean of its last ``WINDOW``
+    steps), stored as ``final_train_loss``; files written before it had one name stored it as
+    ``train_loss_last50`` or ``loss_last50``, or as the second of ``train_loss_first_last``."""
+    for key in ("final_train_loss", "train_loss_last50", "loss_last50"):
+        if key in record:
+            return [float(v) for v in np.ravel(np.asarray(record[key], float))]
+    if "train_loss_first_last" in record:
+        return [float(record["train_loss_first_last"][1])]
+    raise KeyError(f"no final training loss in this record (keys: {', '.join(sorted(record))})")

@@ -19,7 +19,7 @@ from icalign.analysis import report
 from icalign.analysis.readme_bench import figure1_bench, gd_sweep_bench, precision, train_step_bench
 from icalign.analysis.report import machine as _hw, num as _f, table as _table
 from icalign.io import read_json, write_text
-from icalign.selfcorrect.critic_study import loop_claims, saturation
+from icalign.analysis.selfcorrect_claims import loop_claims, saturation
 
 __all__ = ["SECTIONS", "render", "update", "check"]
 
@@ -60,7 +60,7 @@ def tf_vs_gd(root: Path) -> str:
                      f"{_loaded(res)}):\n\n"
                      + _table(head, _tf_rows(res)))
     for res, what in ((quick, "quick"), (full, "full")):
-        g = health.variant_gate([res["train_loss_first_last"][1]], res["train_config"], res["model_config"],
+        g = health.variant_gate(health.final_train_loss(res), res["train_config"], res["model_config"],
                                 nmse_mean=res["comparison"]["nmse"]["transformer"]["mean"])
         parts.append(_tf_diff(res, what) + f" Training health: **{g['status']}**" + (f" ({g['reason']})." if g["reason"]
                                                                                     else "."))

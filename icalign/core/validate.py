@@ -7,6 +7,7 @@ through unchecked, and the caller's concrete inputs are checked where they enter
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 from typing import Iterable
 
@@ -159,3 +160,10 @@ def check_memory(what: str, nbytes: float, knobs: str) -> None:
     if nbytes > 0.8 * avail:
         raise ValueError(f"{what} needs about {nbytes / 2**30:.1f} GiB, more than the {avail / 2**30:.1f} GiB "
                          f"available on {jax.devices()[0].platform}; reduce {knobs}")
+
+
+def described(default, help: str = "", choices=None):
+    """A config field with its help text and allowed values in its metadata, which
+    ``icalign run NAME --help`` and ``--show-config`` print (``choices`` may be a function,
+    for a registry that grows at run time)."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})

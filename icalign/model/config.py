@@ -12,7 +12,7 @@ import json
 import math
 from typing import Optional
 
-from icalign.core.validate import check_choice, check_int
+from icalign.core.validate import check_choice, check_int, described
 
 __all__ = ["ModelConfig", "BASE", "ATTENTIONS", "ACTIVATIONS", "LAYOUTS", "PRECISIONS", "config_hash"]
 
@@ -47,21 +47,22 @@ class ModelConfig:
     n_layers: int = 20
     n_heads: int = 3
     d_model: int = 96
-    head_dim: Optional[int] = None
-    attention: str = "softmax"
+    head_dim: Optional[int] = described(None, "width of one head; none: d_model // n_heads")
+    attention: str = described("softmax", "how a query weighs the tokens", choices=ATTENTIONS)
     ffn: bool = True
-    ffn_width: Optional[int] = None
-    ffn_activation: str = "gelu"
+    ffn_width: Optional[int] = described(None, "hidden width of the FFN; none: 4 * d_model")
+    ffn_activation: str = described("gelu", choices=ACTIVATIONS)
     layer_norm: bool = True
-    final_norm: Optional[bool] = None
+    final_norm: Optional[bool] = described(None, "LayerNorm before the read-out; none: as layer_norm")
     causal: bool = True
     positional: bool = True
     bias: bool = True
-    token_layout: str = "interleaved"
+    token_layout: str = described(
+        "interleaved", "one token per x and per (y, r) pair, or one stacked token per triplet", choices=LAYOUTS)
     d: int = 5
     n: int = 20
     init_std: float = 0.02
-    precision: str = "float32"
+    precision: str = described("float32", "operand type of the blocks' matmuls", choices=PRECISIONS)
 
     def __post_init__(self):
         # Messages name the field, the value and what is allowed (icalign._validate).

@@ -1,6 +1,7 @@
 """Multi-round self-correction (docs/theory.md section 5): critics (:mod:`.critics`), the loop
 (:mod:`.loop`), per-round metrics and their summaries (:mod:`.metrics`), and the latent-concept
-model: its analytic posterior (:mod:`.bayes`), its sandbox task (:mod:`.concept`), its
+model: its sandbox task (:mod:`.concept`; the analytic posterior is
+:mod:`icalign.theory.bayes`), its
 transformer and probes (:mod:`.concept_model`) and the study that ties them together
 (:mod:`.concept_study`). The critics, the loop and the metrics are re-exported here."""
 

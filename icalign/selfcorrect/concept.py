@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from icalign.core.validate import check_int, check_level, check_positive
-from icalign.selfcorrect.bayes import critic_llr, instruction_llr
+from icalign.theory.bayes import critic_llr, instruction_llr
 from icalign.selfcorrect.critics import Critic, critic_score, true_reward
 
 __all__ = ["ConceptTask", "ConceptBatch", "families", "sample_concept", "evidence_log_odds",

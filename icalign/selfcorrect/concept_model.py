@@ -27,7 +27,7 @@ from icalign.core.losses import cosine_reward, plackett_luce
 from icalign.core.metrics import normalised_mse
 from icalign.core.tasks import Context
 from icalign.core.validate import check_choice, check_int, check_positive
-from icalign.selfcorrect.bayes import predictive_entropy
+from icalign.theory.bayes import predictive_entropy
 from icalign.selfcorrect.concept import (ConceptBatch, ConceptTask, cumulative_log_odds, evidence_log_odds,
                                          loop_instructions, sample_concept)
 from icalign.selfcorrect.critics import Critic

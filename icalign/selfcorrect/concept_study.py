@@ -20,7 +20,7 @@ import numpy as np
 from icalign import model as M
 from icalign.core.stats import mean_ci
 from icalign.core.validate import check_int, check_positive
-from icalign.selfcorrect.bayes import posterior_rounds
+from icalign.theory.bayes import posterior_rounds
 from icalign.selfcorrect.concept import ConceptTask, sample_concept
 from icalign.selfcorrect.concept_model import (concept_config, concept_learner, concept_loop, fit_layer_probes,
                                                train_concept)
@@ -173,7 +173,7 @@ def concept_study(key, task: ConceptTask, cfg, *, steps: int, batch: int, lr: fl
         "task": task.to_dict(), "model_config": cfg.to_dict(),
         "train": {"steps": steps, "batch": batch, "lr": lr, "beta": beta,
                   "loss": "full-context PL on true rewards (beta * cosine)", "seconds": t_train,
-                  "loss_first50": float(losses[:50].mean()), "loss_last50": float(losses[-50:].mean())},
+                  "first_train_loss": float(losses[:50].mean()), "final_train_loss": float(losses[-50:].mean())},
         "probes": {**rep, "best_layer": best},
         "critic_names": names, "n0": n0,
         "conditions": conditions, "tracking": track,

@@ -12,7 +12,7 @@ the construction through ``model.apply`` and the closed form of ``icalign.gd``, 
 error / bound and relative error / rel_tol per family. A few rounds of local search (random
 multiplicative moves, kept when the ratio grows) then push on the worst contexts found. ``checker`` swaps in another precondition set
 and bound: tests replay the first version's (rewards only, and a claimed 1e-9) and the hunt finds
-the first reported counterexample (candidates far outside the unit ball) against it.
+the far-candidate counterexample (docs/theory.md section 3) against it.
 """
 
 from __future__ import annotations

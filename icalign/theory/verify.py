@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from icalign.core import losses
-from icalign.theory import bounds, concept_claims, construct, gd, search
+from icalign.theory import bounds, concept_checks, construct, gd, search
 
 __all__ = ["claims", "verify", "table", "EXACT", "WIDE_SHAPES", "SOFT_TOL"]
 
@@ -198,7 +198,7 @@ def claims(key, contexts: int):
                f"{kept}/{contexts}")
 
     # --- latent concept (docs/theory.md section 5) ---
-    for row in concept_claims.claims(next(k), contexts):
+    for row in concept_checks.checks(next(k), contexts):
         yield _fixed(*row)
 
     # --- refusals: inputs outside the preconditions raise before anything runs, naming the

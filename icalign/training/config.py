@@ -13,7 +13,7 @@ from flax import struct
 
 from icalign.core import keys
 from icalign.core.tasks import CORRUPTIONS, QUERIES, check_corruption_levels, check_query_corr
-from icalign.core.validate import check_choice, check_int, check_seed
+from icalign.core.validate import check_choice, check_int, check_seed, described
 
 __all__ = ["TrainConfig", "RunSpec", "make_runs", "run_settings", "runs_from_keys", "select_run"]
 
@@ -36,17 +36,18 @@ class TrainConfig:
     lr: float = 1e-4
     batch: int = 256
     steps: int = 3000
-    min_seen: int = 2
-    corruption: str = "replace"
-    noise: float = 0.0
-    chunk: int = 50
-    checkpoint_every: int = 500
+    min_seen: int = described(2, "the loss averages the rows that have seen at least this many triplets")
+    corruption: str = described(
+        "replace", "reward-corruption model of the shown rewards", choices=lambda: tuple(CORRUPTIONS))
+    noise: float = described(0.0, "level of the corruption model (0: a clean critic)")
+    chunk: int = described(50, "training steps per compiled call (and per log line)")
+    checkpoint_every: int = described(500, "steps between checkpoints (a multiple of chunk)")
     b1: float = 0.9
     b2: float = 0.999
     eps: float = 1e-8
-    queries: str = "shared"
-    query_corr: float = 0.0
-    microbatches: int = 1
+    queries: str = described("shared", "one shared query, or each triplet at its own query", choices=QUERIES)
+    query_corr: float = described(0.0, "correlation of a triplet's query with the test query (per_triplet only)")
+    microbatches: int = described(1, "equal slices of each batch whose gradients are averaged")
 
     def __post_init__(self):
         for name, minimum in (("batch", 1), ("steps", 1), ("min_seen", 1), ("chunk", 1),

@@ -233,7 +233,10 @@ def train_or_load(model_cfg: M.ModelConfig, train_cfg: TrainConfig = TrainConfig
                   noise_levels=None, *, run_root="runs", force: bool = False, progress: bool = True) -> TrainResult:
     """Load the finished run with these settings if there is one (and not ``force``): its
     folder must hold these settings and identity (RunIdentityError otherwise) and its final
-    checkpoint must verify; otherwise train (resuming a partial or damaged run)."""
+    checkpoint must verify; otherwise train (resuming a partial or damaged run). ``run_root=None`` trains in memory
+    (no run folder)."""
+    if run_root is None:
+        return train(model_cfg, train_cfg, seeds, lrs, noise_levels, checkpoint=False, progress=progress)
     runs = run_settings(seeds, lrs, noise_levels, train_cfg)
     _check_configs(model_cfg, train_cfg, len(runs))
     run_dir = run_dir_for(model_cfg, train_cfg, runs, run_root)

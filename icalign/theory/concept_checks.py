@@ -1,5 +1,5 @@
-"""The latent-concept claims of docs/theory.md section 5, checked against independent
-computations (rows of ``icalign verify``).
+"""The latent-concept claims of docs/theory.md section 5, measured against independent
+computations: each row is an error and its bound; ``icalign.theory.verify`` decides pass.
 
 * the corrected posterior (``bayes.posterior_from_evidence``) equals brute-force enumeration
   of the joint distribution of the concept and every evidence sequence;
@@ -17,9 +17,9 @@ import itertools
 import jax
 import numpy as np
 
-from icalign.selfcorrect import bayes
+from icalign.theory import bayes
 
-__all__ = ["claims"]
+__all__ = ["checks"]
 
 
 def _normalise(a, axis=-1):
@@ -44,7 +44,7 @@ def _entropy(p, axis=-1):
     return -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis)
 
 
-def claims(key, contexts: int):
+def checks(key, contexts: int):
     """Yield (claim, N, max abs error, bound) rows; N is the number of concepts K."""
     rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel()[-1])
     # 1. posterior = enumeration (K = 3 concepts, T = 4 rounds, V = 3 evidence values)
