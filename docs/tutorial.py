@@ -29,7 +29,7 @@
 #
 # It is a jupytext "percent" file: open it as a notebook, or run it as a script
 # (`python docs/tutorial.py`). It writes only under the working folder: `runs/` (the training
-# run of section 3) and `tutorial_figures/` (PNG copies of the figures).
+# run of section 3) and `results/tutorial/` (PNG copies of the figures); both are ignored by git.
 
 # %%
 import os
@@ -66,11 +66,11 @@ if SIZE not in SIZES:
 S = SIZES[SIZE]
 print(f"size {SIZE}: {S}; jax {jax.__version__} on {jax.default_backend()}")
 
-FIGURES = Path("tutorial_figures")
+FIGURES = Path("results/tutorial")
 
 
 def show(fig, name: str) -> None:
-    """Save ``fig`` as tutorial_figures/<name>.png (through icalign's one writer) and display
+    """Save ``fig`` as results/tutorial/<name>.png (through icalign's one writer) and display
     that PNG when running in a notebook. A Figure made without pyplot has no display hook of
     its own, and a script has nowhere to show it, so the PNG serves both."""
     path = save_figure(fig, FIGURES / name, formats=("png",))[0]

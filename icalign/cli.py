@@ -33,7 +33,7 @@ COMMANDS = """commands:
                   e.g. icalign bench train-step
   redraw FILE   redraw a result's markdown and figures from its JSON, without rerunning
                   e.g. icalign redraw figures/tf-vs-gd/quick/tf_vs_gd.json
-  readme        rewrite (or --check) the README's result sections from the committed results
+  readme        rewrite (or --check) the result sections of README.md and docs/results.md
                   e.g. icalign readme --check
 """
 
@@ -159,20 +159,20 @@ def _redraw(paths: list[str]) -> int:
 
 
 def _readme(rest: list[str]) -> int:
-    from icalign.analysis import readme
+    from icalign.viz import readme
 
     p = argparse.ArgumentParser(prog="icalign readme", description=readme.__doc__.split("\n")[0])
-    p.add_argument("--check", action="store_true", help="exit 1, naming the sections, if README.md is stale")
-    p.add_argument("--readme", type=Path, default=Path("README.md"))
+    p.add_argument("--check", action="store_true", help="exit 1, naming the sections, if a document is stale")
+    p.add_argument("--repo", type=Path, default=Path("."), help="folder holding README.md and docs/results.md")
     p.add_argument("--results", type=Path, default=Path("figures"), help="committed results root (default figures/)")
     args = p.parse_args(rest)
     if args.check:
-        stale = readme.check(args.readme, args.results)
+        stale = readme.check(args.repo, args.results)
         if stale:
             print(f"icalign readme: stale sections {stale}: run `icalign readme`", file=sys.stderr)
         return int(bool(stale))
-    readme.update(args.readme, args.results)
-    print(f"rewrote the generated sections of {args.readme} from {args.results}/")
+    readme.update(args.repo, args.results)
+    print(f"rewrote the generated sections of {', '.join(readme.DOCUMENTS)} from {args.results}/")
     return 0
 
 

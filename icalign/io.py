@@ -28,7 +28,7 @@ import jax
 import numpy as np
 
 __all__ = ["ResultExistsError", "ResultClaimedError", "claim_output", "lock_folder", "release", "write_bytes", "write_text",
-           "write_json", "append_text", "check_inside", "writable", "save_figure", "read_json", "hardware", "identity", "to_jsonable",
+           "write_json", "append_text", "check_inside", "writable", "save_figure", "figure_bytes", "read_json", "hardware", "identity", "to_jsonable",
            "is_writer"]
 
 
@@ -151,12 +151,15 @@ def save_figure(fig, stem: Path, formats=("png", "pdf"), dpi: int = 150) -> list
     (atomic, one process) and return the paths. The figure is left open: close it if it came
     from pyplot."""
     stem = Path(stem)
-    paths = []
-    for fmt in formats:
-        buf = _io.BytesIO()
-        fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches="tight")
-        paths.append(write_bytes(stem.with_suffix(f".{fmt}"), buf.getvalue()))
-    return paths
+    return [write_bytes(stem.with_suffix(f".{fmt}"), figure_bytes(fig, fmt, dpi)) for fmt in formats]
+
+
+def figure_bytes(fig, fmt: str = "png", dpi: int = 150) -> bytes:
+    """A matplotlib Figure rendered in memory (no file): what :func:`save_figure` writes, and
+    what a notebook displays (:class:`icalign.viz.style.NotebookFigure`)."""
+    buf = _io.BytesIO()
+    fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches="tight")
+    return buf.getvalue()
 
 
 def _claim_file(path: Path) -> Path:

@@ -147,7 +147,9 @@ def test_section4_loads_the_saved_run(tutorial):
 
 def test_it_writes_only_runs_and_its_figures(tutorial):
     _, workdir = tutorial
-    assert {p.name for p in workdir.iterdir()} == {"runs", "tutorial_figures"}
-    pngs = sorted(p.name for p in (workdir / "tutorial_figures").iterdir())
+    assert {p.name for p in workdir.iterdir()} == {"runs", "results"}  # both ignored by git
+    assert [p.name for p in (workdir / "results").iterdir()] == ["tutorial"]
+    pngs = sorted(p.name for p in (workdir / "results" / "tutorial").iterdir())
     assert pngs == ["1_variant_vs_gd.png", "3_corruption_sweep.png", "4_loaded_run.png"]
-    assert all((workdir / "tutorial_figures" / p).stat().st_size > 1000 for p in pngs)
+    assert all((workdir / "results" / "tutorial" / p).stat().st_size > 1000 for p in pngs)
+

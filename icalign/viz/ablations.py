@@ -1,4 +1,4 @@
-"""Figures of the ablation sweep, drawn from its result dict alone.
+"""The ablation sweep drawn from its result dict alone: figures and markdown.
 
 Bands and whiskers are 95% Student-t intervals over seeds; differences are paired by seed
 (icalign.analysis.claims). Variants that failed their training-health gate are drawn hollow
@@ -11,11 +11,12 @@ import numpy as np
 
 from icalign.analysis import claims as CL
 from icalign.analysis import report
+from icalign.viz.md import ci, health_note, label, machine, num, table
 from icalign.viz.style import (NMSE_LABEL, T_LABEL, band, band_note, clip_ylim, colormap, effects, integer_ticks,
                                new_figure)
 from icalign.viz.sweeps import size_title
 
-__all__ = ["ablation_panels", "ablation_bars"]
+__all__ = ["ablation_panels", "ablation_bars", "markdown", "verdict"]
 
 
 def _factors(res):
@@ -129,3 +130,39 @@ def ablation_bars(res: dict):
                  f"frame; hollow dots: not trained (no evidence)\n{size_title(res)}", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def markdown(res: dict) -> str:
+    """The result as markdown: every variant's normalised MSE at t = 2 and the largest t with
+    its interval over seeds and its health, the references, and every claim."""
+    ts, i2 = res["ts"], res["ts"].index(2)
+    health = report.ablation_health(res)
+    rows = []
+    for v in res["variants"]:
+        arch = res["architectures"].get(v["arch"], {})
+        s = arch.get("nmse") if arch.get("status") == "ok" else None
+        rows.append([v["name"] + (" (base)" if v["is_base"] else ""),
+                     "diverged" if s is None else ci(s, i2), "diverged" if s is None else ci(s, -1),
+                     health[v["arch"]]["status"] if v["arch"] in health else arch.get("status", "missing")])
+    g = res["gd"]["adam"]["nmse"]
+    rows.append(["GD learner (adam)", num(g["mean"][i2]), num(g["mean"][-1]), "reference"])
+    for k, curve in res.get("reference", {}).items():
+        rows.append([f"{k} (trivial predictor)", num(curve[i2]), num(curve[-1]), "reference"])
+    names = {v["arch"]: v["name"] for v in res["variants"]}
+    return (f"**{label(res)}** ({res['size_note']}; {len(res['seeds'])} seeds; {machine(res)}, "
+            f"{num(res['seconds'] / 60, 1)} min), normalised MSE, mean [95% interval over seeds]:\n\n"
+            + table(["variant", "t = 2", f"t = {ts[-1]}", "training health"], rows)
+            + "\n\n" + health_note(health, lambda k: names[k])
+            + f"\n\nClaims (normalised MSE at t = {ts[-1]}; effect = worse - better, paired by seed):\n\n"
+            + CL.table(report.ablation_claims(res)))
+
+
+def verdict(res: dict) -> str:
+    """Two lines for the README: how many claims each verdict got, and which variants did not train."""
+    cl = report.ablation_claims(res)
+    health = report.ablation_health(res)
+    sick = [v["name"] for v in res["variants"] if v["arch"] in health and health[v["arch"]]["status"] != "trained"]
+    count = {v: sum(c["verdict"] == v for c in cl) for v in CL.VERDICTS}
+    return (f"{label(res)} ({len(res['seeds'])} seeds): of the {len(cl)} claims, "
+            + ", ".join(f"{n} {v}" for v, n in count.items() if n)
+            + f". Did not train: {', '.join(sick) or 'none'} (no evidence about those architectures).")

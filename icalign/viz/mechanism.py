@@ -1,12 +1,14 @@
-"""Figures of the mechanism study, drawn from its results dict only (docs/theory.md section 7)."""
+"""The mechanism study drawn from its results dict only (docs/theory.md section 7): figures and
+markdown."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from icalign.viz.md import brief, ci, find, label, machine, num, table
 from icalign.viz.style import NMSE_LABEL, T_LABEL, band, floats, hardware_note, integer_ticks, new_figure
 
-__all__ = ["distances", "layers", "probes", "invariance", "triplets", "REF_STYLE"]
+__all__ = ["distances", "layers", "probes", "invariance", "triplets", "REF_STYLE", "markdown", "verdict"]
 
 REF_STYLE = {
     "transformer": dict(color="C0", marker="o", label="trained transformer"),
@@ -166,3 +168,77 @@ def triplets(res: dict):
     ax.legend(fontsize=7)
     ax.set_title(_title(res), fontsize=8)
     return fig
+
+
+_REFS = {"minimiser": "minimiser of the training loss", "gd_cosine": "fitted GD, cosine PL",
+         "gd_sqdist": "fitted GD, squared-distance PL", "exact": "exact recovery"}
+
+
+def _distance_table(study: dict, t_values) -> str:
+    ts = study["t"]
+    idx = [ts.index(t) for t in t_values if t in ts]
+    rows = [[_REFS[r]] + [ci(study["distance"][r], i) for i in idx] for r in _REFS]
+    rows.append(["(transformer's own error 1 - cos(y, y*))"] + [ci(study["nmse"]["transformer"], i) for i in idx])
+    fit = study["fitted_gd"]["cosine"]
+    rows.append(["(fitted cosine GD: steps / eta)"] + [f"{fit['steps'][i]} / {fit['eta'][i]:.3g}" for i in idx])
+    return table(["distance of the transformer to"] + [f"t = {ts[i]}" for i in idx], rows)
+
+
+def markdown(res: dict) -> str:
+    """The result as markdown: distances to the reference learners per t, the layer read-outs,
+    the probes, the interventions, the per-triplet-query model and every claim."""
+    from icalign.analysis import claims as CL
+
+    m, sh, tr = res["model_config"], res["shared"], res["shared"]["train_config"]
+    parts = [f"**{label(res)}** ({m['n_layers']} layers, {m['n_heads']} heads, width {m['d_model']}, "
+             f"{m['token_layout']} tokens, batch {tr['batch']}, {tr['steps']} steps, lr {tr['lr']:g}; {machine(res)}, "
+             f"{num(res['seconds']['total'] / 60, 1)} min in all). Mean [95% interval over "
+             f"{res['config']['eval']['contexts'] // 2} held-out contexts, one trained model]; distance = 1 - cos "
+             "between the two answers:\n\n" + _distance_table(sh, (1, 2, 5, 10, sh["t"][-1]))]
+    rows = [[r["layer"], f"{r['own']['steps']} / {r['own']['eta']:.3g}", ci(r["own"]["distance_to_gd"]),
+             ci(r["own"]["distance_to_minimiser"]), ci(r["own"]["nmse"]), ci(r["fitted"]["nmse"])]
+            for r in sh["layers"]]
+    parts.append(f"Layers (pooled over t >= 2): the model's own read-out applied to each layer, matched to cosine-PL "
+                 f"GD from the transformer's answer at t = 0 (at most {sh['k_max']} steps), and the error of a "
+                 "read-out fitted to y* on other contexts:\n\n" + table(
+                     ["layer", "best GD steps / eta", "own read-out to GD", "own read-out to minimiser",
+                      "own read-out error vs y*", "fitted read-out error vs y*"], rows))
+    rows = []
+    for name, v in sh["probes"].items():
+        best = max(range(len(v["r2"]["mean"])), key=lambda layer: v["r2"]["mean"][layer])
+        rows.append([name, ci(v["r2"], 0), f"{ci(v['r2'], best)} (layer {best})", ci(v["r2_shuffled"], best)])
+    parts.append("Probes (held-out R^2, 95% bootstrap interval over contexts):\n\n" + table(
+        ["quantity", "layer 0 (tokens)", "best layer", "shuffled control at that layer"], rows))
+    iv = sh["interventions"]
+    rows = [[k] + [ci(iv[k][n]) for n in ["transformer", *_REFS]] for k in iv]
+    parts.append("Change of the answer (1 - cos, mean over t) under each intervention:\n\n" + table(
+        ["intervention", "transformer"] + list(_REFS.values()), rows))
+    if "triplet" in res:
+        pt, tt = res["triplet"], res["triplet"]["train_config"]
+        w, ts = pt["weights"], pt["t"]
+        idx = [ts.index(t) for t in (2, 10, ts[-1])]
+        rows = [[lab] + [ci(w[k], i) for i in idx] for k, lab in (
+            ("cos_imp_gd", "cos(W_imp, W_GD)"), ("cos_update_imp_gd", "cos(W_imp - W_0, W_GD - W_0)"),
+            ("cos_imp_ls", "cos(W_imp, least-squares W*)"), ("cos_gd_ls", "cos(W_GD, least-squares W*)"),
+            ("imp_fit_r2", "R^2 of the affine fit"),
+            ("imp_query_share", "share of the answer that moves with the query"))]
+        parts.append(f"Per-triplet queries (correlation {tt['query_corr']:g} with the test query; {tt['steps']} steps; "
+                     "the minimiser here is an oracle: it ranks the unshown candidates at the test query):"
+                     "\n\n" + _distance_table(pt, (2, 5, 10, ts[-1])) + "\n\nImplicit weights:\n\n"
+                     + table(["", *(f"t = {ts[i]}" for i in idx)], rows))
+    parts.append("Claims (effect = worse - better, 95% interval over contexts; per-context values are not "
+                 "stored, so the sd of each paired difference is bounded by the sum of the two sds, "
+                 "which is conservative):\n\n" + CL.table(res["claims"]))
+    return "\n\n".join(parts)
+
+
+def verdict(res: dict) -> str:
+    """Three lines for the README: is the answer closer to the loss minimiser than to exact
+    recovery, closer to fitted GD than to the minimiser, and moved by a monotone reward map."""
+    cl = res["claims"]
+    return ("Closer to the minimiser of its training loss than to exact recovery: "
+            f"{brief(find(cl, 'shared queries', 'minimiser of the training loss than to exact recovery'))}; "
+            "closer to fitted GD than to that minimiser: "
+            f"{brief(find(cl, 'shared queries', 'closer to fitted GD (cosine PL) than to the minimiser'))}; "
+            "moved more than PL-GD by a strictly increasing (affine) reward map, which PL-GD cannot see: "
+            f"{brief(find(cl, 'affine reward map moves', 'more than PL-GD'))}.")

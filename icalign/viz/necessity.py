@@ -1,13 +1,14 @@
-"""Figure of the necessity study: each trained architecture's error against N, median over
-seeds and every seed."""
+"""The necessity study drawn from its result: each trained architecture's error against N, median
+over seeds and every seed (figure), and its tables and claims (markdown)."""
 
 from __future__ import annotations
 
 import math
 
+from icalign.viz.md import machine, num, table
 from icalign.viz.style import new_figure
 
-__all__ = ["necessity"]
+__all__ = ["necessity", "markdown", "verdict"]
 
 
 def necessity(results: dict):
@@ -56,3 +57,47 @@ def necessity(results: dict):
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return fig
+
+
+def _diverged(entry: dict) -> str:
+    k, n = entry["diverged_seeds"], len(entry["rel_error_per_seed"])
+    return "" if not k else f"; {'every seed' if k == n else f'{k} of {n} seeds'} diverged at this learning rate"
+
+
+def markdown(res: dict) -> str:
+    """The result as markdown: best / median relative error per architecture and N, the
+    construction's float64 error, and every claim with its rank test."""
+    table_, p = res["results"], res["protocol"]
+    ns = sorted(table_, key=int)
+    gone = lambda v: v["diverged_seeds"] == len(v["rel_error_per_seed"])
+    cell = lambda v: "diverged" if gone(v) else (
+        f"{num(v['best'])} / {num(v['median'])}"
+        + (f" ({v['diverged_seeds']} diverged)" if v["diverged_seeds"] else ""))
+    rows = [[name] + [cell(table_[n]["variants"][name]) for n in ns] for name in table_[ns[0]]["variants"]]
+    rows.append(["hand-built construction (float64)"] + [f"{float(table_[n]['construction_rel_error_float64']):.0e}"
+                                                        for n in ns])
+    med = lambda n, name: "diverged" if gone(table_[str(n)]["variants"][name]) else num(
+        table_[str(n)]["variants"][name]["median"])
+    test = lambda c: ("no test: a diverged seed is a training failure, not evidence" if c["p_worse"] is None else
+                      f"one-sided p = {c['p_worse']:.3g} that it is worse, {c['p_better']:.3g} that it is better")
+    claims = "\n".join(
+        f"- N = {c['n']}, {c['variant']}: {c['claim']}: **{c['verdict']}** (median {med(c['n'], c['variant'])} vs "
+        f"full {med(c['n'], 'full')}{_diverged(table_[str(c['n'])]['variants'][c['variant']])}; {test(c)})"
+        for c in res["claims"])
+    return (f"Relative error, best / median over {p['seeds']} seeds ({p['adam_steps']} Adam steps, batch {p['batch']}, "
+            f"lr {p['lr']:g}; {p['metric']}; {machine(res)}, {num(res['seconds'] / 60, 1)} min):\n\n"
+            + table(["architecture"] + [f"N = {n}" for n in ns], rows)
+            + f"\n\nClaims ({res['claims'][0]['statistic']}):\n\n" + claims)
+
+
+def verdict(res: dict) -> str:
+    """Two lines for the README: each reduced architecture's verdicts over N, and the
+    construction's float64 error."""
+    by = {}
+    for c in res["claims"]:
+        by.setdefault(c["variant"], {}).setdefault(c["verdict"], []).append(str(c["n"]))
+    worst = max(float(r["construction_rel_error_float64"]) for r in res["results"].values())
+    return ("Trained on the one-step PL target, " + "; ".join(
+        f"{variant}: " + ", ".join(f"{v} at N = {'/'.join(ns)}" for v, ns in verdicts.items())
+        for variant, verdicts in by.items())
+        + f". The hand-built construction's float64 relative error is at most {worst:.0e}.")

@@ -1,12 +1,13 @@
-"""Figure of the precision experiment, drawn from its results dict only."""
+"""The precision experiment drawn from its results dict only: figure and markdown."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from icalign.viz.md import brief, label, machine, num, table
 from icalign.viz.style import NMSE_LABEL, T_LABEL, band, band_note, floats, integer_ticks, new_figure
 
-__all__ = ["precision_figure"]
+__all__ = ["precision_figure", "markdown", "verdict"]
 
 # bfloat16 dashed: where the two agree, the float32 line must still show beneath it
 STYLE = {"float32": dict(color="C0", marker="o", ls="-"), "bfloat16": dict(color="C3", marker="s", ls="--")}
@@ -52,3 +53,27 @@ def precision_figure(res: dict):
     ax2.set_title(f"bands: {band_note('seeds', len(res['seeds']))}, {res['eval_contexts']} contexts\n{verdicts}",
                   fontsize=7)
     return fig
+
+
+def markdown(res: dict) -> str:
+    """The result as markdown: per precision the final training loss, per-seed held-out error,
+    health and training time, and the two agreement claims."""
+    from icalign.analysis.claims import line
+
+    m, tr = res["model_config"], res["train_config"]
+    rows = [[p, num(float(sum(res[p]["final_train_loss"])) / len(res[p]["final_train_loss"])),
+             ", ".join(num(v) for v in res[p]["final_nmse"]), num(res[p]["nmse"]["mean"][-1]),
+             res[p]["health"]["status"], "loaded" if res[p]["train_loaded"] else num(res[p]["train_seconds"], 0)]
+            for p in ("float32", "bfloat16")]
+    return (f"{label(res)} ({m['n_layers']} layers, {m['n_heads']} heads, width {m['d_model']}, {tr['steps']} steps, "
+            f"batch {tr['batch']}; {len(res['seeds'])} seeds, the same in both; {res['eval_contexts']} held-out "
+            f"contexts; {machine(res)}):\n\n"
+            + table(["matmuls", f"final training loss (mean of last {res['window']} steps, seed mean)",
+                     f"normalised MSE at t = {res['t'][-1]}, per seed", "seed mean", "health",
+                     "training s (incl. compile)"], rows)
+            + "\n\n" + "\n".join(line(c) for c in res["claims"]))
+
+
+def verdict(res: dict) -> str:
+    """One line per claim for the README: bfloat16 and float32 agree (or not)."""
+    return "; ".join(f"{c['claim']}: {brief(c)}" for c in res["claims"]) + "."

@@ -1,12 +1,15 @@
-"""Figures of the self-correction experiment, drawn from its results dict (the JSON) only."""
+"""The self-correction experiment drawn from its results dict (the JSON) only: figures and markdown."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from icalign.viz.md import brief, find, machine, num, table
 from icalign.viz.style import band, clip_ylim, colormap, floats, new_figure
 
-__all__ = ["rounds_figure", "accuracy_gain_figure", "concept_figure", "probe_figure", "figures"]
+__all__ = ["rounds_figure", "accuracy_gain_figure", "concept_figure", "probe_figure", "figures", "markdown", "verdict"]
 
 
 def _colors(n):
@@ -190,3 +193,54 @@ def figures(res: dict) -> dict:
     if res.get("concept"):
         out.update(concept=concept_figure(res), probe=probe_figure(res))
     return out
+
+
+def _claims(res: dict) -> list:
+    from icalign.analysis.selfcorrect_claims import loop_claims
+
+    out = []
+    for name, L in res["learners"].items():
+        out += loop_claims(L, name, res["entropy_beta"], res["n0"], res["sizes"]["contexts"],
+                           L.get("train", {}).get("health"))
+    return out
+
+
+def markdown(res: dict) -> str:
+    """The result as markdown: per learner its gain with the null critic, the choice entropy at
+    beta = 1 and at the experiment's beta with its headroom, accuracy-gain correlation, the
+    transformer's training health, and every claim."""
+    from icalign.analysis import claims as CL
+    from icalign.analysis.selfcorrect_claims import saturation
+
+    n0, beta, C = res["n0"], res["entropy_beta"], res["sizes"]["contexts"]
+    rows = []
+    for L in res["learners"].values():
+        e1 = L["settings"]["exact"]["entropy"]["mean"]
+        eb = L["settings"]["exact"][f"entropy_b{beta:g}"]["mean"]
+        c = L["correlation"]["critic_accuracy"]
+        rows.append([L["label"], num(L["settings"][res["null_critic"]]["gain_T"]["mean"]),
+                     f"{num(e1[0], 2)} -> {num(e1[-1], 2)} ({num(100 * saturation(e1[0], n0), 1)}%)",
+                     f"{num(eb[0], 2)} -> {num(eb[-1], 2)} ({num(100 * saturation(eb[0], n0), 1)}%)",
+                     f"{num(c['r'], 2)} (p = {float(c['p']):.2g})"])
+    tf = res["learners"].get("transformer", {}).get("train", {})
+    return (f"{res['rounds']} rounds, N0 = {n0} candidates, {C} contexts x {res['sizes']['draws']} critic draws; "
+            f"{len(res['critic_names'])} critic settings including the null critic (scores independent of the "
+            f"answer); {machine(res)}, {num(res['wall_seconds'] / 60, 1)} min.\n\n"
+            + table(["learner", "gain with the null critic", "entropy beta = 1, exact critic (headroom)",
+                     f"entropy beta = {beta:g}, exact critic (headroom)", "Pearson r(accuracy, gain)"], rows)
+            + (f"\n\nTransformer training health: **{tf['health']['status']}**"
+               + (f" ({tf['health']['reason']})" if tf["health"]["reason"] else "") + "." if tf else "")
+            + f"\n\nClaims (effect = worse - better, 95% interval; contexts are the unit for GD, seeds for the "
+              f"transformer; headroom: how far the round-0 entropy lies below its maximum ln {n0} = "
+              f"{math.log(n0):.3f}):\n\n" + CL.table(_claims(res)))
+
+
+def verdict(res: dict) -> str:
+    """Two lines for the README: the exact critic's gain beyond the loop's own effect, and the
+    loop's own effect, per learner."""
+    cl = _claims(res)
+    names = list(res["learners"])
+    return ("Beyond the loop's own effect (the null critic), the exact critic helps: " + "; ".join(
+        f"{n}: {brief(find(cl, f'{n}: the exact critic helps'))}" for n in names)
+        + ". The loop alone (null critic) improves the answer: " + "; ".join(
+        f"{n}: {brief(find(cl, f'{n}: the loop alone'))}" for n in names) + ".")

@@ -2,7 +2,8 @@
 
 Figures are made as ``matplotlib.figure.Figure`` objects, never through pyplot, so importing
 icalign never selects or switches a backend (a notebook keeps its own) and no figure is
-registered globally. Save one with :func:`icalign.io.save_figure`.
+registered globally. Save one with :func:`icalign.io.save_figure`. Every figure shows itself
+in a notebook as returned (:class:`NotebookFigure`), with or without ``%matplotlib inline``.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-__all__ = ["NMSE_LABEL", "T_LABEL", "RANDOM_LABEL", "NMSE_RANGE", "new_figure", "colormap", "floats", "band",
-           "band_note", "integer_ticks", "random_direction_line", "hardware_note", "clip_ylim", "effects"]
+__all__ = ["NotebookFigure", "NMSE_LABEL", "T_LABEL", "RANDOM_LABEL", "NMSE_RANGE", "new_figure", "colormap", "floats",
+           "band", "band_note", "integer_ticks", "random_direction_line", "hardware_note", "clip_ylim", "effects"]
 
 NMSE_LABEL = "normalised MSE  1 - cos(y_hat, y*)"
 T_LABEL = "in-context examples t"
@@ -21,9 +22,20 @@ RANDOM_LABEL = "random direction"
 NMSE_RANGE = (0.0, 2.0)  #: the normalised MSE lies in [0, 2]; differences of two in [-2, 2]
 
 
+class NotebookFigure(Figure):
+    """A Figure that a notebook displays as a PNG when it is a cell's value. A Figure made
+    without pyplot has no display hook of its own (IPython shows ``<Figure size ...>`` unless
+    ``%matplotlib inline`` registered one); ``_repr_png_`` is IPython's hook for any object."""
+
+    def _repr_png_(self) -> bytes:
+        from icalign.io import figure_bytes
+
+        return figure_bytes(self, "png", dpi=100)
+
+
 def new_figure(nrows: int = 1, ncols: int = 1, figsize=(6.0, 4.0), **subplot_kw):
-    """(Figure, axes as a 2-D array) without pyplot."""
-    fig = Figure(figsize=figsize)
+    """(Figure, axes as a 2-D array) without pyplot; the Figure displays itself in a notebook."""
+    fig = NotebookFigure(figsize=figsize)
     axes = fig.subplots(nrows, ncols, squeeze=False, **subplot_kw)
     return fig, axes
 

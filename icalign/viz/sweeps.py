@@ -1,4 +1,4 @@
-"""Figures of the reward-noise sweep, drawn from its result dict alone.
+"""The reward-noise sweep drawn from its result dict alone: figures and markdown.
 
 Every band and whisker is a 95% Student-t interval: over seeds for transformers, over
 contexts for the GD learners; differences are the claim engine's paired differences
@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from icalign.analysis import claims as CL
 from icalign.analysis import report
+from icalign.viz.md import brief, find, health_note, label, loaded, machine, num, table
 from icalign.viz.style import (NMSE_LABEL, T_LABEL, band, band_note, clip_ylim, colormap, effects, floats,
                                integer_ticks, new_figure)
 
-__all__ = ["noise_curves", "noise_summary", "size_title"]
+__all__ = ["noise_curves", "noise_summary", "size_title", "markdown", "verdict"]
 
 
 def size_title(res: dict) -> str:
@@ -129,3 +130,39 @@ def noise_summary(res: dict):
                  f"(transformers), over contexts (GD)\n{size_title(res)}", fontsize=9)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     return fig
+
+
+def markdown(res: dict) -> str:
+    """The result as markdown: normalised MSE under ``replace`` at t = 2 and the largest t for
+    both transformers and both GD learners (and the trivial predictors, where stored), the
+    training-health gate and every claim."""
+    ts, tf, gd = res["ts"], res["transformer"], res["gd"]
+    i2, i1 = ts.index(2), len(ts) - 1
+    clean = str(res["train_levels"][0])
+    pair = lambda s: f"{num(s['mean'][i2])} / {num(s['mean'][i1])}"
+    ref = res.get("reference")
+    rows = []
+    for lv in map(str, res["corruptions"]["replace"]["levels"]):
+        at = tf.get(lv, {}).get("replace", {}).get(lv)
+        rows.append([lv, pair(tf[clean]["replace"][lv]["nmse"]), pair(at["nmse"]) if at else "-",
+                     pair(gd["adam"]["replace"][lv]["nmse"]), pair(gd["gd"]["replace"][lv]["nmse"])]
+                    + ([num(ref[k]["replace"][lv][-1]) for k in ref] if ref else []))
+    extra = [f"{k} t = {ts[-1]}" for k in ref] if ref else []
+    return (f"**{label(res)}** ({res['size_note']}; {len(res['seeds'])} seeds; {machine(res)}, "
+            f"{num(res['seconds']['total'] / 60, 1)} min{loaded(res)}), normalised MSE under `replace` at t = 2 / "
+            f"t = {ts[-1]}" + ("" if ref else " (this file stores no trivial-predictor reference)") + ":\n\n"
+            + table(["p", "TF trained clean", "TF trained at p", "GD (Adam)", "GD (plain)"] + extra, rows)
+            + "\n\n" + health_note(report.noise_health(res), lambda k: f"TF trained at p = {k}")
+            + f"\n\nClaims (normalised MSE at t = {ts[-1]}; effect = worse - better, 95% interval):\n\n"
+            + CL.table(report.noise_claims(res)))
+
+
+def verdict(res: dict) -> str:
+    """Three lines for the README: what corruption does, whether the clean-trained
+    transformer beats GD, and how many claims each verdict got."""
+    cl = report.noise_claims(res)
+    count = {v: sum(c["verdict"] == v for c in cl) for v in CL.VERDICTS}
+    return (f"{label(res)}: fully replaced rewards degrade the clean-trained transformer: "
+            f"{brief(find(cl, 'degrade the clean-trained'))} and GD: {brief(find(cl, 'degrade GD'))}; on clean rewards "
+            f"the transformer beats GD: {brief(find(cl, 'on clean rewards'))}. Of its {len(cl)} claims, "
+            + ", ".join(f"{n} {v}" for v, n in count.items() if n) + ".")

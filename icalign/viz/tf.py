@@ -1,13 +1,14 @@
-"""Figure of the TF-vs-GD experiment, drawn from its results dict only."""
+"""The TF-vs-GD experiment drawn from its results dict only: figure and markdown."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from icalign.viz.md import label, loaded, machine, num, table
 from icalign.viz.style import (NMSE_LABEL, RANDOM_LABEL, T_LABEL, band, band_note, clip_ylim, floats, hardware_note,
                                integer_ticks, new_figure, random_direction_line)
 
-__all__ = ["tf_vs_gd", "STYLE"]
+__all__ = ["tf_vs_gd", "STYLE", "markdown", "verdict"]
 
 STYLE = {
     "transformer": dict(color="C0", marker="o", label="trained transformer"),
@@ -99,3 +100,58 @@ def tf_vs_gd(res: dict):
                  fontsize=10)
     fig.tight_layout()
     return fig
+
+
+_LABELS = {"transformer": "transformer", "adam": "Adam baseline", "gd": "plain GD"}
+_TS = (1, 2, 5, 10, 15)
+
+
+def _diff(res: dict) -> str:
+    cmp, ts = res["comparison"], res["comparison"]["t"]
+    t = 15 if 15 in ts else ts[-1]
+    if "nmse_diff" not in cmp:
+        return ("Per-context values are not stored in this file, so the paired difference transformer - GD is not "
+                "available (the table's means are).")
+    d, i = cmp["nmse_diff"], ts.index(t)
+    cells = "; ".join(f"{k} {num(v['mean'][i])} [{num(v['low'][i])}, {num(v['high'][i])}]" for k, v in d.items())
+    return (f"Transformer minus GD learner at t = {t}, paired over {cmp['n_contexts']} contexts (95% interval; one "
+            f"trained model, so it says nothing about other seeds): {cells}.")
+
+
+def markdown(res: dict) -> str:
+    """The result as markdown: its size, normalised MSE of the three learners at t = 1, 2, 5,
+    10, 15, the paired difference, the training-health gate and how GD-like the answers are."""
+    from icalign.analysis import health
+
+    cmp, ts = res["comparison"], res["comparison"]["t"]
+    m, tr = res["model_config"], res["train_config"]
+    rows = [[_LABELS[k]] + [num(cmp["nmse"][k]["mean"][ts.index(t)]) for t in _TS if t in ts] for k in _LABELS]
+    g = health.variant_gate(health.final_train_loss(res), tr, m, nmse_mean=cmp["nmse"]["transformer"]["mean"])
+    parts = [f"**{label(res)}** ({m['n_layers']} layers, {m['n_heads']} heads, width "
+             f"{m['d_model']}, {m['token_layout']} tokens, batch {tr['batch']}, {tr['steps']} steps, lr {tr['lr']:g}; "
+             f"{machine(res)}, {num(res['seconds']['total'], 0)} s including the evaluation{loaded(res)}), "
+             "normalised MSE:\n\n" + table(["t"] + [str(t) for t in _TS if t in ts], rows),
+             _diff(res) + f" Training health: **{g['status']}**" + (f" ({g['reason']})." if g["reason"] else ".")]
+    sens = cmp.get("sensitivity", {}).get("adam")
+    if sens and 2 in ts and 4 in ts:
+        late = [c for t, c in zip(ts, cmp["pred_diff"]["adam"]["cos"]["mean"]) if t >= 4]
+        s = sens["candidates"]["cos"]["mean"]
+        parts.append(f"From t = 4 on the transformer's predicted direction has cosine >= {num(min(late), 2)} with the "
+                     f"Adam learner's; the cosine between their sensitivities to the candidates goes from "
+                     f"{num(s[ts.index(2)], 2)} at t = 2 to {num(s[-1], 2)} at t = {ts[-1]}.")
+    return "\n\n".join(parts)
+
+
+def verdict(*results: dict) -> str:
+    """Two lines for the README: each result's error against Adam's at t = 15 (the table's last)."""
+    parts = []
+    for res in results:
+        cmp = res["comparison"]
+        t = 15 if 15 in cmp["t"] else cmp["t"][-1]
+        i = cmp["t"].index(t)
+        nm, d = cmp["nmse"], cmp.get("nmse_diff", {}).get("adam")
+        parts.append(f"{label(res)} ({res['model_config']['n_layers']} layers) at t = {t}: "
+                     f"{num(nm['transformer']['mean'][i])} against {num(nm['adam']['mean'][i])} for GD (Adam)"
+                     + (f", transformer - Adam {num(d['mean'][i])} [{num(d['low'][i])}, {num(d['high'][i])}] paired "
+                        f"over {cmp['n_contexts']} contexts" if d else ""))
+    return "Normalised MSE of the trained transformer against GD: " + "; ".join(parts) + "."

@@ -1,0 +1,49 @@
+"""Markdown pieces shared by the result renderers (each experiment's ``markdown`` and
+``verdict`` live beside its figures, in its own module of :mod:`icalign.viz`)."""
+
+from __future__ import annotations
+
+from icalign.analysis import claims as CL
+from icalign.analysis.report import machine, num, table
+
+__all__ = ["machine", "num", "table", "ci", "loaded", "health_note", "find", "brief", "label"]
+
+
+def ci(s: dict, i: int | None = None) -> str:
+    """mean [low, high] of a summary (at t index ``i``, or a scalar summary)."""
+    pick = (lambda k: s[k]) if i is None else (lambda k: s[k][i])
+    return f"{num(pick('mean'))} [{num(pick('low'))}, {num(pick('high'))}]"
+
+
+def loaded(res: dict) -> str:
+    """A note for a result whose training was loaded from its run folder (its time is no training time)."""
+    return "; training loaded from its finished run folder, not timed" if res.get("train_loaded") else ""
+
+
+def health_note(health: dict, label) -> str:
+    """One paragraph: the trained models that failed their health gate, with the reasons."""
+    bad = {k: g for k, g in health.items() if g["status"] != "trained"}
+    if not bad:
+        return "Training health: every trained model beats both trivial predictors and its own t = 1 error."
+    return ("Not trained (no evidence either way): "
+            + "; ".join(f"{label(k)} ({g['reason']})" for k, g in bad.items()) + ".")
+
+
+def find(claims: list, *words: str) -> dict:
+    """The first claim whose text holds every one of ``words`` (a README verdict names claims
+    by their text; a renamed claim is a clear error, not a silently missing line)."""
+    for c in claims:
+        if all(w in c["claim"] for w in words):
+            return c
+    raise ValueError(f"no claim holds {words!r}; claims: {[c['claim'] for c in claims]}")
+
+
+def brief(c: dict) -> str:
+    """A claim's verdict and numbers in a few words: **verdict** (effect [interval], units)."""
+    return f"**{c['verdict']}** ({CL.short(c)})"
+
+
+def label(res: dict) -> str:
+    """The result's size or run name (quick, full, ...); files written before results stored
+    their name carry it as the first word of ``size``."""
+    return res.get("name") or (res.get("size") or "in memory").split()[0]
