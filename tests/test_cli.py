@@ -101,7 +101,7 @@ def test_bad_override_fails_before_any_compilation(tmp_path):
     import_s = min(timed([sys.executable, "-c", "import icalign.cli"])[0] for _ in range(2))
     runs = [timed([sys.executable, "-m", "icalign.cli", "run", "reward-noise", "--set", "seeds=1"]) for _ in range(2)]
     elapsed, proc = min(runs, key=lambda r: r[0])
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # input refused before any work
     assert proc.stderr.strip().splitlines() == [
         "icalign: error: config key 'seeds' = '1' is not allowed: seeds must be >= 2 "
         "(a 95% interval over seeds needs two), got 1"]
