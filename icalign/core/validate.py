@@ -1,4 +1,4 @@
-"""Input checks run at the API edge, before anything is traced.
+"""Input checks run at the API edge, before anything is traced, and on the files a command reads.
 
 Every message names the argument, the value received and what is allowed. Values that are
 JAX tracers (a level swept with ``vmap`` inside ``jit``) cannot be inspected; they pass
@@ -137,7 +137,8 @@ def check_real_array(name: str, value, integers: bool = False):
             return arr
         arr = np.asarray(arr).astype(jax.dtypes.canonicalize_dtype(np.float64))
     elif not jax.dtypes.issubdtype(dtype, jax.numpy.floating):
-        kind = {"b": "booleans", "i": "integers", "u": "integers", "c": "complex numbers"}.get(dtype.kind, "not numbers")
+        kinds = {"b": "booleans", "i": "integers", "u": "integers", "c": "complex numbers"}
+        kind = kinds.get(dtype.kind, "not numbers")
         raise ValueError(f"{name} must be an array of real floating numbers (such as float32), got dtype {dtype} "
                          f"({kind})" + (": convert them with .astype(float) if that is meant" if kind == "integers"
                                         else ""))

@@ -19,7 +19,8 @@ def separated_contexts(key: jax.Array, batch: int, n: int, d: int, best_first: b
     random permutation of (k + 1/2 + U(-0.2, 0.2)) / n, so every gap is >= 0.6 / n and all lie
     in [0, 1] (best-first order if asked). y* is not defined here (zeros)."""
     check_key("key", key)
-    check_int("batch", batch, minimum=1), check_int("n", n, minimum=2), check_int("d", d, minimum=1)
+    for name, value, minimum in (("batch", batch, 1), ("n", n, 2), ("d", d, 1)):
+        check_int(name, value, minimum)
     k_r, k_p, k_y, k_x = jax.random.split(key, 4)
     base = (jnp.arange(n, dtype=dtype)[None, :] + 0.5 + jax.random.uniform(k_r, (batch, n), dtype, -0.2, 0.2)) / n
     if best_first:

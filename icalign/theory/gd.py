@@ -37,8 +37,8 @@ from icalign.core.losses import REWARDS, ranking_order, reward_scores, smooth_no
 from icalign.core.metrics import normalised_mse, prefix_mask, unit
 from icalign.core.sharding import shard_contexts
 from icalign.core.tasks import CORRUPTIONS, Context, check_batched_contexts, check_corruption_levels
-from icalign.core.validate import (check_bool_array, check_choice, check_int, check_int_values, check_key, check_positive,
-                                   check_real_array)
+from icalign.core.validate import (check_bool_array, check_choice, check_int, check_int_values, check_key,
+                                   check_positive, check_real_array)
 
 __all__ = ["remaining_softmax", "pl_score_gradient", "pl_gradient", "pl_gradient_triplets", "bt_gradient", "gd_step",
            "gradient_descent", "init_linear", "fit_linear", "baseline_sweep", "fit_contexts", "check_batched_contexts",

@@ -177,7 +177,8 @@ def run_settings(seeds: Sequence[int], lrs=None, noise_levels=None, train_cfg: T
     check_corruption_levels(train_cfg.corruption, noise)
     runs = [{"seed": s, "lr": lr, "noise": nz} for s, lr, nz in zip(seeds, lrs, noise)]
     # two identical runs are one run trained twice, and a summary would count it as two seeds
-    check_distinct("seeds, lrs and noise_levels", runs, lambda r: f"seed {r['seed']}, lr {r['lr']:g}, noise {r['noise']:g}")
+    check_distinct("seeds, lrs and noise_levels", runs,
+                   lambda r: f"seed {r['seed']}, lr {r['lr']:g}, noise {r['noise']:g}")
     return runs
 
 
