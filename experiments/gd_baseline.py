@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from icalign.core import stats, tasks
-from icalign.core.validate import check_int
+from icalign.core.validate import check_int, python_numbers
 from icalign.experiment import EvalConfig, check_seed, config_record, publish, result_path, runner
 from icalign.io import hardware
 from icalign.theory import gd
@@ -40,11 +40,14 @@ class Config:
     seed: int = 0
 
     def __post_init__(self):
+        python_numbers(self)
         check_seed(self.seed)
         tasks.check_corruption_levels(self.corruption, 0.0)
         check_int("d", self.d, minimum=1)
         check_int("n", self.n, minimum=2)
-        check_int("t_min", self.t_min, minimum=1)
+        if check_int("t_min", self.t_min) < 2:
+            raise ValueError(f"t_min must be >= 2, got {self.t_min}: a fit on t = 1 candidate has nothing to rank "
+                             "(its PL loss is 0 and it returns its init)")
         if not self.t_min <= check_int("t_max", self.t_max) <= self.n:
             raise ValueError(f"t_max must lie in [t_min = {self.t_min}, n = {self.n}], got {self.t_max}")
 

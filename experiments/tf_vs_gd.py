@@ -53,6 +53,9 @@ def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = 
     t0 = time.perf_counter()
     trained = train_or_load(cfg.model, cfg.train, seeds=(cfg.seed,), run_root=run_root, progress=progress)
     t_train = time.perf_counter() - t0
+    trend = T.loss_trend(trained.losses)  # a short factual note; the health gates are icalign.analysis.health
+    if trend["warning"]:
+        print(f"[{NAME}] warning: {trend['warning']}")
     k_ctx, k_gd = keys.eval_keys(cfg.seed, 2)
     ctx = sample_contexts(k_ctx, cfg.eval.contexts, cfg.model.d, cfg.model.n, cfg.train.queries,
                           cfg.train.query_corr)
@@ -68,6 +71,7 @@ def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = 
         # the run folder's name (its settings' hash) under the run root: no machine's paths
         "run_folder": None if trained.run_dir is None else trained.run_dir.name,
         "first_train_loss": trained.losses[:, :WINDOW].mean(1), "final_train_loss": trained.losses[:, -WINDOW:].mean(1),
+        "training_health": trend,
         "train_loaded": trained.loaded,  # True: training time is a load, not a training run
         "seconds": {"train": t_train, "evaluate": t_eval, "total": time.perf_counter() - t0},
         "hardware": hardware(), "comparison": cmp,

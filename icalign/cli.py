@@ -17,6 +17,7 @@ from pathlib import Path
 import icalign.benchmarks
 import icalign.experiments
 from icalign import config as C
+from icalign.core import validate
 from icalign.experiment import default_name, preflight, run_folders
 
 
@@ -134,7 +135,16 @@ def _run(name: str, rest: list[str]) -> int:
         print(C.to_toml(cfg, comments=True), end="")
         return 0
     print(f"[{name}] results folder: {out}")
-    result = mod.run(cfg, out, force=args.force, progress=not args.no_progress, run_root=args.run_root, checked=True)
+    train = getattr(cfg, "train", None)
+    for note in (train.notes() if hasattr(train, "notes") else []):
+        print(f"[{name}] note: {note}")
+    from icalign.io import ResultExistsError
+
+    try:
+        result = mod.run(cfg, out, force=args.force, progress=not args.no_progress, run_root=args.run_root,
+                         checked=True)
+    except ResultExistsError as err:
+        raise ResultExistsError(f"{err}{_redraw_hint(out)}") from None
     print(f"[{name}] results folder: {out}")
     for folder in run_folders(result):  # the trained models, and the one line that loads each
         print(f"[{name}] trained model: {args.run_root / folder}  (load it: "
@@ -142,18 +152,53 @@ def _run(name: str, rest: list[str]) -> int:
     return int(getattr(mod, "exit_code", lambda r: 0)(result))
 
 
+MAX_RESULT_BYTES = 256 * 2**20  #: the largest committed result is under 1 MiB
+
+
+def _read_result(p: str, table: dict) -> tuple[str, dict]:
+    """(experiment command name, result dict) of a result JSON given to ``icalign redraw``:
+    a regular file holding a JSON object that names one of the experiments."""
+    import json
+
+    res = validate.parse_input_file("icalign redraw:", p, MAX_RESULT_BYTES, json.loads, "JSON", json.JSONDecodeError)
+    if not isinstance(res, dict):
+        raise ValueError(f"icalign redraw: {p}: holds a JSON {type(res).__name__}, not a result (a JSON object "
+                         "written by `icalign run`)")
+    name = res.get("experiment")
+    name = name.replace("_", "-") if isinstance(name, str) else name
+    if name not in table:
+        raise ValueError(f"icalign redraw: {p}: its field 'experiment' is {res.get('experiment')!r}, not one of "
+                         f"{sorted(table)}")
+    return name, res
+
+
+def _redraw_hint(out: Path) -> str:
+    """For a refused rerun: the command that redraws the finished result's markdown and figures
+    (a run whose disk filled up after the JSON was written has the JSON but not its figures)."""
+    results = sorted(p for p in out.glob("*.json") if not p.name.startswith("."))
+    if not results:
+        return ""
+    missing = not any(out.glob(f"{results[0].stem}*.png"))
+    return (f". {'Its figures are missing: r' if missing else 'R'}edraw its markdown and figures from the JSON, "
+            f"without rerunning, with `icalign redraw {' '.join(map(str, results))}`")
+
+
 def _redraw(paths: list[str]) -> int:
     from icalign.experiment import redraw
-    from icalign.io import read_json
 
     if not paths:
         raise SystemExit("icalign redraw: give one or more result JSON files")
     table = experiments()
     for p in paths:
-        name = read_json(p).get("experiment", "").replace("_", "-")
-        if name not in table:
-            raise SystemExit(f"icalign redraw: {p} names experiment {name!r}, not one of {sorted(table)}")
-        written = redraw(Path(p), importlib.import_module(table[name]))
+        name, _ = _read_result(p, table)
+        try:
+            written = redraw(Path(p), importlib.import_module(table[name]))
+        except (KeyError, TypeError, IndexError, AttributeError) as err:
+            # the figure and markdown code read the result's fields: a missing or mistyped one
+            # is the file's fault, named here rather than in a traceback from a figure module
+            what = f"lacks the field {err}" if isinstance(err, KeyError) else f"has a field of the wrong shape ({err})"
+            raise ValueError(f"icalign redraw: {p}: {what}, which the {name} figures need; is it a complete "
+                             f"{name} result?") from None
         print(f"redrew {', '.join(map(str, written))}")
     return 0
 
@@ -166,6 +211,18 @@ def _readme(rest: list[str]) -> int:
     p.add_argument("--repo", type=Path, default=Path("."), help="folder holding README.md and docs/results.md")
     p.add_argument("--results", type=Path, default=Path("figures"), help="committed results root (default figures/)")
     args = p.parse_args(rest)
+    for doc in readme.DOCUMENTS:
+        validate.check_input_file(f"icalign readme: {doc} under --repo", args.repo / doc, 16 * 2**20)
+    if not args.results.is_dir():
+        raise ValueError(f"icalign readme: --results {args.results}: not a folder of results")
+    try:
+        return _readme_run(readme, args)
+    except (FileNotFoundError, IsADirectoryError) as err:  # a result file the sections are written from
+        raise ValueError(f"icalign readme: {err.filename}: {err.strerror}; the README's sections are written from "
+                         f"the results under --results {args.results}") from None
+
+
+def _readme_run(readme, args) -> int:
     if args.check:
         stale = readme.check(args.repo, args.results)
         if stale:
@@ -223,8 +280,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> int:
-    """Console entry point: bad input and refused overwrites end with a one-line message and
-    exit code 1, not a traceback (tests call ``main`` and see the exceptions)."""
+    """Console entry point: errors end with a one-line message, not a traceback (tests call
+    ``main`` and see the exceptions). Exit code 2: the input was refused before any work (a
+    flag, a config value, a file: ValueError; argparse's usage errors exit 2 too); exit code
+    1: the run was refused or failed (a finished or claimed result, a finished run folder,
+    a loss that became NaN)."""
     import matplotlib
 
     matplotlib.use("Agg")  # the command writes figure files; a library import never does this
@@ -233,7 +293,10 @@ def entry() -> int:
 
     try:
         return main()
-    except (ValueError, ResultExistsError, ResultClaimedError, RunExistsError, NonFiniteLossError) as err:
+    except ValueError as err:
+        print(f"icalign: error: {err}", file=sys.stderr)
+        return 2
+    except (ResultExistsError, ResultClaimedError, RunExistsError, NonFiniteLossError) as err:
         print(f"icalign: error: {err}", file=sys.stderr)
         return 1
 

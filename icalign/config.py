@@ -28,6 +28,8 @@ import typing
 from pathlib import Path
 from typing import Any, Iterable
 
+from icalign.core.validate import parse_input_file
+
 __all__ = ["ConfigError", "override", "load_toml", "to_toml", "to_dict", "from_dict", "short_hash", "keys",
            "describe_keys"]
 
@@ -214,15 +216,18 @@ def _flatten(table: dict, prefix: str = "") -> dict:
     return out
 
 
+MAX_TOML_BYTES = 2**20  #: a config is a few hundred bytes; anything near this is another file
+
+
 def load_toml(cfg, path) -> Any:
-    """``cfg`` with the values of the TOML file ``path`` applied (see :func:`override`)."""
+    """``cfg`` with the values of the TOML file ``path`` applied (see :func:`override`). The
+    file must be a regular file of at most 1 MiB (a folder or FIFO is refused without being
+    opened) holding valid, not absurdly nested, TOML."""
     path = Path(path)
     try:
-        table = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"--config {path}: no such file") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"--config {path}: not valid TOML ({err})") from None
+        table = parse_input_file("--config", path, MAX_TOML_BYTES, tomllib.loads, "TOML", tomllib.TOMLDecodeError)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     return override(cfg, _flatten(table))
 
 

@@ -84,6 +84,7 @@ def preflight(cfg) -> None:
         check_memory(f"{ev.contexts} evaluation contexts", contexts_bytes(ev.contexts, d, n) * 20, "eval.contexts")
     train = getattr(cfg, "train", None)
     if isinstance(model, M.ModelConfig) and isinstance(train, T.TrainConfig):
+        T.check_objective(model.n, train.min_seen)
         runs = getattr(cfg, "seeds", 1) * len(getattr(cfg, "train_levels", (0,)))
         check_memory(f"training {runs} run(s) of this model", T.training_bytes(model, train.batch, runs, train.microbatches),
                      "train.batch, seeds or the model size")
@@ -233,6 +234,7 @@ class EvalConfig:
     gd_steps: int = 50
 
     def __post_init__(self):
+        validate.python_numbers(self)
         try:
             check_int("contexts", self.contexts, minimum=2)  # an interval needs two samples
             check_int("sensitivity_contexts", self.sensitivity_contexts, minimum=0)

@@ -149,7 +149,7 @@ def test_bad_override_fails_before_any_compilation(tmp_path):
     proc = subprocess.run([sys.executable, "-c", _COUNT_COMPILATIONS], capture_output=True, text=True, env=env,
                           cwd=tmp_path)
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["rc"] == 1
+    assert out["rc"] == 2  # input refused before any work
     assert proc.stderr.strip().splitlines() == [
         "icalign: error: config key 'seeds' = '1' is not allowed: seeds must be >= 2 "
         "(a 95% interval over seeds needs two), got 1"]

@@ -149,7 +149,7 @@ def test_sweep_equals_individual_fits_and_is_deterministic():
         (lambda: gd.pl_gradient(jnp.ones((3, 3)), jnp.ones(3), jnp.ones((4, 3)), jnp.ones(4), "hinge"), "reward must be one of"),
         (lambda: gd.fit_linear(jax.random.PRNGKey(0), jnp.ones(3), jnp.ones((4, 3)), jnp.ones(4), 2, "sgdm"), "learner must be one of"),
         (lambda: gd.baseline_sweep(jax.random.PRNGKey(0), tasks.sample_contexts(jax.random.PRNGKey(0), 2), [0.0, 1.5], [2]), "lie in [0, 1]"),
-        (lambda: gd.baseline_sweep(jax.random.PRNGKey(0), tasks.sample_contexts(jax.random.PRNGKey(0), 2), [0.0], [0, 3]), "ts must lie in [1, 20]"),
+        (lambda: gd.baseline_sweep(jax.random.PRNGKey(0), tasks.sample_contexts(jax.random.PRNGKey(0), 2), [0.0], [0, 3]), "ts must lie in [2, 20]"),
         (lambda: gd.baseline_sweep(jax.random.PRNGKey(0), tasks.sample_contexts(jax.random.PRNGKey(0), 2), [0.0], [2], "flip"), "corruption must be one of"),
     ],
 )

@@ -1,7 +1,9 @@
 """Reward models and ranking losses (docs/theory.md section 1).
 
 Shapes: a prediction ``y_hat`` is (..., D); candidates ``ys`` are (..., N, D); scores and
-rewards are (..., N). Everything is vectorised: a ranking loss sorts the scores by the shown
+rewards are (..., N). Inputs are checked before anything is traced: lists become arrays, integers become floats,
+and None, text, booleans, complex numbers, NaN and inf are refused by name. Everything is
+vectorised: a ranking loss sorts the scores by the shown
 reward (descending; ties broken by candidate index, lower first) and takes a reverse
 log-cumsum-exp, with no Python loop over contexts or positions.
 """
@@ -10,9 +12,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from icalign.core.validate import (check_bool_array, check_choice, check_finite, check_int_values, check_last_axis,
-                                   check_positive)
+from icalign.core.validate import (check_bool_array, check_choice, check_int_values, check_last_axis, check_positive,
+                                   check_real_array)
 
 __all__ = [
     "REWARDS",
@@ -31,6 +34,7 @@ COSINE_EPS = 1e-8
 
 def sqdist_reward(y_hat: jax.Array, ys: jax.Array, beta=1.0) -> jax.Array:
     """s_j = -beta/2 * ||y_hat - y_j||^2 (the theory's reward)."""
+    y_hat, ys = _check_prediction(y_hat, ys)
     check_positive("beta", beta)
     diff = y_hat[..., None, :] - ys
     return -0.5 * beta * jnp.sum(diff * diff, axis=-1)
@@ -44,16 +48,22 @@ def smooth_norm(v: jax.Array, eps=COSINE_EPS) -> jax.Array:
 
 def cosine_reward(y_hat: jax.Array, ys: jax.Array, eps=COSINE_EPS) -> jax.Array:
     """s_j = cos(y_hat, y_j), eps-safe (the published experiments' reward)."""
+    y_hat, ys = _check_prediction(y_hat, ys)
     num = jnp.einsum("...d,...nd->...n", y_hat, ys)
     return num / (smooth_norm(y_hat, eps)[..., None] * smooth_norm(ys, eps))
+
+
+def _check_prediction(y_hat, ys):
+    y_hat, ys = check_real_array("y_hat", y_hat, integers=True), check_real_array("ys", ys, integers=True)
+    y_shape, c_shape = jnp.shape(y_hat), jnp.shape(ys)
+    if len(y_shape) < 1 or len(c_shape) < 2 or y_shape[-1] != c_shape[-1]:
+        raise ValueError(f"y_hat (..., D) and ys (..., N, D) must share D, got shapes {y_shape} and {c_shape}")
+    return y_hat, ys
 
 
 def reward_scores(y_hat: jax.Array, ys: jax.Array, reward: str = "sqdist", beta=1.0) -> jax.Array:
     """Model reward of every candidate under the named reward model ('sqdist' or 'cosine')."""
     check_choice("reward", reward, REWARDS)
-    y_shape, c_shape = jnp.shape(y_hat), jnp.shape(ys)
-    if len(y_shape) < 1 or len(c_shape) < 2 or y_shape[-1] != c_shape[-1]:
-        raise ValueError(f"y_hat (..., D) and ys (..., N, D) must share D, got shapes {y_shape} and {c_shape}")
     if reward == "sqdist":
         return sqdist_reward(y_hat, ys, beta)
     return cosine_reward(y_hat, ys)
@@ -61,13 +71,13 @@ def reward_scores(y_hat: jax.Array, ys: jax.Array, reward: str = "sqdist", beta=
 
 def bradley_terry(score_preferred: jax.Array, score_other: jax.Array) -> jax.Array:
     """L_BT = -log sigmoid(s_w - s_l), computed as softplus(s_l - s_w) (stable for |s| ~ 1e4)."""
+    score_preferred = check_real_array("score_preferred", score_preferred, integers=True)
+    score_other = check_real_array("score_other", score_other, integers=True)
     if jnp.shape(score_preferred) != jnp.shape(score_other):
         raise ValueError(
             "score_preferred and score_other must have the same shape, got "
             f"{jnp.shape(score_preferred)} and {jnp.shape(score_other)}"
         )
-    check_finite("score_preferred", score_preferred)
-    check_finite("score_other", score_other)
     return jax.nn.softplus(score_other - score_preferred)
 
 
@@ -79,14 +89,15 @@ def ranking_order(rewards: jax.Array, mask: jax.Array | None = None) -> jax.Arra
 
 
 def _check_scores_rewards(scores, rewards):
+    scores = check_real_array("scores", scores, integers=True)
+    rewards = check_real_array("rewards", rewards, integers=True)
     n = jnp.shape(scores)[-1] if jnp.ndim(scores) else 0
     if jnp.ndim(scores) == 0 or n < 2:
         raise ValueError(
             f"scores must have a last axis of N >= 2 candidates, got shape {jnp.shape(scores)}"
         )
     check_last_axis("rewards", rewards, n, "scores")
-    check_finite("scores", scores)
-    check_finite("rewards", rewards)
+    return scores, rewards
 
 
 def plackett_luce(scores: jax.Array, rewards: jax.Array, mask: jax.Array | None = None) -> jax.Array:
@@ -98,10 +109,11 @@ def plackett_luce(scores: jax.Array, rewards: jax.Array, mask: jax.Array | None 
     ``mask`` (..., N), optional: only candidates with mask True take part, ranked among
     themselves (this is how a variable context length is expressed).
     """
-    _check_scores_rewards(scores, rewards)
+    scores, rewards = _check_scores_rewards(scores, rewards)
     if mask is None:
         mask = jnp.ones(jnp.shape(scores), dtype=bool)
     else:
+        mask = mask if hasattr(mask, "dtype") else np.asarray(mask)
         check_last_axis("mask", mask, jnp.shape(scores)[-1], "scores")
         check_bool_array("mask", mask)
     scores, rewards, mask = jnp.broadcast_arrays(scores, rewards, mask)
@@ -126,6 +138,8 @@ def prefix_plackett_luce(scores: jax.Array, rewards: jax.Array, lengths: jax.Arr
     read at the t-th query token has seen t complete (query, response, reward) triplets.
     ``rewards`` (..., N). Returns (..., T); rows with fewer than 2 candidates give 0.
     """
+    scores = check_real_array("scores", scores, integers=True)
+    rewards = check_real_array("rewards", rewards, integers=True)
     if jnp.ndim(scores) < 2:
         raise ValueError(f"scores must have shape (..., T, N), got {jnp.shape(scores)}")
     t, n = jnp.shape(scores)[-2:]

@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from icalign.core.validate import check_choice, check_finite, check_int, check_key, check_level, check_memory
+from icalign.core.validate import (check_choice, check_int, check_key, check_level, check_memory,
+                                   check_real_array)
 
 __all__ = [
     "Context",
@@ -39,6 +40,7 @@ __all__ = [
     "CORRUPTIONS",
     "corrupt",
     "check_batched_contexts",
+    "check_context_values",
     "replace_random",
     "gaussian_noise",
     "reverse_random",
@@ -144,6 +146,8 @@ def scored_candidates(ctx: Context) -> jax.Array:
 def contexts_bytes(batch: int, d: int, n: int) -> float:
     """float32 bytes of ``batch`` contexts while they are generated: x, y*, eps (D), W*, W_eps
     (D x D), candidates (N x D), rewards, plus the keys."""
+    for name, value, minimum in (("batch", batch, 1), ("d", d, 1), ("n", n, 2)):
+        check_int(name, value, minimum)
     return 4.0 * batch * (2 * d * d + (n + 3) * d + 3 * n + 8)
 
 
@@ -158,16 +162,20 @@ def with_shown_rewards(ctx: Context, rewards: jax.Array) -> Context:
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_corruption_inputs(key, rewards) -> None:
+def _check_corruption_inputs(key, rewards):
+    """The key, and the rewards as an array of finite reals (a list is converted, integers
+    become floats) with a last axis of N >= 1 candidates (an empty one would pass through
+    every corruption silently)."""
     check_key("key", key)
-    check_finite("rewards", rewards)
-    if jnp.ndim(rewards) < 1:
-        raise ValueError(f"rewards must have a last axis of N candidates, got shape {jnp.shape(rewards)}")
+    rewards = check_real_array("rewards", rewards, integers=True)
+    if jnp.ndim(rewards) < 1 or jnp.shape(rewards)[-1] < 1:
+        raise ValueError(f"rewards must have a last axis of N >= 1 candidates, got shape {jnp.shape(rewards)}")
+    return rewards
 
 
 def replace_random(key: jax.Array, rewards: jax.Array, p) -> jax.Array:
     """Published model: each shown reward is replaced, with probability p, by a fresh U(0,1)."""
-    _check_corruption_inputs(key, rewards)
+    rewards = _check_corruption_inputs(key, rewards)
     check_level("p", p, 0.0, 1.0)
     k_mask, k_new = jax.random.split(key)
     hit = jax.random.bernoulli(k_mask, p, rewards.shape)
@@ -177,14 +185,14 @@ def replace_random(key: jax.Array, rewards: jax.Array, p) -> jax.Array:
 
 def gaussian_noise(key: jax.Array, rewards: jax.Array, sigma) -> jax.Array:
     """Additive critic noise: r + sigma * N(0, 1). sigma = 0 is the clean critic."""
-    _check_corruption_inputs(key, rewards)
+    rewards = _check_corruption_inputs(key, rewards)
     check_level("sigma", sigma, 0.0, LEVEL_RANGES["gaussian"][1])
     return rewards + sigma * jax.random.normal(key, rewards.shape, dtype=rewards.dtype)
 
 
 def reverse_random(key: jax.Array, rewards: jax.Array, p) -> jax.Array:
     """Adversarial critic: each reward is reversed, r -> 1 - r, with probability p."""
-    _check_corruption_inputs(key, rewards)
+    rewards = _check_corruption_inputs(key, rewards)
     check_level("p", p, 0.0, 1.0)
     hit = jax.random.bernoulli(key, p, rewards.shape)
     return jnp.where(hit, 1.0 - rewards, rewards)
@@ -201,7 +209,7 @@ def subset_reversal(key: jax.Array, rewards: jax.Array, p) -> jax.Array:
     monotonically from 0 to 1 with p (at least p^2). Values are never invented, unlike
     ``replace_random``: only the critic's *ranking* is wrong.
     """
-    _check_corruption_inputs(key, rewards)
+    rewards = _check_corruption_inputs(key, rewards)
     check_level("p", p, 0.0, 1.0)
     n = rewards.shape[-1]
     in_s = jax.random.bernoulli(key, p, rewards.shape)
@@ -279,5 +287,12 @@ def check_batched_contexts(ctx: Context, n: int | None = None) -> None:
                          f"(B, N); got x {jnp.shape(ctx.x)}, ys {jnp.shape(ctx.ys)}, rewards {jnp.shape(ctx.rewards)}")
     if n is not None and N != n:
         raise ValueError(f"contexts have N={N} candidates; the model expects n={n}")
-    for name in ("x", "ys", "rewards", "r_true"):
-        check_finite(f"ctx.{name}", getattr(ctx, name))
+    check_context_values(ctx)
+
+
+def check_context_values(ctx: Context) -> None:
+    """Every array field of ``ctx`` holds finite real floats (integers, booleans and complex
+    numbers are refused by name: a sweep would fail deep in XLA or return complex numbers)."""
+    for f in ("x", "ys", "rewards", "r_true", "y_star", "xs", "ys_query"):
+        if getattr(ctx, f) is not None:
+            check_real_array(f"ctx.{f}", getattr(ctx, f))

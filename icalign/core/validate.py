@@ -1,4 +1,4 @@
-"""Input checks run at the API edge, before anything is traced.
+"""Input checks run at the API edge, before anything is traced, and on the files a command reads.
 
 Every message names the argument, the value received and what is allowed. Values that are
 JAX tracers (a level swept with ``vmap`` inside ``jit``) cannot be inspected; they pass
@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
+import os
+import stat
+from pathlib import Path
 from typing import Iterable
 
 import numpy as np
@@ -28,10 +31,20 @@ def check_int(name: str, value, minimum: int | None = None) -> int:
     return value
 
 
+def _refuse_non_numbers(name: str, value) -> None:
+    """None, text, booleans, complex numbers and objects are not numbers (numpy would turn
+    "0.5" into 0.5 in one place and fail deep in another, and drop an imaginary part)."""
+    arr = np.asarray(value) if not isinstance(value, (str, bytes)) and value is not None else None
+    if arr is None or arr.dtype.kind not in "iuf" and not jax.dtypes.issubdtype(arr.dtype, jax.numpy.floating):
+        what = type(value).__name__ if arr is None else f"dtype {arr.dtype}"
+        raise ValueError(f"{name} must be a real number or an array of real numbers, got {value!r} ({what})")
+
+
 def check_level(name: str, value, low: float | None, high: float | None) -> None:
     """A scalar or array of levels within [low, high] (None: unbounded on that side)."""
     if _is_traced(value):
         return
+    _refuse_non_numbers(name, value)
     arr = np.asarray(value, dtype=float)
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} must be finite, got {value!r}")
@@ -44,6 +57,7 @@ def check_level(name: str, value, low: float | None, high: float | None) -> None
 def check_positive(name: str, value) -> None:
     if _is_traced(value):
         return
+    _refuse_non_numbers(name, value)
     arr = np.asarray(value, dtype=float)
     if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
@@ -103,6 +117,36 @@ def check_finite(name: str, value) -> None:
         raise ValueError(f"{name} must be finite, got {arr[tuple(bad)]} at index {bad}")
 
 
+def check_real_array(name: str, value, integers: bool = False):
+    """``value`` as an array of finite real floating numbers, checked where it enters the API
+    (before any tracing): a list or tuple of numbers becomes a numpy array; None, text,
+    booleans, complex numbers and objects are refused by name, and integer arrays too unless
+    ``integers`` (then they become the default float dtype). A tracer (a call under
+    ``jit``/``vmap`` by the library itself) is checked by dtype only: its values cannot be
+    read, and reading them would cost a device sync in every compiled step."""
+    if value is None or isinstance(value, (str, bytes, dict)):
+        raise ValueError(f"{name} must be an array of real floating numbers, got {value!r} ({type(value).__name__})")
+    traced = _is_traced(value)
+    arr = value
+    if not traced and not hasattr(value, "dtype"):  # a list or a Python number: JAX's default float
+        arr = np.asarray(value)
+        if arr.dtype.kind == "f":
+            arr = arr.astype(jax.dtypes.canonicalize_dtype(arr.dtype))
+    dtype = np.dtype(arr.dtype)
+    if dtype.kind in "iu" and integers:
+        if traced:
+            return arr
+        arr = np.asarray(arr).astype(jax.dtypes.canonicalize_dtype(np.float64))
+    elif not jax.dtypes.issubdtype(dtype, jax.numpy.floating):
+        kinds = {"b": "booleans", "i": "integers", "u": "integers", "c": "complex numbers"}
+        kind = kinds.get(dtype.kind, "not numbers")
+        raise ValueError(f"{name} must be an array of real floating numbers (such as float32), got dtype {dtype} "
+                         f"({kind})" + (": convert them with .astype(float) if that is meant" if kind == "integers"
+                                        else ""))
+    check_finite(name, arr)
+    return arr
+
+
 def check_int_values(name: str, value, low: int, high: int) -> np.ndarray | None:
     """Concrete integer entries (a Python int, an integer array, or floats with integral values
     are refused: 2.5 candidates means nothing) all within [low, high]. Returns them as numpy
@@ -128,6 +172,80 @@ def check_bool_array(name: str, value) -> None:
 def check_learning_rate(name: str, value) -> None:
     """A step size must be a finite number > 0: 0 is a no-op, a negative one is ascent."""
     check_positive(name, value)
+
+
+def python_numbers(obj) -> None:
+    """Replace numpy scalars in the fields of the frozen dataclass ``obj`` by the Python int,
+    float or bool they hold, so ``TrainConfig(lr=np.float32(1e-3))`` is accepted like
+    ``lr=1e-3`` and is stored, hashed and written to TOML/JSON as a Python number. Call it
+    first in ``__post_init__``; values of other types are left for the field checks."""
+    import dataclasses
+
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if isinstance(v, np.generic) and v.dtype.kind in "biuf":
+            object.__setattr__(obj, f.name, v.item())
+
+
+def check_distinct(name: str, items: list, describe=repr) -> None:
+    """No two entries of ``items`` are equal (two identical runs in one call are one run
+    trained twice, and would be counted as two seeds)."""
+    seen: dict = {}
+    for i, item in enumerate(items):
+        key = repr(item)
+        if key in seen:
+            raise ValueError(f"{name}: entry {i} repeats entry {seen[key]} ({describe(item)}); give distinct values")
+        seen[key] = i
+
+
+def check_input_file(what: str, path, max_bytes: int) -> Path:
+    """A file a command reads must be a regular file of at most ``max_bytes``: a folder, a
+    FIFO (reading one waits for a writer forever), a device or a socket is refused after a
+    ``stat``, without opening it. ``what`` names the flag or command (for the message)."""
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ValueError(f"{what} {path}: no such file") from None
+    except OSError as err:
+        raise ValueError(f"{what} {path}: cannot be read ({err.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ValueError(f"{what} {path}: is a folder, not a file")
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode) else "a device or socket"
+        raise ValueError(f"{what} {path}: is {kind}, not a regular file")
+    if st.st_size > max_bytes:
+        raise ValueError(f"{what} {path}: is {st.st_size / 2**20:.1f} MiB, more than the {max_bytes / 2**20:g} MiB "
+                         "such a file may have; is it the right file?")
+    return path
+
+
+def read_input_text(what: str, path, max_bytes: int) -> str:
+    """The text of a file a command reads (:func:`check_input_file`), as UTF-8."""
+    path = check_input_file(what, path, max_bytes)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ValueError(f"{what} {path}: cannot be read ({err.strerror})") from None
+    if len(data) > max_bytes:  # it grew after the stat
+        raise ValueError(f"{what} {path}: is more than {max_bytes / 2**20:g} MiB; is it the right file?")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{what} {path}: is not UTF-8 text (byte {err.start})") from None
+
+
+def parse_input_file(what: str, path, max_bytes: int, parse, fmt: str, errors):
+    """``parse(text)`` of a file a command reads (:func:`read_input_text`); a parse error (one
+    of ``errors``, or a recursion too deep, as 100k nested ``[`` give) names the file and the
+    format ``fmt``."""
+    text = read_input_text(what, path, max_bytes)
+    try:
+        return parse(text)
+    except errors as err:
+        raise ValueError(f"{what} {path}: not valid {fmt} ({err})") from None
+    except RecursionError:
+        raise ValueError(f"{what} {path}: not valid {fmt} (nested too deeply to parse)") from None
 
 
 def check_seed(name: str, seed) -> int:

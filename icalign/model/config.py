@@ -12,7 +12,7 @@ import json
 import math
 from typing import Optional
 
-from icalign.core.validate import check_choice, check_int, described
+from icalign.core.validate import check_choice, check_int, described, python_numbers
 
 __all__ = ["ModelConfig", "BASE", "ATTENTIONS", "ACTIVATIONS", "LAYOUTS", "PRECISIONS", "config_hash"]
 
@@ -66,6 +66,7 @@ class ModelConfig:
 
     def __post_init__(self):
         # Messages name the field, the value and what is allowed (icalign._validate).
+        python_numbers(self)  # numpy scalars are accepted and stored as Python numbers
         for name in ("n_layers", "n_heads", "d_model", "d"):
             check_int(f"ModelConfig.{name}", getattr(self, name), minimum=1)
         check_int("ModelConfig.n", self.n, minimum=2)

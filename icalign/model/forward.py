@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from icalign.core.tasks import Context
+from icalign.core.tasks import Context, check_context_values
+from icalign.core.validate import check_real_array
 from icalign.model.config import ATTENTIONS, ModelConfig
 from icalign.model.params import FFN, Attention, Block, LayerNorm, Params, check_params
 from icalign.model.tokens import readout_positions, seq_len, token_dim, tokenize
@@ -151,9 +152,14 @@ def _gated_block(h_MxF, blk: Block, layer, B: int, T: int, config: ModelConfig, 
 
 
 def _check_inputs(params: Params, tokens, config: ModelConfig):
+    """(tokens as an array, lead shape, T). Tokens must be finite real floats: integers,
+    booleans and complex numbers are refused, a list is converted; a tracer (apply under the
+    library's own jit) is checked by dtype and shape only, at trace time, so compiled steps
+    pay nothing."""
     if not isinstance(config, ModelConfig):
         raise ValueError(f"config must be a ModelConfig, got {type(config).__name__}")
     check_params(params, config)
+    tokens = check_real_array("tokens", tokens)
     shape = jnp.shape(tokens)
     if len(shape) < 2 or shape[-1] != token_dim(config):
         raise ValueError(
@@ -162,7 +168,7 @@ def _check_inputs(params: Params, tokens, config: ModelConfig):
     T = shape[-2]
     if not 1 <= T <= seq_len(config):
         raise ValueError(f"tokens have T={T} positions; allowed 1..{seq_len(config)} (seq_len of the config)")
-    return shape[:-2], T
+    return tokens, shape[:-2], T
 
 
 def apply(params: Params, tokens: jax.Array, config: ModelConfig, capture: bool = False, gates=None):
@@ -180,7 +186,7 @@ def apply(params: Params, tokens: jax.Array, config: ModelConfig, capture: bool 
     """
     if not isinstance(capture, bool):
         raise ValueError(f"capture must be True or False, got {capture!r}")
-    lead, T = _check_inputs(params, tokens, config)
+    tokens, lead, T = _check_inputs(params, tokens, config)
     B = int(np.prod(lead)) if lead else 1
     h_MxF = _dense2d(jnp.reshape(tokens, (B * T, jnp.shape(tokens)[-1])), params.read_in.w, params.read_in.b)
     if config.positional:
@@ -230,6 +236,10 @@ def readout(params: Params, h: jax.Array, config: ModelConfig) -> jax.Array:
 
 def predict(params: Params, ctx: Context, config: ModelConfig, gates=None) -> jax.Array:
     """y_hat (..., N, D): row n is the prediction after n seen (query, response, reward)
-    triplets, n = 0..N-1 (the layout of ``losses.prefix_plackett_luce``)."""
+    triplets, n = 0..N-1 (the layout of ``losses.prefix_plackett_luce``). Every field of
+    ``ctx`` must hold finite real floats (checked by name, before tokenizing)."""
+    if not isinstance(ctx, Context):
+        raise ValueError(f"ctx must be an icalign.tasks.Context, got {type(ctx).__name__}")
+    check_context_values(ctx)
     out = apply(params, tokenize(ctx, config), config, gates=gates)
     return out[..., readout_positions(config), :]

@@ -47,7 +47,7 @@ import numpy as np
 
 from icalign import model as M_
 from icalign.core.tasks import Context
-from icalign.core.validate import check_int, check_positive
+from icalign.core.validate import check_int, check_key, check_positive
 from icalign.theory import blocks
 from icalign.theory.basis import Slots, check_writes, layout
 
@@ -222,7 +222,9 @@ def separated_contexts(key: jax.Array, batch: int, n: int, d: int, best_first: b
     """Random contexts that meet the preconditions: candidates and query ~ N(0, I), rewards a
     random permutation of (k + 1/2 + U(-0.2, 0.2)) / n, so every gap is >= 0.6 / n and all lie
     in [0, 1] (best-first order if asked). y* is not defined here (zeros)."""
-    check_int("batch", batch, minimum=1)
+    check_key("key", key)
+    for name, value, minimum in (("batch", batch, 1), ("n", n, 2), ("d", d, 1)):
+        check_int(name, value, minimum)
     k_r, k_p, k_y, k_x = jax.random.split(key, 4)
     base = (jnp.arange(n, dtype=dtype)[None, :] + 0.5 + jax.random.uniform(k_r, (batch, n), dtype, -0.2, 0.2)) / n
     if best_first:

@@ -37,24 +37,12 @@ from icalign.core.losses import REWARDS, ranking_order, reward_scores, smooth_no
 from icalign.core.metrics import normalised_mse, prefix_mask, unit
 from icalign.core.sharding import shard_contexts
 from icalign.core.tasks import CORRUPTIONS, Context, check_batched_contexts, check_corruption_levels
-from icalign.core.validate import (check_bool_array, check_choice, check_finite, check_int, check_int_values, check_key,
-                                   check_positive)
+from icalign.core.validate import (check_bool_array, check_choice, check_int, check_int_values, check_key,
+                                   check_positive, check_real_array)
 
-__all__ = [
-    "remaining_softmax",
-    "pl_score_gradient",
-    "pl_gradient",
-    "pl_gradient_triplets",
-    "bt_gradient",
-    "gd_step",
-    "gradient_descent",
-    "init_linear",
-    "fit_linear",
-    "baseline_sweep",
-    "fit_contexts",
-    "check_batched_contexts",
-    "LEARNERS",
-]
+__all__ = ["remaining_softmax", "pl_score_gradient", "pl_gradient", "pl_gradient_triplets", "bt_gradient", "gd_step",
+           "gradient_descent", "init_linear", "fit_linear", "baseline_sweep", "fit_contexts", "check_batched_contexts",
+           "LEARNERS"]
 
 LEARNERS = {
     # name: (optimiser, default learning rate); both run 50 full-batch steps on cosine PL.
@@ -63,8 +51,14 @@ LEARNERS = {
 }
 
 
-def _check_policy_args(W, x, ys, rewards, reward, mask=None):
+def _check_policy_args(W, x, ys, rewards, reward, mask=None, has_w: bool = True):
+    """Checks the arguments of a policy-gradient function and returns (W, x, ys, rewards, mask) as
+    arrays of finite reals (lists converted, integers made floats; None, text, booleans and
+    complex numbers refused by name)."""
     check_choice("reward", reward, REWARDS)
+    W = check_real_array("W", W, integers=True) if has_w else None
+    x, ys = check_real_array("x", x, integers=True), check_real_array("ys", ys, integers=True)
+    rewards = check_real_array("rewards", rewards, integers=True)
     ys_shape, x_shape = jnp.shape(ys), jnp.shape(x)
     w_shape = None if W is None else jnp.shape(W)
     if len(ys_shape) != 2 or ys_shape[0] < 2:
@@ -82,8 +76,7 @@ def _check_policy_args(W, x, ys, rewards, reward, mask=None):
         raise ValueError(f"mask must have shape ({n},) to match ys, got {jnp.shape(mask)}")
     if mask is not None:
         check_bool_array("mask", mask)
-    for name, value in (("W", W), ("x", x), ("ys", ys), ("rewards", rewards)):
-        check_finite(name, value)
+    return W, x, ys, rewards, (None if mask is None else jnp.asarray(mask))
 
 
 def remaining_softmax(scores_sorted: jax.Array, mask_sorted: jax.Array) -> jax.Array:
@@ -172,7 +165,7 @@ def pl_gradient(W, x, ys, rewards, reward: str = "sqdist", beta=1.0, mask=None) 
     ``W`` (D_out, D_in), ``x`` (D_in,), ``ys`` (N, D_out), ``rewards`` (N,); ``mask`` (N,)
     optionally restricts the ranking to a subset (e.g. the first t candidates).
     """
-    _check_policy_args(W, x, ys, rewards, reward, mask)
+    W, x, ys, rewards, mask = _check_policy_args(W, x, ys, rewards, reward, mask)
     check_positive("beta", beta)
     return jnp.outer(_yhat_gradient(W @ x, ys, rewards, mask, reward, beta), x)
 
@@ -194,9 +187,10 @@ def _triplet_w_gradient(W, xs_s, ys_s, m, reward, beta):
 def pl_gradient_triplets(W, xs, ys, rewards, reward: str = "sqdist", beta=1.0, mask=None) -> jax.Array:
     """dL_PL/dW in closed form when candidate j is scored at its own query x_j,
     s_j = r(W x_j, y_j). ``xs`` (N, D_in); with every x_j = x it equals :func:`pl_gradient`."""
+    xs = check_real_array("xs", xs, integers=True)
     if jnp.ndim(xs) != 2:
         raise ValueError(f"xs must have shape (N, D_in), got {jnp.shape(xs)}")
-    _check_policy_args(W, xs[0], ys, rewards, reward, mask)
+    W, _, ys, rewards, mask = _check_policy_args(W, xs[0], ys, rewards, reward, mask)
     if jnp.shape(xs)[0] != jnp.shape(ys)[0]:
         raise ValueError(f"xs must have one query per candidate ({jnp.shape(ys)[0]}), got {jnp.shape(xs)}")
     check_positive("beta", beta)
@@ -208,13 +202,13 @@ def pl_gradient_triplets(W, xs, ys, rewards, reward: str = "sqdist", beta=1.0, m
 def bt_gradient(W, x, y_preferred, y_other, reward: str = "sqdist", beta=1.0) -> jax.Array:
     """dL_BT/dW in closed form: sigmoid(s_l - s_w) (ds_l/dy_hat - ds_w/dy_hat) x^T;
     for sqdist this is -beta sigmoid(s_l - s_w) (y_w - y_l) x^T."""
+    y_preferred = check_real_array("y_preferred", y_preferred, integers=True)
+    y_other = check_real_array("y_other", y_other, integers=True)
     if jnp.shape(y_preferred) != jnp.shape(y_other) or jnp.ndim(y_preferred) != 1:
         raise ValueError(f"y_preferred and y_other must be vectors of the same shape (D,), got "
                          f"{jnp.shape(y_preferred)} and {jnp.shape(y_other)}")
-    for name, v in (("y_preferred", y_preferred), ("y_other", y_other)):
-        check_finite(name, v)
     ys = jnp.stack([y_preferred, y_other])
-    _check_policy_args(W, x, ys, np.zeros(2), reward)
+    W, x, ys, _, _ = _check_policy_args(W, x, ys, np.zeros(2), reward)
     check_positive("beta", beta)
     y_hat = W @ x
     s = reward_scores(y_hat, ys, reward, beta)
@@ -231,13 +225,14 @@ def gd_step(W, x, ys, rewards, eta, reward: str = "sqdist", beta=1.0, mask=None)
     """One gradient step W - eta dL_PL/dW. Seen at the query (sqdist):
     y_hat+ = y_hat + eta beta ||x||^2 sum_i (y_tau(i) - ybar_i)."""
     check_positive("eta", eta)
+    W = check_real_array("W", W, integers=True)
     return W - eta * pl_gradient(W, x, ys, rewards, reward, beta, mask)
 
 
 def gradient_descent(W0, x, ys, rewards, eta, steps: int, reward: str = "sqdist", beta=1.0, mask=None):
     """``steps`` plain GD steps on L_PL from W0 (a ``lax.scan``; eta may be traced)."""
     steps = check_int("steps", steps, minimum=0)
-    _check_policy_args(W0, x, ys, rewards, reward, mask)
+    W0, x, ys, rewards, mask = _check_policy_args(W0, x, ys, rewards, reward, mask)
     check_positive("eta", eta)
 
     def body(W, _):
@@ -264,7 +259,9 @@ def fit_linear(key, x, ys, rewards, t, learner: str = "adam", steps: int = 50, l
     check_choice("learner", learner, LEARNERS)
     check_key("key", key)
     steps = check_int("steps", steps, minimum=0)
-    _check_policy_args(None, x, ys, rewards, reward)
+    _, x, ys, rewards, _ = _check_policy_args(None, x, ys, rewards, reward, has_w=False)
+    if xs is not None:
+        xs = check_real_array("xs", xs, integers=True)
     check_int_values("t", t, 1, jnp.shape(ys)[0])  # t candidates of N (traced t: the caller checks ts)
     opt_name, default_lr = LEARNERS[learner]
     lr = default_lr if lr is None else lr
@@ -333,17 +330,24 @@ def baseline_sweep(key, ctx: Context, levels, ts, corruption: str = "replace", l
     """The GD baseline of the published protocol, every (level, context, t) in one compiled call.
 
     ``ctx``: a batch of contexts (leading axis B) whose ``r_true`` are corrupted at each level
-    of ``corruption``; ``ts``: context lengths. Returns (nmse (L, B, T), y_hat (L, B, T, D)).
+    of ``corruption``; ``ts``: context lengths, each in [2, N] (a fit needs two candidates to
+    rank). Half-precision contexts (float16, bfloat16) are computed in float32, where they are
+    exact: in half precision the fits overflow to NaN. Returns (nmse (L, B, T), y_hat (L, B,
+    T, D)).
     """
     check_key("key", key)
     check_corruption_levels(corruption, levels)
     check_choice("learner", learner, LEARNERS)
     steps = check_int("steps", steps, minimum=0)
     check_batched_contexts(ctx)
+    if jnp.finfo(ctx.ys.dtype).bits < 32:
+        # half precision overflows in the cosine norms and Adam's moments (NaN): upcast, exactly
+        ctx = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), ctx)
     levels_np, ts_np = np.asarray(levels, dtype=float), np.asarray(ts)
     if levels_np.ndim != 1 or levels_np.size == 0 or ts_np.ndim != 1 or ts_np.size == 0:
         raise ValueError(f"levels and ts must be non-empty 1-D lists, got shapes {levels_np.shape} and {ts_np.shape}")
-    check_int_values("ts", ts_np, 1, ctx.ys.shape[-2])
+    # t = 1 would fit on one candidate: nothing to rank (the PL loss is 0, the fit its init)
+    check_int_values("ts", ts_np, 2, ctx.ys.shape[-2])
     lr = LEARNERS[learner][1] if lr is None else lr
     check_positive("lr", lr)
     ctx = shard_contexts(ctx, ctx.x.shape[0])  # contexts are independent: one slice per device

@@ -1,4 +1,5 @@
-"""Training hyper-parameters and the per-run settings trained together."""
+"""Training hyper-parameters, the per-run settings trained together, and the factual note on
+a finished run's loss (:func:`loss_trend`)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ from flax import struct
 
 from icalign.core import keys
 from icalign.core.tasks import CORRUPTIONS, QUERIES, check_corruption_levels, check_query_corr
-from icalign.core.validate import check_choice, check_int, check_seed, described
+from icalign.core.validate import check_choice, check_distinct, check_int, check_seed, described, python_numbers
 
-__all__ = ["TrainConfig", "RunSpec", "make_runs", "run_settings", "runs_from_keys", "select_run"]
+__all__ = ["TrainConfig", "RunSpec", "make_runs", "run_settings", "runs_from_keys", "select_run", "check_objective",
+           "loss_trend"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +33,12 @@ class TrainConfig:
     equal slices whose gradients are averaged (gradient accumulation): the same gradient up
     to float rounding, computed on arrays small enough to stay in a CPU's cache (on the
     2-core CPU, 8 made the base-config step about a quarter faster; keep 1 on a GPU). It
-    changes the rounding, so it is part of a run's identity; 1 is the published way."""
+    changes the rounding, so it is part of a run's identity; 1 is the published way.
+
+    ``chunk`` (or ``checkpoint_every``) larger than ``steps`` is allowed and means what the
+    grid of chunks cut at ``steps`` gives: the whole run is one compiled call, checkpointed
+    once, at its end (:meth:`notes` says so; the CLI prints it). Numeric fields accept numpy
+    scalars (``lr=np.float32(1e-3)``) and store the Python number they hold."""
 
     lr: float = 1e-4
     batch: int = 256
@@ -50,6 +57,7 @@ class TrainConfig:
     microbatches: int = described(1, "equal slices of each batch whose gradients are averaged")
 
     def __post_init__(self):
+        python_numbers(self)
         for name, minimum in (("batch", 1), ("steps", 1), ("min_seen", 1), ("chunk", 1),
                               ("checkpoint_every", 1), ("microbatches", 1)):
             try:
@@ -77,6 +85,52 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def notes(self) -> list[str]:
+        """What these settings mean where it may surprise (said, not refused)."""
+        if self.chunk <= self.steps:
+            return []
+        return [f"train.chunk={self.chunk} > train.steps={self.steps}: the run is one compiled call of "
+                f"{self.steps} steps, checkpointed at its end"]
+
+
+def check_objective(n: int, min_seen: int) -> None:
+    """The training loss averages rows n_seen = min_seen .. n - 1 of the online PL loss, and a
+    row ranks its n_seen candidates: rows with n_seen < 2 are identically 0. So the loss has
+    something to rank iff max(min_seen, 2) <= n - 1, i.e. n >= 3 and min_seen <= n - 1;
+    otherwise it is 0 at every step and training changes nothing (refused before compiling)."""
+    if min_seen > n - 1:
+        raise ValueError(f"TrainConfig.min_seen={min_seen} must be <= ModelConfig.n - 1 = {n - 1}: "
+                         "the loss averages the rows of predictions that have seen at least min_seen candidates")
+    if n < 3:
+        raise ValueError(f"ModelConfig.n={n} with TrainConfig.min_seen={min_seen} leaves the training loss nothing "
+                         f"to rank: it averages the rows of predictions that have seen {min_seen}..{n - 1} candidates, "
+                         "only a row with 2 or more ranks anything, so the loss would be 0 at every step; use n >= 3")
+
+
+def loss_trend(losses_RxS, window: int = 50) -> dict:
+    """A short factual note on each run's training loss: its mean over the first and over the
+    last ``window`` steps (a quarter of the run when shorter) and whether it fell by more than
+    twice the standard error of that difference (each step's loss is on fresh contexts, so the
+    steps of a window are independent draws around its mean). A warning names every run whose
+    loss did not. Not a verdict: ``icalign.analysis.health`` gates trained models."""
+    losses_RxS = np.atleast_2d(np.asarray(losses_RxS, dtype=float))
+    steps = losses_RxS.shape[1]
+    w = max(1, min(window, steps // 4))
+    if steps < 2:
+        return {"window": w, "start": losses_RxS[:, :1].mean(1).tolist(), "end": losses_RxS[:, -1:].mean(1).tolist(),
+                "fell": [False] * len(losses_RxS), "warning": "the run has fewer than 2 steps: no loss trend"}
+    first, last = losses_RxS[:, :w], losses_RxS[:, -w:]
+    start, end = first.mean(1), last.mean(1)
+    se = np.sqrt((first.var(1, ddof=1) + last.var(1, ddof=1)) / w) if w > 1 else np.zeros(len(start))
+    fell = (start - end > 2 * se).tolist()
+    bad = [f"run {r}: {a:.4g} -> {b:.4g}" for r, (a, b, f) in enumerate(zip(start, end, fell)) if not f]
+    warning = None
+    if bad:
+        warning = (f"the training loss did not fall (mean of the first vs the last {w} steps, {'; '.join(bad)}; "
+                   "a fall counts when it exceeds 2 standard errors): the model may not have trained; try a smaller "
+                   "train.lr or more train.steps")
+    return {"window": w, "start": start.tolist(), "end": end.tolist(), "fell": fell, "warning": warning}
 
 
 @struct.dataclass
@@ -122,7 +176,11 @@ def run_settings(seeds: Sequence[int], lrs=None, noise_levels=None, train_cfg: T
     seeds, lrs, noise = _broadcast(seeds, lrs, noise)
     _check_lrs(lrs)
     check_corruption_levels(train_cfg.corruption, noise)
-    return [{"seed": s, "lr": lr, "noise": nz} for s, lr, nz in zip(seeds, lrs, noise)]
+    runs = [{"seed": s, "lr": lr, "noise": nz} for s, lr, nz in zip(seeds, lrs, noise)]
+    # two identical runs are one run trained twice, and a summary would count it as two seeds
+    check_distinct("seeds, lrs and noise_levels", runs,
+                   lambda r: f"seed {r['seed']}, lr {r['lr']:g}, noise {r['noise']:g}")
+    return runs
 
 
 def make_runs(seeds: Sequence[int], lrs=None, noise_levels=None, train_cfg: TrainConfig = TrainConfig()):

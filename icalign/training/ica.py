@@ -28,7 +28,7 @@ from icalign.core.losses import cosine_reward, prefix_plackett_luce
 from icalign.core.tasks import Context, corrupt, sample_contexts, scored_candidates
 from icalign.core.validate import check_memory
 from icalign.training import checkpoint as ck
-from icalign.training.config import RunSpec, TrainConfig, make_runs, run_settings, select_run
+from icalign.training.config import RunSpec, TrainConfig, check_objective, make_runs, run_settings, select_run
 from icalign.training.checkpoint import check_same_run, finished_run
 from icalign.training.loop import Objective, fit, init_states, run_identity
 
@@ -146,9 +146,7 @@ def _check_configs(model_cfg, train_cfg, n_runs: int = 1):
         raise ValueError(f"model_cfg must be a ModelConfig, got {type(model_cfg).__name__}")
     if not isinstance(train_cfg, TrainConfig):
         raise ValueError(f"train_cfg must be a TrainConfig, got {type(train_cfg).__name__}")
-    if train_cfg.min_seen > model_cfg.n - 1:
-        raise ValueError(f"TrainConfig.min_seen={train_cfg.min_seen} must be <= ModelConfig.n - 1 = {model_cfg.n - 1}: "
-                         "the loss averages the rows of predictions that have seen at least min_seen candidates")
+    check_objective(model_cfg.n, train_cfg.min_seen)
     if train_cfg.queries == "per_triplet" and model_cfg.token_layout != "stacked":
         raise ValueError("TrainConfig.queries='per_triplet' needs ModelConfig.token_layout='stacked', got "
                          f"{model_cfg.token_layout!r}")
