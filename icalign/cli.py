@@ -211,10 +211,10 @@ def _readme(rest: list[str]) -> int:
     p.add_argument("--repo", type=Path, default=Path("."), help="folder holding README.md and docs/results.md")
     p.add_argument("--results", type=Path, default=Path("figures"), help="committed results root (default figures/)")
     args = p.parse_args(rest)
-    for doc in readme.DOCUMENTS:
-        validate.check_input_file(f"icalign readme: {doc} under --repo", args.repo / doc, 16 * 2**20)
     if not args.results.is_dir():
         raise ValueError(f"icalign readme: --results {args.results}: not a folder of results")
+    for doc in readme.DOCUMENTS:
+        validate.check_input_file("icalign readme: --repo", args.repo / doc, 16 * 2**20)
     try:
         return _readme_run(readme, args)
     except (FileNotFoundError, IsADirectoryError) as err:  # a result file the sections are written from

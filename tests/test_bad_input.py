@@ -314,10 +314,9 @@ CASES = [
      "no-experiment.json: its field 'experiment' is None"),
     ("redraw lacks fields", lambda c, m, p: cli.main(["redraw", str(c.files / "no-fields.json")]), ValueError,
      "no-fields.json: lacks the field 'protocol', which the gd-baseline figures need"),  # [traceback]
-    ("readme --readme missing", lambda c, m, p: cli.main(["readme", "--readme", "/nonexistent", "--check"]),
-     ValueError, "--readme /nonexistent: no such file"),  # [traceback]
-    ("readme --results missing", lambda c, m, p: cli.main(["readme", "--readme", str(c.files / "list.json"),
-                                                           "--results", "/nonexistent", "--check"]),
+    ("readme --repo missing", lambda c, m, p: cli.main(["readme", "--repo", "/nonexistent", "--check"]),
+     ValueError, "--repo /nonexistent/README.md: no such file"),  # [traceback]
+    ("readme --results missing", lambda c, m, p: cli.main(["readme", "--results", "/nonexistent", "--check"]),
      ValueError, "--results /nonexistent: not a folder"),  # [traceback]
     ("rerun names redraw", lambda c, m, p: cli.main(["run", "gd-baseline", "--out", str(c.files / "out")]),
      ResultExistsError, "Its figures are missing: redraw its markdown and figures from the JSON, without rerunning, "

@@ -15,18 +15,13 @@ def _floor4(x) -> str:
     return f"{math.floor(float(x) * 1e4) / 1e4:.4f}"
 
 
-def _claim(text: str) -> str:
-    # files written before claim names left out issue numbers name that counterexample by its issue
-    return text.replace("issue 13's context", "the first version's counterexample")
-
-
 def markdown(res: dict, search: dict) -> str:
     """Every claim with its error, bound and ratio from ``res``, its worst relative error and
     bound/step, the worst ratio the wide hunt ``search`` found for it, how many claims pass in
     each, and the hunt per family."""
     found = {(r["claim"], r["N"]): r["search_worst_ratio"] for r in search["claims"]}
     sci = lambda x: "-" if x is None else f"{float(x):.1e}"
-    rows = [[_claim(r["claim"]), r["N"], sci(r["max_abs_error"]), sci(r["bound"]), sci(r["worst_ratio"]),
+    rows = [[r["claim"], r["N"], sci(r["max_abs_error"]), sci(r["bound"]), sci(r["worst_ratio"]),
              sci(r["rel_error"]), "-" if r["bound_step"] is None else f"{sci(r['bound_step'])} ({r['rel_tol']:g})",
              "-" if found.get((r["claim"], r["N"])) is None else _floor4(found[(r["claim"], r["N"])])]
             for r in res["claims"]]
