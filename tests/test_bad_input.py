@@ -314,7 +314,8 @@ CASES = [
      "no-experiment.json: its field 'experiment' is None"),
     ("redraw lacks fields", lambda c, m, p: cli.main(["redraw", str(c.files / "no-fields.json")]), ValueError,
      "no-fields.json: lacks the field 'protocol', which the gd-baseline figures need"),  # [traceback]
-    ("readme --repo missing", lambda c, m, p: cli.main(["readme", "--repo", "/nonexistent", "--check"]),
+    ("readme --repo missing", lambda c, m, p: cli.main(["readme", "--repo", "/nonexistent", "--results", str(c.files),
+                                                                  "--check"]),
      ValueError, "--repo /nonexistent/README.md: no such file"),  # [traceback]
     ("readme --results missing", lambda c, m, p: cli.main(["readme", "--results", "/nonexistent", "--check"]),
      ValueError, "--results /nonexistent: not a folder"),  # [traceback]
