@@ -12,6 +12,7 @@ import numpy as np
 from flax import struct
 
 from icalign.core import keys
+from icalign.core.losses import LOSSES
 from icalign.core.tasks import CORRUPTIONS, QUERIES, check_corruption_levels, check_query_corr
 from icalign.core.validate import check_choice, check_int, check_seed
 
@@ -31,7 +32,9 @@ class TrainConfig:
     equal slices whose gradients are averaged (gradient accumulation): the same gradient up
     to float rounding, computed on arrays small enough to stay in a CPU's cache (on the
     2-core CPU, 8 made the base-config step about a quarter faster; keep 1 on a GPU). It
-    changes the rounding, so it is part of a run's identity; 1 is the published way."""
+    changes the rounding, so it is part of a run's identity; 1 is the published way.
+    ``loss`` names the ranking loss of the objective (``losses.LOSSES``: "cosine_pl", the
+    published one, "sqdist_pl", "cosine_bt", or one added with ``losses.register_loss``)."""
 
     lr: float = 1e-4
     batch: int = 256
@@ -47,6 +50,7 @@ class TrainConfig:
     queries: str = "shared"
     query_corr: float = 0.0
     microbatches: int = 1
+    loss: str = "cosine_pl"
 
     def __post_init__(self):
         for name, minimum in (("batch", 1), ("steps", 1), ("min_seen", 1), ("chunk", 1),
@@ -70,6 +74,7 @@ class TrainConfig:
             if getattr(self, name) >= 1:
                 raise ValueError(f"TrainConfig.{name} must be < 1, got {getattr(self, name)!r}")
         check_choice("TrainConfig.corruption", self.corruption, CORRUPTIONS)
+        check_choice("TrainConfig.loss", self.loss, LOSSES)
         check_choice("TrainConfig.queries", self.queries, QUERIES)
         check_query_corr("TrainConfig.query_corr", self.query_corr, self.queries)
         check_corruption_levels(self.corruption, self.noise)
