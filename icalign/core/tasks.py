@@ -275,7 +275,10 @@ def register_corruption(name: str, fn: Callable, levels, range=(0.0, 1.0), level
     entry = Corruption(fn, levels, (lo, hi), level_name)
     if not _builtin:
         r = jnp.linspace(0.05, 0.95, 8)
-        out = jnp.asarray(fn(jax.random.PRNGKey(0), r, 0.0))
+        try:
+            out = jnp.asarray(fn(jax.random.PRNGKey(0), r, 0.0))
+        except TypeError as err:
+            raise ValueError(f"corruption {name!r} must be a function fn(key, rewards, level): {err}") from None
         if out.shape != r.shape or not bool(jnp.all(out == r)):
             raise ValueError(f"corruption {name!r}: fn(key, rewards, 0.0) must return the rewards unchanged, with "
                              f"their shape {r.shape}; got shape {out.shape}")
@@ -295,6 +298,7 @@ for _name, _fn, _levels, _range, _lname in (
     ("subset_reversal", subset_reversal, (0.0, 0.25, 0.5, 0.75, 1.0), (0.0, 1.0), "p"),
 ):
     register_corruption(_name, _fn, _levels, _range, _lname, _builtin=True)
+del _name, _fn, _levels, _range, _lname
 
 
 def check_corruption_levels(kind: str, levels) -> None:
