@@ -21,6 +21,7 @@ from icalign.analysis import references as R
 from icalign.core.registry import source_hash
 from icalign.experiments import tf_vs_gd
 from icalign.theory import gd
+from icalign.training.ica import identity_parts
 
 MODEL = M.ModelConfig(n_layers=1, n_heads=2, d_model=8, d=3, n=5, token_layout="stacked")
 TRAIN = T.TrainConfig(lr=3e-3, batch=8, steps=2, chunk=2, checkpoint_every=2)
@@ -67,14 +68,16 @@ def test_a_registered_loss_and_corruption_train_and_reach_every_consumer(registe
     np.testing.assert_allclose(res.losses[0, 0], 2.0 * published + 7.0, rtol=1e-5)
     assert np.all(np.isfinite(res.losses))
 
-    # health gate: the trivial predictors' loss on the same objective, an affine image of the published one
-    ours = H.trivial_losses(MODEL.d, MODEL.n, "shrink", 0.5, loss="scaled_pl")
-    base = H.trivial_losses(MODEL.d, MODEL.n, "shrink", 0.5)
+    # health gate: the trivial predictors' loss on the same objective, an affine image of the
+    # published one (clean critic: the published baseline is the one test_claims compiles)
+    ours = H.trivial_losses(MODEL.d, MODEL.n, loss="scaled_pl")
+    base = H.trivial_losses(MODEL.d, MODEL.n)
     for p in H.PREDICTORS:
         np.testing.assert_allclose(ours[p]["loss"], 2.0 * base[p]["loss"] + 7.0, rtol=1e-5)
         np.testing.assert_allclose(ours[p]["sd"], 2.0 * base[p]["sd"], rtol=1e-4)
-    gate = H.variant_gate(res.losses[:, -1:].mean(1), train.to_dict(), MODEL.to_dict())
-    assert gate["baselines"] == ours
+    clean = dataclasses.replace(train, corruption="replace", noise=0.0)
+    gate = H.variant_gate(res.losses[:, -1:].mean(1), clean.to_dict(), MODEL.to_dict())
+    assert gate["baselines"] == ours  # a stored run's gate is computed on its own loss
 
     # GD learners: plain GD at half the step on twice the loss (autodiff) = the closed form at full step
     ctx = tasks.sample_contexts(jax.random.PRNGKey(1), 1, MODEL.d, MODEL.n)
@@ -174,6 +177,17 @@ def test_the_run_folder_follows_the_registered_function(registered):
     assert T.run_dir_for(MODEL, train, runs) == first  # the same bodies name the same folder again
     r_true = tasks.sample_contexts(jax.random.PRNGKey(0), 2, 3, 5).r_true
     np.testing.assert_allclose(shown[:, 0], 0.25 * r_true, rtol=1e-6)
+
+
+def test_groups_with_the_published_loss_keep_their_folder_hash():
+    """A group folder hashes the train config as a dataclass; with the published loss the part
+    it hashes is that of a TrainConfig without the loss field (built here), so groups keep
+    their names; another loss changes it."""
+    fields = [(f.name, f.type, f.default) for f in dataclasses.fields(TRAIN) if f.name != "loss"]
+    old = dataclasses.make_dataclass("TrainConfig", fields, frozen=True)(**{k: getattr(TRAIN, k) for k, _, _ in fields})
+    assert M.config_hash(*identity_parts(TRAIN, {"loss": "cosine_pl"})) == M.config_hash(old)
+    other = dataclasses.replace(TRAIN, loss="cosine_bt")
+    assert M.config_hash(*identity_parts(other, {"loss": "cosine_pl"})) != M.config_hash(old)
 
 
 def test_source_hash_sees_bodies_closures_and_code_without_source():
