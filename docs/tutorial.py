@@ -19,17 +19,18 @@
 # learner must output a response close to the hidden answer y* (docs/theory.md). The claim
 # under test: a transformer reading such a context can do what gradient descent (GD) on a
 # ranking loss (Plackett-Luce, PL) does with a linear policy y_hat = W x fitted to the same
-# context. This notebook walks through the four things you will do most:
+# context. This notebook walks through the five things you will do most:
 #
 # 1. vary an architecture and compare it with GD learners on the same contexts;
 # 2. run a hand-built transformer whose forward pass *is* a GD step, and check it against the
 #    closed form and `jax.grad`;
 # 3. sweep a reward-corruption model over its levels, transformer and GD side by side;
-# 4. load a saved training run and plot it inline.
+# 4. load a saved training run and plot it inline;
+# 5. add a corruption model and train with another loss.
 #
 # It is a jupytext "percent" file: open it as a notebook, or run it as a script
 # (`python docs/tutorial.py`). It writes only under the working folder: `runs/` (the training
-# run of section 3) and `results/tutorial/` (PNG copies of the figures); both are ignored by git.
+# runs of sections 3 and 5) and `results/tutorial/` (PNG copies of the figures); both are ignored by git.
 
 # %%
 import os
@@ -219,7 +220,7 @@ construction_error = max(construction_errors.values())
 # %% [markdown]
 # ## 3. A corruption sweep: transformer and GD under a noisy critic
 #
-# The critic's scores are what the learner sees; the truth is fixed. `icalign.tasks` has four
+# The critic's scores are what the learner sees; the truth is fixed. `icalign.tasks` has four built-in
 # corruption models of the shown rewards (`replace`: each reward replaced by a fresh U(0, 1)
 # with probability p, the published one; `gaussian`; `reverse`; `subset_reversal`), each with
 # a default range of levels in `DEFAULT_LEVELS`. The evaluation draws the corrupted rewards
@@ -354,3 +355,46 @@ run_fig = run_figure(loaded.losses, y_hat, sweep_ctx.y_star, smooth=max(1, min(5
 show(run_fig, "4_loaded_run")
 print(f"seed 0, clean rewards, t = {mc.n - 1}: normalised MSE {loaded_nmse.mean():.3f} "
       f"over {len(loaded_nmse)} contexts")
+
+# %% [markdown]
+# ## 5. Extend: a new corruption model and another training loss
+#
+# Corruption models and ranking losses are registries, `icalign.tasks.CORRUPTIONS` and
+# `icalign.losses.LOSSES`. A config names an entry (`train.corruption`, `train.loss`, also
+# through `--set` on the command line), and training, the health gate, the references, the GD
+# learners and every sweep look the name up there, so a registered entry reaches all of them.
+# A corruption model is a pure function `fn(key, rewards, level)` of the shown rewards, with
+# its default sweep levels and allowed range; level 0 must be the clean critic (checked when it
+# is registered). A loss is added the same way, `icalign.losses.register_loss(name, fn)` with
+# `fn(y_hat, ys, rewards, mask)` (see `icalign.losses.Loss`). A user-registered function is
+# part of a run's identity: a hash of its source goes into the run folder's name, so editing
+# the function and rerunning trains afresh instead of loading the stale run.
+#
+# Here: a critic that abstains, showing 0.5 (which ranks nothing) with probability p, and a
+# model trained under it at p = 0.25 with the squared-distance PL loss (`sqdist_pl`, the
+# theory's reward; the built-in losses are `cosine_pl`, the published one, `sqdist_pl` and
+# `cosine_bt`, Bradley-Terry on every pair). Both models, this one and the cosine-PL model of
+# section 3 (seed 0), are then evaluated under the new corruption on the same contexts.
+
+# %%
+def abstain(key, rewards, p):
+    """With probability p the critic abstains: it shows 0.5 instead of its score."""
+    return jnp.where(jax.random.bernoulli(key, p, rewards.shape), 0.5, rewards)
+
+
+icalign.tasks.register_corruption("abstain", abstain, levels=(0.0, 0.5, 1.0), range=(0.0, 1.0), level_name="p")
+EXT_TRAIN = C.override(SWEEP_TRAIN, ["loss=sqdist_pl", "corruption=abstain", "noise=0.25"])
+ext = icalign.train.train_or_load(SWEEP_MODEL, EXT_TRAIN, seeds=SWEEP_SEEDS[:1], run_root="runs")
+print(f"run folder {ext.run_dir}: {EXT_TRAIN.loss} under '{EXT_TRAIN.corruption}' p = {EXT_TRAIN.noise}; "
+      f"training loss over the last {last} steps {ext.losses[0, -last:].mean():.3f}")
+
+EXT_LEVELS = icalign.tasks.DEFAULT_LEVELS["abstain"]
+ext_shown = E.corrupted_rewards(k_corrupt, sweep_ctx, "abstain", EXT_LEVELS)  # (contexts, levels, N)
+seed0 = jax.tree_util.tree_map(lambda a: a[:1], trained.params)
+ext_nmse = {"cosine PL, clean critic (section 3)": E.transformer_curves(seed0, SWEEP_MODEL, sweep_ctx, ext_shown),
+            f"{EXT_TRAIN.loss}, abstaining critic": E.transformer_curves(ext.params, SWEEP_MODEL, sweep_ctx, ext_shown)}
+print(f"normalised MSE at t = {t_last}, mean over {S['contexts']} contexts, under the abstaining critic:")
+print("  p      " + "  ".join(f"{name:>36}" for name in ext_nmse))
+for i, level in enumerate(EXT_LEVELS):
+    print(f"  {level:4.2f}   " + "  ".join(f"{float(c.nmse[0, i, :, -1].mean()):>36.3f}" for c in ext_nmse.values()))
+icalign.tasks.unregister_corruption("abstain")  # leave this session's registry as it was

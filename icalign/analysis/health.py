@@ -21,6 +21,9 @@ A run (one seed) is **trained** when all three hold:
 predictor's per-context loss sd stands in for the model's). A variant is *trained* when
 every seed is; otherwise it is *not trained*, with each failing seed's reason.
 
+The predictors' losses are computed with the run's own objective (``train_config["loss"]``,
+through ``losses.online_rows``, the definition training uses).
+
 Why the predictors are gated on the training loss and not on the normalised MSE: the
 objective (cosine PL on the shown ranking) is not minimised at y*: its minimiser leans from y*
 towards y* - eps, and its normalised MSE is measured, not quoted (``references.minimiser``, the
@@ -39,9 +42,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from icalign.core.losses import cosine_reward, prefix_plackett_luce
+from icalign.core.losses import DEFAULT_LOSS, LOSSES, online_rows
 from icalign.core.metrics import normalised_mse
-from icalign.core.tasks import Context, check_corruption_levels, corrupt, sample_contexts
+from icalign.core.tasks import CORRUPTIONS, Context, check_corruption_levels, corrupt, sample_contexts
 from icalign.core.validate import check_int
 
 __all__ = ["PREDICTORS", "predictions", "trivial_losses", "reference_nmse", "gate", "variant_gate", "run_gate",
@@ -66,30 +69,38 @@ def predictions(ctx: Context) -> dict[str, jax.Array]:
     return {"mean of candidates": mean.reshape(*lead, n, d), "best shown candidate": best.reshape(*lead, n, d)}
 
 
-@partial(jax.jit, static_argnames=("d", "n", "corruption", "min_seen"))
-def _losses(key, level, d: int, n: int, corruption: str, min_seen: int):
+@partial(jax.jit, static_argnames=("d", "n", "corruption", "min_seen", "loss"))
+def _losses(key, level, d: int, n: int, corruption: str, min_seen: int, loss: str):
     k_ctx, k_c = jax.random.split(key)
     ctx = sample_contexts(k_ctx, _N_BASELINE, d, n)
     ctx = ctx.replace(rewards=corrupt(corruption, k_c, ctx.r_true, level))
     out = {}
     for name, y in predictions(ctx).items():
-        rows = prefix_plackett_luce(cosine_reward(y, ctx.ys[..., None, :, :]), ctx.rewards)
+        rows = online_rows(loss, y, ctx.ys, ctx.rewards)
         per_ctx = rows[..., min_seen:].mean(-1)
         out[name] = (per_ctx.mean(), per_ctx.std())
     return out
 
 
 @lru_cache(maxsize=64)
-def trivial_losses(d: int, n: int, corruption: str = "replace", level: float = 0.0, min_seen: int = 2) -> dict:
+def _trivial(d: int, n: int, corruption: str, level: float, min_seen: int, loss: str, sources) -> dict:
+    key = jax.random.fold_in(jax.random.PRNGKey(0), _BASELINE_SEED)
+    res = _losses(key, jnp.float32(level), d, n, corruption, min_seen, loss)
+    return {k: {"loss": float(m), "sd": float(s)} for k, (m, s) in res.items()}
+
+
+def trivial_losses(d: int, n: int, corruption: str = "replace", level: float = 0.0, min_seen: int = 2,
+                   loss: str = DEFAULT_LOSS) -> dict:
     """{predictor: {"loss", "sd"}}: each trivial predictor's value of the training objective
-    (online cosine PL, rows n >= min_seen, shown rewards corrupted by ``corruption`` at
+    (online ``loss``, rows n >= min_seen, shown rewards corrupted by ``corruption`` at
     ``level``) on fresh contexts, and the sd of its per-context loss. Deterministic."""
     check_corruption_levels(corruption, [level])
+    LOSSES.get_checked(loss, "loss")
     check_int("min_seen", min_seen, minimum=1)
-    key = jax.random.fold_in(jax.random.PRNGKey(0), _BASELINE_SEED)
-    res = _losses(key, jnp.float32(level), check_int("d", d, minimum=1), check_int("n", n, minimum=2), corruption,
-                  min_seen)
-    return {k: {"loss": float(m), "sd": float(s)} for k, (m, s) in res.items()}
+    # The cache key carries the hash of a user-registered function: a replaced one is recomputed.
+    sources = (LOSSES.identity(loss), CORRUPTIONS.identity(corruption))
+    return _trivial(check_int("d", d, minimum=1), check_int("n", n, minimum=2), corruption, float(level), min_seen,
+                    loss, sources)
 
 
 def reference_nmse(ctx: Context, rewards_BxLxN, columns: Sequence[tuple[str, float]]) -> dict:
@@ -148,10 +159,11 @@ def gate(train_loss, baselines: dict, batch: int, nmse_per_seed=None, nmse_mean=
 def variant_gate(train_loss, train_config: dict, model_config: dict, level: float | None = None,
                  nmse_per_seed=None, nmse_mean=None) -> dict:
     """:func:`gate` for a run stored in a result file: the trivial losses are computed for
-    its task (d, n), training corruption and level (default: ``train_config["noise"]``)."""
+    its task (d, n), training loss, training corruption and level (default:
+    ``train_config["noise"]``)."""
     lv = float(train_config.get("noise", 0.0) if level is None else level)
     base = trivial_losses(int(model_config["d"]), int(model_config["n"]), train_config.get("corruption", "replace"),
-                          lv, int(train_config.get("min_seen", 2)))
+                          lv, int(train_config.get("min_seen", 2)), train_config.get("loss", DEFAULT_LOSS))
     return gate(train_loss, base, int(train_config["batch"]), nmse_per_seed, nmse_mean)
 
 

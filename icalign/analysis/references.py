@@ -2,7 +2,7 @@
 transformer (docs/theory.md section 7). Each answers the query x after the first t triplets:
 
 * ``minimiser``: the converged minimiser of the training objective's row t, the cosine-PL loss
-  of a direction over the first t scored candidates (``tasks.scored_candidates``: the shown
+  (or another scale-invariant ``losses.LOSSES`` entry) of a direction over the first t scored candidates (``tasks.scored_candidates``: the shown
   ones, or the unshown candidates at the test query for per-triplet tasks), found by
   Riemannian gradient descent on the unit sphere from several starts (the best is kept);
 * ``gd_path`` / ``gd_grid``: plain GD on the linear policy (W-space, ``gd.pl_gradient_triplets``,
@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from icalign.core.losses import plackett_luce, reward_scores, smooth_norm
+from icalign.core.losses import DEFAULT_LOSS, LOSSES, smooth_norm
 from icalign.core.metrics import normalised_mse, prefix_mask, unit
 from icalign.core.tasks import Context, scored_candidates, triplet_queries
 from icalign.theory import gd
@@ -44,10 +44,6 @@ __all__ = ["minimiser", "gd_path", "gd_grid", "gd_point", "select", "recover", "
 CONSENSUS_TOL = 1e-5
 
 
-def _pl_cos(u, ys, rewards, mask):
-    return plackett_luce(reward_scores(u, ys, "cosine"), rewards, mask)
-
-
 def _starts(ys, rewards, mask):
     """Start directions: the best shown candidate, the reward-weighted sum of centred-reward
     candidates, the mean, and best minus worst (cheap guesses; the best end point is kept)."""
@@ -58,33 +54,45 @@ def _starts(ys, rewards, mask):
     return jnp.stack([ys[order[0]], r_c @ ys, w @ ys, ys[order[0]] - ys[worst]])
 
 
-def _minimise_one(ys, rewards, t, steps: int, lr):
+def _minimise_one(ys, rewards, t, steps: int, lr, loss: str):
     mask = prefix_mask(t, ys.shape[0])
-    grad = lambda u: gd.pl_gradient(u[:, None], jnp.ones(1, ys.dtype), ys, rewards, "cosine", mask=mask)[:, 0]
+    entry = LOSSES[loss]
+    objective = lambda u: entry(u, ys, rewards, mask)
+    if entry.pl_reward is None:
+        grad = jax.grad(objective)
+    else:  # a PL loss: its reward's closed-form gradient
+        grad = lambda u: gd.pl_gradient(u[:, None], jnp.ones(1, ys.dtype), ys, rewards, entry.pl_reward,
+                                        mask=mask)[:, 0]
 
     def descend(u0):
-        # Riemannian GD on the sphere with a step that decays to lr / 100: the cosine-PL
-        # gradient at |u| = 1 is tangent (docs/theory.md 2.5), so a step then a renormalisation.
+        # Riemannian GD on the sphere with a step that decays to lr / 100: the gradient of a
+        # scale-invariant loss at |u| = 1 is tangent (docs/theory.md 2.5), so a step then a
+        # renormalisation.
         def body(u, i):
             return unit(u - lr * (0.01 ** (i / steps)) * grad(u)), None
         return jax.lax.scan(body, unit(u0), jnp.arange(steps))[0]
 
     ends = jax.vmap(descend)(_starts(ys, rewards, mask))
-    losses = jax.vmap(lambda u: _pl_cos(u, ys, rewards, mask))(ends)
+    losses = jax.vmap(objective)(ends)
     return ends[jnp.argmin(losses)], jnp.linalg.norm(grad(ends[jnp.argmin(losses)]))
 
 
-@partial(jax.jit, static_argnames="steps")
-def _minimiser(ys_B, rewards_B, ts, steps, lr):
-    per = lambda ys, r: jax.vmap(lambda t: _minimise_one(ys, r, t, steps, lr))(ts)
+@partial(jax.jit, static_argnames=("steps", "loss"))
+def _minimiser(ys_B, rewards_B, ts, steps, lr, loss):
+    per = lambda ys, r: jax.vmap(lambda t: _minimise_one(ys, r, t, steps, lr, loss))(ts)
     return jax.vmap(per)(ys_B, rewards_B)
 
 
-def minimiser(ctx: Context, ts, steps: int = 300, lr: float = 3.0):
-    """(B, T, D) unit minimisers of the row-t training loss, and (B, T) the norm of the
-    gradient left at them (the convergence check reported with the results). At t = 1 the
-    loss is identically 0 and the start, the only candidate, is returned."""
-    return _minimiser(scored_candidates(ctx), ctx.rewards, jnp.asarray(ts), steps, lr)
+def minimiser(ctx: Context, ts, steps: int = 300, lr: float = 3.0, loss: str = DEFAULT_LOSS):
+    """(B, T, D) unit minimisers of the row-t training loss (``loss`` of ``losses.LOSSES``, a
+    scale-invariant one), and (B, T) the norm of the gradient left at them (the convergence
+    check reported with the results). At t = 1 the loss is identically 0 and the start, the
+    only candidate, is returned."""
+    if not LOSSES.get_checked(loss, "loss").scale_invariant:
+        raise ValueError(f"the minimiser reference searches directions: loss {loss!r} depends on the scale of the "
+                         "prediction (a PL loss of sqdist scores keeps falling as |y| grows along the ranking); "
+                         f"scale-invariant losses: {[k for k, v in LOSSES.items() if v.scale_invariant]}")
+    return _minimiser(scored_candidates(ctx), ctx.rewards, jnp.asarray(ts), steps, lr, loss)
 
 
 def init_weights(ctx: Context, y0) -> jax.Array:

@@ -10,12 +10,16 @@ log-cumsum-exp, with no Python loop over contexts or positions.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from icalign.core.validate import (check_bool_array, check_choice, check_int_values, check_last_axis, check_positive,
-                                   check_real_array)
+from icalign.core.registry import Registry
+from icalign.core.validate import (check_bool_array, check_choice, check_finite, check_int_values, check_last_axis,
+                                   check_positive, check_real_array)
 
 __all__ = [
     "REWARDS",
@@ -26,6 +30,13 @@ __all__ = [
     "plackett_luce",
     "prefix_plackett_luce",
     "ranking_order",
+    "Loss",
+    "LOSSES",
+    "DEFAULT_LOSS",
+    "register_loss",
+    "unregister_loss",
+    "online_rows",
+    "learner_loss",
 ]
 
 REWARDS = ("sqdist", "cosine")
@@ -154,3 +165,96 @@ def prefix_plackett_luce(scores: jax.Array, rewards: jax.Array, lengths: jax.Arr
         check_int_values("lengths", lengths, 0, n)
     mask = jnp.arange(n)[None, :] < jnp.asarray(lengths)[:, None]  # (T, N)
     return plackett_luce(scores, rewards[..., None, :], mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# The training objective's ranking loss, by name (``TrainConfig.loss``): one definition used by
+# training, the health gate, the loss-minimiser reference and the GD learners.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Loss:
+    """A ranking loss of one prediction: ``fn(y_hat (..., D), ys (..., N, D), rewards (..., N),
+    mask (..., N) bool) -> (...)``, broadcasting over the leading axes; only candidates with
+    mask True take part, ranked by ``rewards`` (descending). ``pl_reward``: the loss is
+    Plackett-Luce with this reward model (``REWARDS``), so the GD learners use its closed-form
+    gradient (``gd.pl_gradient``), else autodiff; ``scale_invariant``: it depends on the
+    direction of y_hat only (the minimiser reference then searches the unit sphere)."""
+
+    fn: Callable
+    pl_reward: str | None = None
+    scale_invariant: bool = False
+    fingerprint: str | None = dataclasses.field(default=None, compare=False)
+
+    def __call__(self, y_hat, ys, rewards, mask):
+        return self.fn(y_hat, ys, rewards, mask)
+
+
+LOSSES = Registry("loss", "train.loss")
+DEFAULT_LOSS = "cosine_pl"  #: the published objective
+
+
+def register_loss(name: str, fn: Callable, *, pl_reward: str | None = None, scale_invariant: bool = False,
+                  _builtin: bool = False) -> None:
+    """Add a ranking loss (see :class:`Loss` for ``fn``'s shapes) under ``name``:
+    ``train.loss=NAME`` then trains with it, and the health gate, the minimiser reference and
+    the GD learners use it. Registering a name again replaces it (a built-in name is refused)."""
+    if pl_reward is not None:
+        check_choice("pl_reward", pl_reward, REWARDS)
+    if not isinstance(scale_invariant, bool):
+        raise ValueError(f"scale_invariant must be True or False, got {scale_invariant!r}")
+    LOSSES.add(name, Loss(fn, pl_reward, scale_invariant), builtin=_builtin)
+
+
+def unregister_loss(name: str) -> None:
+    """Remove a user-registered loss (built-in ones stay)."""
+    LOSSES.remove(name)
+
+
+def _cosine_pl(y_hat, ys, rewards, mask):
+    return plackett_luce(cosine_reward(y_hat, ys), rewards, mask)
+
+
+def _sqdist_pl(y_hat, ys, rewards, mask):
+    return plackett_luce(sqdist_reward(y_hat, ys), rewards, mask)
+
+
+def _cosine_bt(y_hat, ys, rewards, mask):
+    """Bradley-Terry on every pair (w, l) of live candidates with r_w > r_l (ties carry no
+    preference), averaged over those pairs; 0 with none. Cosine reward."""
+    s = cosine_reward(y_hat, ys)
+    s, rewards, mask = jnp.broadcast_arrays(s, rewards, mask)
+    pair = mask[..., :, None] & mask[..., None, :] & (rewards[..., :, None] > rewards[..., None, :])
+    terms = jnp.where(pair, jax.nn.softplus(s[..., None, :] - s[..., :, None]), 0.0)
+    return jnp.sum(terms, axis=(-2, -1)) / jnp.maximum(jnp.sum(pair, axis=(-2, -1)), 1)
+
+
+register_loss("cosine_pl", _cosine_pl, pl_reward="cosine", scale_invariant=True, _builtin=True)
+register_loss("sqdist_pl", _sqdist_pl, pl_reward="sqdist", _builtin=True)
+register_loss("cosine_bt", _cosine_bt, scale_invariant=True, _builtin=True)
+
+
+def online_rows(loss: str, y_hat: jax.Array, ys: jax.Array, rewards: jax.Array) -> jax.Array:
+    """The online objective's rows (docs/theory.md section 4): ``y_hat`` (..., T, D), row t the
+    prediction after t seen triplets, scored by the named loss over candidates 0..t-1 of
+    ``ys`` (..., N, D) ranked by ``rewards`` (..., N). Returns (..., T); rows with fewer than 2
+    candidates give 0 for the built-in losses. For ``cosine_pl`` this is
+    ``prefix_plackett_luce`` of the cosine scores."""
+    entry = LOSSES.get_checked(loss)
+    t, n = jnp.shape(y_hat)[-2], jnp.shape(ys)[-2]
+    mask = jnp.arange(n)[None, :] < jnp.arange(t)[:, None]  # (T, N)
+    return entry(y_hat, ys[..., None, :, :], rewards[..., None, :], mask)
+
+
+def learner_loss(loss: str | None, reward: str, per_triplet: bool = False) -> Loss | None:
+    """The registered loss a GD learner fits instead of PL with ``reward`` (None: that PL)."""
+    if loss is None:
+        return None
+    entry = LOSSES.get_checked(loss, "loss")
+    if reward != "cosine" and reward != entry.pl_reward:
+        raise ValueError(f"give loss or reward, not both: loss={loss!r} with reward={reward!r}")
+    if per_triplet and entry.pl_reward is None:
+        raise ValueError(f"loss {loss!r} scores one prediction; per-triplet queries need a PL loss "
+                         f"({[k for k, v in LOSSES.items() if v.pl_reward]})")
+    return entry

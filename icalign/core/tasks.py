@@ -20,13 +20,15 @@ differ, and a learner's implicit W can be read off by varying x.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 
-from icalign.core.validate import (check_choice, check_int, check_key, check_level, check_memory,
+from icalign.core.registry import FieldView, Registry
+from icalign.core.validate import (check_choice, check_finite, check_int, check_key, check_level, check_memory,
                                    check_real_array)
 
 __all__ = [
@@ -38,6 +40,12 @@ __all__ = [
     "check_query_corr",
     "sample_contexts",
     "CORRUPTIONS",
+    "Corruption",
+    "register_corruption",
+    "unregister_corruption",
+    "DEFAULT_LEVELS",
+    "LEVEL_RANGES",
+    "LEVEL_NAMES",
     "corrupt",
     "check_batched_contexts",
     "check_context_values",
@@ -231,44 +239,86 @@ def subset_reversal(key: jax.Array, rewards: jax.Array, p) -> jax.Array:
     return jax.vmap(one)(flat_r, flat_s).reshape(rewards.shape)
 
 
-CORRUPTIONS: dict[str, Callable] = {
-    "replace": replace_random,
-    "gaussian": gaussian_noise,
-    "reverse": reverse_random,
-    "subset_reversal": subset_reversal,
-}
+@dataclasses.dataclass(frozen=True)
+class Corruption:
+    """A reward-corruption model: ``fn(key, rewards (..., N), level) -> shown rewards``, the
+    ``levels`` a sweep covers by default, the allowed ``range`` (low, high or None) of its level,
+    and the level's name in tables (``level_name``). Level 0 is the clean critic."""
 
-# The range a sweep of each corruption model covers by default (used by experiments).
-DEFAULT_LEVELS: dict[str, tuple[float, ...]] = {
-    "replace": (0.0, 0.25, 0.5, 0.75, 1.0),
-    "gaussian": (0.0, 0.1, 0.25, 0.5, 1.0),
-    "reverse": (0.0, 0.25, 0.5, 0.75, 1.0),
-    "subset_reversal": (0.0, 0.25, 0.5, 0.75, 1.0),
-}
+    fn: Callable
+    levels: tuple[float, ...]
+    range: tuple[float, float | None]
+    level_name: str = "level"
+    fingerprint: str | None = dataclasses.field(default=None, compare=False)
+
+    def __call__(self, key, rewards, level):
+        return self.fn(key, rewards, level)
 
 
-# Allowed level range of each corruption model (None: unbounded above).
-LEVEL_RANGES: dict[str, tuple[float, float | None]] = {
-    "replace": (0.0, 1.0),
+#: The corruption models by name; the config field ``train.corruption`` (and every sweep's
+#: ``corruption``) picks one. Add one with :func:`register_corruption`.
+CORRUPTIONS = Registry("corruption", "corruption")
+DEFAULT_LEVELS = FieldView(CORRUPTIONS, "levels")  #: the range a sweep of each model covers by default
+LEVEL_RANGES = FieldView(CORRUPTIONS, "range")  #: allowed level range of each model (None: unbounded above)
+LEVEL_NAMES = FieldView(CORRUPTIONS, "level_name")
+
+
+def register_corruption(name: str, fn: Callable, levels, range=(0.0, 1.0), level_name: str = "level",
+                        _builtin: bool = False) -> None:
+    """Add a corruption model ``fn(key, rewards, level)`` (pure, jit- and vmap-able; ``level``
+    may be traced) under ``name``: ``train.corruption=NAME`` and every corruption sweep then
+    accept it. ``levels``: its default sweep, ascending from 0; ``range``: (low = 0, high or
+    None). Checked now on 8 rewards: the output keeps the rewards' shape and level 0 leaves
+    them unchanged. Registering a name again replaces it (a built-in name is refused)."""
+    if not isinstance(range, (tuple, list)) or len(range) != 2 or range[0] != 0 or not (
+            range[1] is None or (isinstance(range[1], (int, float)) and range[1] > 0)):
+        raise ValueError(f"range must be (0, high) with high > 0 or None (level 0 is the clean critic), got {range!r}")
+    lo, hi = 0.0, None if range[1] is None else float(range[1])
+    levels = tuple(float(v) for v in levels)
+    if not levels or levels[0] != 0.0 or list(levels) != sorted(set(levels)):
+        raise ValueError(f"levels must ascend strictly from 0 (the clean critic), got {levels!r}")
+    check_level(f"{name} levels", levels, lo, hi)
+    if not isinstance(level_name, str) or not level_name:
+        raise ValueError(f"level_name must be a non-empty string, got {level_name!r}")
+    entry = Corruption(fn, levels, (lo, hi), level_name)
+    if not _builtin:
+        r = jnp.linspace(0.05, 0.95, 8)
+        try:
+            out = jnp.asarray(fn(jax.random.PRNGKey(0), r, 0.0))
+        except TypeError as err:
+            raise ValueError(f"corruption {name!r} must be a function fn(key, rewards, level): {err}") from None
+        if out.shape != r.shape or not bool(jnp.all(out == r)):
+            raise ValueError(f"corruption {name!r}: fn(key, rewards, 0.0) must return the rewards unchanged, with "
+                             f"their shape {r.shape}; got shape {out.shape}")
+    CORRUPTIONS.add(name, entry, builtin=_builtin)
+
+
+def unregister_corruption(name: str) -> None:
+    """Remove a user-registered corruption model (built-in ones stay)."""
+    CORRUPTIONS.remove(name)
+
+
+for _name, _fn, _levels, _range, _lname in (
+    ("replace", replace_random, (0.0, 0.25, 0.5, 0.75, 1.0), (0.0, 1.0), "p"),
     # sigma beyond 1e3 drowns every reward in [0, 1] and overflows float32 for absurd values
-    "gaussian": (0.0, 1000.0),
-    "reverse": (0.0, 1.0),
-    "subset_reversal": (0.0, 1.0),
-}
-LEVEL_NAMES = {"replace": "p", "gaussian": "sigma", "reverse": "p", "subset_reversal": "p"}
+    ("gaussian", gaussian_noise, (0.0, 0.1, 0.25, 0.5, 1.0), (0.0, 1000.0), "sigma"),
+    ("reverse", reverse_random, (0.0, 0.25, 0.5, 0.75, 1.0), (0.0, 1.0), "p"),
+    ("subset_reversal", subset_reversal, (0.0, 0.25, 0.5, 0.75, 1.0), (0.0, 1.0), "p"),
+):
+    register_corruption(_name, _fn, _levels, _range, _lname, _builtin=True)
+del _name, _fn, _levels, _range, _lname
 
 
 def check_corruption_levels(kind: str, levels) -> None:
     """Raise a clear ValueError if ``kind`` is unknown or any level is out of its range."""
-    check_choice("corruption", kind, CORRUPTIONS)
-    low, high = LEVEL_RANGES[kind]
-    check_level(f"{kind} level {LEVEL_NAMES[kind]}", levels, low, high)
+    entry = CORRUPTIONS.get_checked(kind)
+    low, high = entry.range
+    check_level(f"{kind} level {entry.level_name}", levels, low, high)
 
 
 def corrupt(kind: str, key: jax.Array, rewards: jax.Array, level) -> jax.Array:
     """Apply the named corruption model (one of ``CORRUPTIONS``) to the shown rewards."""
-    check_choice("corruption", kind, CORRUPTIONS)
-    return CORRUPTIONS[kind](key, rewards, level)
+    return CORRUPTIONS.get_checked(kind)(key, rewards, level)
 
 
 def check_batched_contexts(ctx: Context, n: int | None = None) -> None:

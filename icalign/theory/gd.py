@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from icalign.core.losses import REWARDS, ranking_order, reward_scores, smooth_norm
+from icalign.core.losses import REWARDS, learner_loss, ranking_order, reward_scores, smooth_norm
 from icalign.core.metrics import normalised_mse, prefix_mask, unit
 from icalign.core.sharding import shard_contexts
 from icalign.core.tasks import CORRUPTIONS, Context, check_batched_contexts, check_corruption_levels
@@ -45,7 +45,7 @@ __all__ = ["remaining_softmax", "pl_score_gradient", "pl_gradient", "pl_gradient
            "LEARNERS"]
 
 LEARNERS = {
-    # name: (optimiser, default learning rate); both run 50 full-batch steps on cosine PL.
+    # name: (optimiser, default learning rate); both run 50 full-batch steps on cosine PL (or ``loss``).
     "adam": ("adam", 0.1),  # the published baseline, lr 0.1
     "gd": ("sgd", 1.0),  # plain gradient descent, same loss and init
 }
@@ -248,13 +248,15 @@ def init_linear(key: jax.Array, d_out: int, d_in: int, dtype=jnp.float32) -> jax
 
 
 def fit_linear(key, x, ys, rewards, t, learner: str = "adam", steps: int = 50, lr=None,
-               reward: str = "cosine", xs=None) -> jax.Array:
+               reward: str = "cosine", xs=None, loss: str | None = None) -> jax.Array:
     """Fit a linear policy on the PL loss over the first ``t`` candidates; return y_hat = W x.
 
     The published baseline is ``learner='adam'``: lr 0.1, 50 full-batch steps, cosine reward,
     PyTorch's default init. It always runs ``steps`` steps, whatever the corruption level
     (the published code silently ran 50 - 25p). ``t`` may be a traced array (vmapped).
     ``xs`` (N, D_in): per-triplet queries (candidate j scored at x_j); x is then the test query.
+    ``loss``: a name of ``losses.LOSSES`` fitted instead of PL with ``reward``: a PL loss by its
+    reward's closed-form gradient, any other by ``jax.grad`` (shared queries only).
     """
     check_choice("learner", learner, LEARNERS)
     check_key("key", key)
@@ -263,6 +265,8 @@ def fit_linear(key, x, ys, rewards, t, learner: str = "adam", steps: int = 50, l
     if xs is not None:
         xs = check_real_array("xs", xs, integers=True)
     check_int_values("t", t, 1, jnp.shape(ys)[0])  # t candidates of N (traced t: the caller checks ts)
+    entry = learner_loss(loss, reward, xs is not None)
+    reward = reward if entry is None or entry.pl_reward is None else entry.pl_reward
     opt_name, default_lr = LEARNERS[learner]
     lr = default_lr if lr is None else lr
     check_positive("lr", lr)
@@ -271,7 +275,9 @@ def fit_linear(key, x, ys, rewards, t, learner: str = "adam", steps: int = 50, l
     # The ranking never changes during the fit: sort once, outside the step loop.
     order = ranking_order(rewards, mask)
     ys_s, m_s = ys[order], mask[order]
-    if xs is not None:
+    if entry is not None and entry.pl_reward is None:
+        grad_w = jax.grad(lambda W: entry(W @ x, ys, rewards, mask))
+    elif xs is not None:
         xs_s = xs[order]
         grad_w = lambda W: _triplet_w_gradient(W, xs_s, ys_s, m_s, reward, 1.0)
     elif reward == "cosine":
@@ -292,20 +298,20 @@ def fit_linear(key, x, ys, rewards, t, learner: str = "adam", steps: int = 50, l
 
 
 def fit_contexts(keys_B, x_BxD, ys_BxNxD, rewards_BxN, ts, learner: str = "adam", steps: int = 50, lr=None,
-                 xs_BxNxD=None):
+                 xs_BxNxD=None, loss: str | None = None):
     """``fit_linear`` for every context (leading axis B, one init key each) and every t of
     ``ts``: (B, T, D). The one vmapped wrapper that every GD sweep (the baseline sweep, the
     TF-vs-GD comparison, the corruption curves) calls; traceable, so callers jit it.
     ``xs_BxNxD``: per-triplet queries (``Context.xs``), or None for shared ones."""
 
     def one(key, x, ys, rewards, xs):
-        return jax.vmap(lambda t: fit_linear(key, x, ys, rewards, t, learner, steps, lr, xs=xs))(ts)
+        return jax.vmap(lambda t: fit_linear(key, x, ys, rewards, t, learner, steps, lr, xs=xs, loss=loss))(ts)
 
     return jax.vmap(one)(keys_B, x_BxD, ys_BxNxD, rewards_BxN, xs_BxNxD)
 
 
-@partial(jax.jit, static_argnames=("corruption", "learner", "steps", "n_used"))
-def _sweep(key, ctx, levels, ts, lr, corruption, learner, steps, n_used):
+@partial(jax.jit, static_argnames=("corruption", "learner", "steps", "n_used", "loss"))
+def _sweep(key, ctx, levels, ts, lr, corruption, learner, steps, n_used, loss):
     k_corrupt, k_init = jax.random.split(key)
     b = ctx.x.shape[0]
     # Common random numbers: every level and every t of one context share its corruption
@@ -319,21 +325,21 @@ def _sweep(key, ctx, levels, ts, lr, corruption, learner, steps, n_used):
         # only the first max(ts) candidates: a fit on t candidates never reads the rest.
         shown = jax.vmap(lambda k, r: corrupt_fn(k, r, level))(corrupt_keys, ctx.r_true)[:, :n_used]
         xs = None if ctx.xs is None else ctx.xs[:, :n_used]
-        y_hat = fit_contexts(init_keys, ctx.x, ctx.ys[:, :n_used], shown, ts, learner, steps, lr, xs)  # (B, T, D)
+        y_hat = fit_contexts(init_keys, ctx.x, ctx.ys[:, :n_used], shown, ts, learner, steps, lr, xs, loss)  # (B, T, D)
         return normalised_mse(y_hat, ctx.y_star[:, None, :]), y_hat
 
     return jax.vmap(per_level)(levels)  # (L, B, T), (L, B, T, D)
 
 
 def baseline_sweep(key, ctx: Context, levels, ts, corruption: str = "replace", learner: str = "adam",
-                   steps: int = 50, lr=None):
+                   steps: int = 50, lr=None, loss: str | None = None):
     """The GD baseline of the published protocol, every (level, context, t) in one compiled call.
 
     ``ctx``: a batch of contexts (leading axis B) whose ``r_true`` are corrupted at each level
     of ``corruption``; ``ts``: context lengths, each in [2, N] (a fit needs two candidates to
     rank). Half-precision contexts (float16, bfloat16) are computed in float32, where they are
-    exact: in half precision the fits overflow to NaN. Returns (nmse (L, B, T), y_hat (L, B,
-    T, D)).
+    exact: in half precision the fits overflow to NaN. ``loss``: see :func:`fit_linear` (default:
+    cosine PL). Returns (nmse (L, B, T), y_hat (L, B, T, D)).
     """
     check_key("key", key)
     check_corruption_levels(corruption, levels)
@@ -343,6 +349,7 @@ def baseline_sweep(key, ctx: Context, levels, ts, corruption: str = "replace", l
     if jnp.finfo(ctx.ys.dtype).bits < 32:
         # half precision overflows in the cosine norms and Adam's moments (NaN): upcast, exactly
         ctx = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), ctx)
+    learner_loss(loss, "cosine", ctx.xs is not None)
     levels_np, ts_np = np.asarray(levels, dtype=float), np.asarray(ts)
     if levels_np.ndim != 1 or levels_np.size == 0 or ts_np.ndim != 1 or ts_np.size == 0:
         raise ValueError(f"levels and ts must be non-empty 1-D lists, got shapes {levels_np.shape} and {ts_np.shape}")
@@ -352,4 +359,4 @@ def baseline_sweep(key, ctx: Context, levels, ts, corruption: str = "replace", l
     check_positive("lr", lr)
     ctx = shard_contexts(ctx, ctx.x.shape[0])  # contexts are independent: one slice per device
     return _sweep(key, ctx, jnp.asarray(levels_np, ctx.ys.dtype), jnp.asarray(ts_np), jnp.asarray(lr, ctx.ys.dtype),
-                  corruption, learner, steps, int(ts_np.max()))
+                  corruption, learner, steps, int(ts_np.max()), loss)

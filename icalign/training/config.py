@@ -13,6 +13,7 @@ import numpy as np
 from flax import struct
 
 from icalign.core import keys
+from icalign.core.losses import LOSSES
 from icalign.core.tasks import CORRUPTIONS, QUERIES, check_corruption_levels, check_query_corr
 from icalign.core.validate import check_choice, check_distinct, check_int, check_seed, described, python_numbers
 
@@ -38,7 +39,10 @@ class TrainConfig:
     ``chunk`` (or ``checkpoint_every``) larger than ``steps`` is allowed and means what the
     grid of chunks cut at ``steps`` gives: the whole run is one compiled call, checkpointed
     once, at its end (:meth:`notes` says so; the CLI prints it). Numeric fields accept numpy
-    scalars (``lr=np.float32(1e-3)``) and store the Python number they hold."""
+    scalars (``lr=np.float32(1e-3)``) and store the Python number they hold.
+
+    ``loss`` names the ranking loss of the objective (``losses.LOSSES``: "cosine_pl", the
+    published one, "sqdist_pl", "cosine_bt", or one added with ``losses.register_loss``)."""
 
     lr: float = 1e-4
     batch: int = 256
@@ -55,6 +59,8 @@ class TrainConfig:
     queries: str = described("shared", "one shared query, or each triplet at its own query", choices=QUERIES)
     query_corr: float = described(0.0, "correlation of a triplet's query with the test query (per_triplet only)")
     microbatches: int = described(1, "equal slices of each batch whose gradients are averaged")
+    loss: str = described("cosine_pl", "the ranking loss of the objective (losses.register_loss adds one)",
+                          choices=lambda: sorted(LOSSES))
 
     def __post_init__(self):
         python_numbers(self)
@@ -79,6 +85,7 @@ class TrainConfig:
             if getattr(self, name) >= 1:
                 raise ValueError(f"TrainConfig.{name} must be < 1, got {getattr(self, name)!r}")
         check_choice("TrainConfig.corruption", self.corruption, CORRUPTIONS)
+        check_choice("TrainConfig.loss", self.loss, LOSSES)
         check_choice("TrainConfig.queries", self.queries, QUERIES)
         check_query_corr("TrainConfig.query_corr", self.query_corr, self.queries)
         check_corruption_levels(self.corruption, self.noise)

@@ -20,10 +20,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from icalign import model as M
+from icalign.core.losses import DEFAULT_LOSS
 from icalign.core.validate import available_memory
 from icalign.model import gates as G
 from icalign.training.config import TrainConfig, make_runs, run_settings, select_run
-from icalign.training.ica import ICAObjective, TrainResult, _check_configs, training_bytes
+from icalign.training.ica import ICAObjective, TrainResult, _check_configs, identity_parts, training_bytes
 from icalign.training import checkpoint as ck
 from icalign.training.checkpoint import finished_run
 from icalign.training.loop import fit, run_identity, states_from
@@ -91,8 +92,9 @@ def _train_chunk(sup, rows, train_cfg, run_root, force, progress):
     objective, runs_R, initial = prepare(sup, rows, train_cfg)
     described = [{**r, "variant": v.to_dict()} for v, r in rows]
     run_dir = None
+    parts = identity_parts(train_cfg, {"loss": DEFAULT_LOSS})  # the published loss: the name groups had before
     if run_root is not None:
-        run_dir = Path(run_root) / f"group-{M.config_hash(sup, train_cfg, described, run_identity(len(rows)))}"
+        run_dir = Path(run_root) / f"group-{M.config_hash(sup, *parts, described, run_identity(len(rows)))}"
     meta = {"super_config": sup.to_dict(), "train_config": train_cfg.to_dict(), "grouped": True}
     want = {**meta, "runs": described, "identity": run_identity(len(rows))}
     if run_dir is not None and not force and finished_run(run_dir, want, train_cfg.steps):

@@ -1,10 +1,10 @@
 """Training the transformer on in-context alignment (docs/theory.md section 4).
 
-Objective (published): online Plackett-Luce with the cosine reward. The prediction after n
-seen triplets, y_hat_n, scores every candidate by s_nj = cos(y_hat_n, y_j); row n of the loss
-is PL over candidates 0..n-1 ranked by their *shown* rewards
-(``losses.prefix_plackett_luce``); the loss is the mean over rows n >= ``min_seen`` (2) and
-the batch. The ground truth y* never enters. Adam (lr 1e-4), batch 256, 3000 steps, fresh
+Objective (published; ``TrainConfig.loss`` picks another of ``losses.LOSSES``): online
+Plackett-Luce with the cosine reward. The prediction after n seen triplets, y_hat_n, scores
+every candidate by s_nj = cos(y_hat_n, y_j); row n of the loss is PL over candidates 0..n-1
+ranked by their *shown* rewards (``losses.online_rows``); the loss is the mean over rows
+n >= ``min_seen`` (2) and the batch. The ground truth y* never enters. Adam (lr 1e-4), batch 256, 3000 steps, fresh
 contexts every step, from ``fold_in(k_data, step)`` (and ``fold_in(k_corrupt, step)`` for
 reward corruption), so any step's batch can be regenerated (:func:`batch_for_step`).
 
@@ -24,8 +24,8 @@ import numpy as np
 import optax
 
 from icalign import model as M
-from icalign.core.losses import cosine_reward, prefix_plackett_luce
-from icalign.core.tasks import Context, corrupt, sample_contexts, scored_candidates
+from icalign.core.losses import DEFAULT_LOSS, LOSSES, online_rows
+from icalign.core.tasks import CORRUPTIONS, Context, corrupt, sample_contexts, scored_candidates
 from icalign.core.validate import check_memory
 from icalign.training import checkpoint as ck
 from icalign.training.config import RunSpec, TrainConfig, check_objective, make_runs, run_settings, select_run
@@ -33,19 +33,20 @@ from icalign.training.checkpoint import check_same_run, finished_run
 from icalign.training.loop import Objective, fit, init_states, run_identity
 
 __all__ = ["ICAObjective", "TrainResult", "loss_fn", "batch_for_step", "train", "train_or_load", "load_run",
-           "run_dir_for", "training_bytes"]
+           "run_dir_for", "identity_parts", "training_bytes"]
 
 
-def loss_fn(params: M.Params, ctx: Context, model_cfg: M.ModelConfig, min_seen: int = 2, gates=None) -> jax.Array:
-    """Online PL with the cosine reward, averaged over rows n >= min_seen and the batch.
+def loss_fn(params: M.Params, ctx: Context, model_cfg: M.ModelConfig, min_seen: int = 2, gates=None,
+            loss: str = DEFAULT_LOSS) -> jax.Array:
+    """The online objective (``losses.online_rows`` of the named ``loss``), averaged over rows
+    n >= min_seen and the batch. For the published ``cosine_pl``:
 
     L = mean_{b, n >= min_seen} sum_{i=1..n} [ -s_tau(i) + log sum_{j>=i} exp s_tau(j) ],
     s_j = cos(y_hat_n, y_j), tau = candidates 0..n-1 sorted by shown reward. With per-triplet
     queries the y_j scored are the candidates at the test query (``tasks.scored_candidates``).
     """
     y_hat_BxNxD = M.predict(params, ctx, model_cfg, gates)
-    scores_BxNxN = cosine_reward(y_hat_BxNxD, scored_candidates(ctx)[..., None, :, :])
-    rows_BxN = prefix_plackett_luce(scores_BxNxN, ctx.rewards)
+    rows_BxN = online_rows(loss, y_hat_BxNxD, scored_candidates(ctx), ctx.rewards)
     return jnp.mean(rows_BxN[..., min_seen:])
 
 
@@ -81,7 +82,7 @@ class ICAObjective(Objective):
 
     def loss(self, params, batch):
         ctx, gates = batch if self.gated else (batch, None)
-        return loss_fn(params, ctx, self.model, self.train.min_seen, gates)
+        return loss_fn(params, ctx, self.model, self.train.min_seen, gates, self.train.loss)
 
     def value_and_grad(self, params, batch):
         """Loss and gradient of the step; with ``train.microbatches`` = k > 1, the mean of
@@ -122,23 +123,36 @@ class TrainResult:
         return select_run(self.params, i)
 
 
-def run_dir_for(model_cfg: M.ModelConfig, train_cfg: TrainConfig, runs: list, run_root="runs",
-                shard: bool = True) -> Path:
-    """``run_root/run-<hash>``: the hash covers the model config, the train config, the runs
-    trained together and their identity (float64 mode, devices, package versions), so that
-    a run that would give other numbers never shares a folder."""
-    # Fields added later stay out of the hash at their original behaviour (shared queries,
-    # one microbatch), so the dict hashes exactly as the dataclass did without them.
-    later = {"queries": "shared", "microbatches": 1}
+def identity_parts(train_cfg: TrainConfig, later: dict) -> list:
+    """What a run folder's hash covers of the training config: the config without the fields
+    of ``later`` ({field: value}) that still hold the value they had before the field existed
+    (so older folders keep their names), followed, if the loss or the corruption model is a
+    user-registered one, by the hash of its function (:func:`icalign.core.registry.source_hash`)."""
     left_out = {k for k, v in later.items() if getattr(train_cfg, k) == v}
-    if train_cfg.queries == "shared":
+    if "queries" in left_out:  # query_corr means nothing with shared queries
         left_out.add("query_corr")
     train_part = train_cfg
     if left_out:
         train_part = {"__type__": "TrainConfig", **{k: v for k, v in dataclasses.asdict(train_cfg).items()
                                                     if k not in left_out}}
+    sources = {f"{field} source": reg.identity(getattr(train_cfg, field))
+               for field, reg in (("loss", LOSSES), ("corruption", CORRUPTIONS))}
+    sources = {k: v for k, v in sources.items() if v is not None}
+    return [train_part] + ([sources] if sources else [])
+
+
+def run_dir_for(model_cfg: M.ModelConfig, train_cfg: TrainConfig, runs: list, run_root="runs",
+                shard: bool = True) -> Path:
+    """``run_root/run-<hash>``: the hash covers the model config, the train config (with a
+    user-registered loss's or corruption's function source), the runs trained together and
+    their identity (float64 mode, devices, package versions), so that a run that would give
+    other numbers never shares a folder."""
+    # Fields added later stay out of the hash at their original behaviour (shared queries,
+    # one microbatch, the published loss), so the dict hashes exactly as the dataclass did
+    # without them.
+    train_part, *sources = identity_parts(train_cfg, {"queries": "shared", "microbatches": 1, "loss": DEFAULT_LOSS})
     identity = run_identity(len(runs), shard)
-    return Path(run_root) / f"run-{M.config_hash(model_cfg, train_part, runs, identity)}"
+    return Path(run_root) / f"run-{M.config_hash(model_cfg, train_part, runs, identity, *sources)}"
 
 
 def _check_configs(model_cfg, train_cfg, n_runs: int = 1):
