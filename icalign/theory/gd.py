@@ -44,17 +44,14 @@ __all__ = ["remaining_softmax", "pl_score_gradient", "pl_gradient", "pl_gradient
            "gradient_descent", "init_linear", "fit_linear", "baseline_sweep", "fit_contexts", "check_batched_contexts",
            "LEARNERS"]
 
-LEARNERS = {
-    # name: (optimiser, default learning rate); both run 50 full-batch steps on cosine PL (or ``loss``).
-    "adam": ("adam", 0.1),  # the published baseline, lr 0.1
-    "gd": ("sgd", 1.0),  # plain gradient descent, same loss and init
-}
+# name: (optimiser, default learning rate); both run 50 full-batch steps on cosine PL (or ``loss``):
+# Adam at lr 0.1 is the published baseline, plain GD has the same loss and init.
+LEARNERS = {"adam": ("adam", 0.1), "gd": ("sgd", 1.0)}
 
 
 def _check_policy_args(W, x, ys, rewards, reward, mask=None, has_w: bool = True):
-    """Checks the arguments of a policy-gradient function and returns (W, x, ys, rewards, mask) as
-    arrays of finite reals (lists converted, integers made floats; None, text, booleans and
-    complex numbers refused by name)."""
+    """Checks a policy-gradient function's arguments; returns (W, x, ys, rewards, mask) as finite
+    real arrays (lists converted, integers made floats; None, text, bools, complex refused by name)."""
     check_choice("reward", reward, REWARDS)
     W = check_real_array("W", W, integers=True) if has_w else None
     x, ys = check_real_array("x", x, integers=True), check_real_array("ys", ys, integers=True)
