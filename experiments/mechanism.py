@@ -50,6 +50,9 @@ class Config:
                              f"(they are held-out contexts), got {self.intervention_contexts}")
         if not self.etas or not all(isinstance(e, (int, float)) and math.isfinite(e) and e > 0 for e in self.etas):
             raise ValueError(f"Config.etas must be a non-empty list of finite numbers > 0, got {self.etas!r}")
+        for name, tc in (("train", self.train), ("triplet_train", self.triplet_train)):  # the references are its
+            if tc.loss != "cosine_pl":  # minimiser and GD: studying another loss needs them rebuilt for it
+                raise ValueError(f"Config.{name}.loss must be 'cosine_pl' (the published loss), got {tc.loss!r}")
         if self.train.queries != "shared":
             raise ValueError(f"Config.train.queries must be 'shared' (the published task), got {self.train.queries!r}")
         if self.triplets and (self.triplet_train.queries != "per_triplet" or self.model.token_layout != "stacked"):

@@ -89,8 +89,8 @@ def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = 
     n = cfg.seeds
     transformer = {str(tl): E.by_level(E.Curves(curves.t, curves.nmse[j * n:(j + 1) * n], curves.pl[j * n:(j + 1) * n]),
                                        cols, "seeds") for j, tl in enumerate(cfg.train_levels)}
-    gd = {learner: E.by_level(E.gd_curves(k_gd, ctx, rewards, learner, cfg.eval.gd_steps), cols, "contexts")
-          for learner in ("adam", "gd")}
+    gd = {learner: E.by_level(E.gd_curves(k_gd, ctx, rewards, learner, cfg.eval.gd_steps, loss=cfg.train.loss),
+                              cols, "contexts") for learner in ("adam", "gd")}
     t_eval = time.perf_counter() - t1
 
     res = {

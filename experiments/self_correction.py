@@ -60,6 +60,8 @@ class Config:
         check_positive("tolerance", self.tolerance)
         check_positive("entropy_beta", self.entropy_beta)
         check_seeds(self.seeds)
+        if self.train.loss != "cosine_pl":  # the loop's GD learners and critics rank with the published loss
+            raise ValueError(f"Config.train.loss must be 'cosine_pl' (the published loss), got {self.train.loss!r}")
         if self.model.n != self.n0 + self.rounds + 1 or self.model.d != 5:
             raise ValueError(f"model.n must be n0 + rounds + 1 = {self.n0 + self.rounds + 1} and model.d 5 "
                              f"(the transformer reads the whole loop), got n={self.model.n}, d={self.model.d}")

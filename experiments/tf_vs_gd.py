@@ -60,7 +60,7 @@ def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = 
     ctx = sample_contexts(k_ctx, cfg.eval.contexts, cfg.model.d, cfg.model.n, cfg.train.queries,
                           cfg.train.query_corr)
     t1 = time.perf_counter()
-    cmp = compare(trained.params_of(0), cfg.model, ctx, k_gd, gd_steps=cfg.eval.gd_steps,
+    cmp = compare(trained.params_of(0), cfg.model, ctx, k_gd, gd_steps=cfg.eval.gd_steps, loss=cfg.train.loss,
                   n_sensitivity=cfg.eval.sensitivity_contexts, progress=progress)
     t_eval = time.perf_counter() - t1
     cmp["nmse"] = {k: {kk: vv for kk, vv in v.items() if kk != "per_context"} for k, v in cmp["nmse"].items()}

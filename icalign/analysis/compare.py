@@ -60,9 +60,9 @@ def transformer_predictions(params: M.Params, ctx: Context, config: M.ModelConfi
     return _predict(params, ctx, config=config)
 
 
-@partial(jax.jit, static_argnames=("learner", "steps"))
-def _gd_predictions(keys_B, ctx: Context, ts, learner: str, steps: int, lr):
-    return gd.fit_contexts(keys_B, ctx.x, ctx.ys, ctx.rewards, ts, learner, steps, lr, ctx.xs)
+@partial(jax.jit, static_argnames=("learner", "steps", "loss"))
+def _gd_predictions(keys_B, ctx: Context, ts, learner: str, steps: int, lr, loss=None):
+    return gd.fit_contexts(keys_B, ctx.x, ctx.ys, ctx.rewards, ts, learner, steps, lr, ctx.xs, loss=loss)
 
 
 def _gd_args(key, ctx: Context, ts, learner: str, steps: int, lr):
@@ -74,12 +74,14 @@ def _gd_args(key, ctx: Context, ts, learner: str, steps: int, lr):
     return jax.random.split(key, ctx.x.shape[0]), ts, steps, lr
 
 
-def gd_predictions(key, ctx: Context, ts, learner: str = "adam", steps: int = 50, lr=None) -> jax.Array:
+def gd_predictions(key, ctx: Context, ts, learner: str = "adam", steps: int = 50, lr=None,
+                   loss: str | None = None) -> jax.Array:
     """(B, T, D): a linear policy fitted by ``learner`` on the first t candidates of each
-    context (shown rewards), for every t in ``ts``. One init key per context, shared by all t
-    and by every learner given the same ``key`` (common random numbers)."""
+    context (shown rewards), for every t in ``ts``, on the ranking loss ``loss`` (default: the
+    published cosine PL; ``losses.LOSSES``). One init key per context, shared by all t and by
+    every learner given the same ``key`` (common random numbers)."""
     keys, ts, steps, lr = _gd_args(key, ctx, ts, learner, steps, lr)
-    return _gd_predictions(keys, ctx, ts, learner, steps, jnp.asarray(lr, ctx.ys.dtype))
+    return _gd_predictions(keys, ctx, ts, learner, steps, jnp.asarray(lr, ctx.ys.dtype), loss)
 
 
 def _check_ts(ts, n: int):
@@ -108,11 +110,11 @@ def transformer_sensitivities(params: M.Params, ctx: Context, config: M.ModelCon
     return j_ys[:, ts], j_r[:, ts]
 
 
-@partial(jax.jit, static_argnames=("learner", "steps"))
-def _gd_jacobians(keys_B, ctx: Context, ts, learner: str, steps: int, lr):
+@partial(jax.jit, static_argnames=("learner", "steps", "loss"))
+def _gd_jacobians(keys_B, ctx: Context, ts, learner: str, steps: int, lr, loss=None):
     def one(key, x, ys, rewards, xs):
         def u_of(ys, rewards, t):
-            return unit(gd.fit_linear(key, x, ys, rewards, t, learner, steps, lr, xs=xs))
+            return unit(gd.fit_linear(key, x, ys, rewards, t, learner, steps, lr, xs=xs, loss=loss))
 
         jac = jax.jacrev(u_of, argnums=(0, 1))
         return jax.vmap(lambda t: jac(ys, rewards, t))(ts)  # (T,D,N,D), (T,D,N)
@@ -120,11 +122,12 @@ def _gd_jacobians(keys_B, ctx: Context, ts, learner: str, steps: int, lr):
     return jax.lax.map(lambda a: one(*a), (keys_B, ctx.x, ctx.ys, ctx.rewards, ctx.xs))
 
 
-def gd_sensitivities(key, ctx: Context, ts, learner: str = "adam", steps: int = 50, lr=None):
-    """Same as :func:`transformer_sensitivities` for a GD learner (keys as in
+def gd_sensitivities(key, ctx: Context, ts, learner: str = "adam", steps: int = 50, lr=None,
+                     loss: str | None = None):
+    """Same as :func:`transformer_sensitivities` for a GD learner (keys and ``loss`` as in
     :func:`gd_predictions`, so the Jacobians belong to the same fitted predictions)."""
     keys, ts, steps, lr = _gd_args(key, ctx, ts, learner, steps, lr)
-    return _gd_jacobians(keys, ctx, ts, learner, steps, jnp.asarray(lr, ctx.ys.dtype))
+    return _gd_jacobians(keys, ctx, ts, learner, steps, jnp.asarray(lr, ctx.ys.dtype), loss)
 
 
 def _in_chunks(fn, trees, bar, size: int = 8):
@@ -154,7 +157,7 @@ def _ci(per) -> dict:
 
 def compare(params: M.Params, config: M.ModelConfig, ctx: Context, key: jax.Array,
             ts: Sequence[int] | None = None, learners: Sequence[str] = ("adam", "gd"),
-            gd_steps: int = 50, n_sensitivity: int = 0, progress: bool = False) -> dict:
+            gd_steps: int = 50, n_sensitivity: int = 0, progress: bool = False, loss: str | None = None) -> dict:
     """All TF-vs-GD metrics on the contexts ``ctx`` (leading batch axis B), per t in ``ts``
     (default 1..N-1). Returns plain numpy arrays in a dict:
 
@@ -165,7 +168,8 @@ def compare(params: M.Params, config: M.ModelConfig, ctx: Context, key: jax.Arra
     ``pred_diff[learner] = {cos, l2}`` (mean over contexts, per t);
     ``sensitivity[learner][block] = {cos, l2}`` for block in candidates / rewards / joint,
     on the first ``n_sensitivity`` contexts (0, the default: no Jacobians, which cost far
-    more than the predictions; ``progress`` shows a bar over them).
+    more than the predictions; ``progress`` shows a bar over them). The GD learners fit
+    ``loss``, the model's training loss (default: the published cosine PL).
     """
     if not isinstance(config, M.ModelConfig):
         raise ValueError(f"config must be a ModelConfig, got {type(config).__name__}")
@@ -187,7 +191,7 @@ def compare(params: M.Params, config: M.ModelConfig, ctx: Context, key: jax.Arra
     y_star = ctx.y_star[:, None, :]
     preds = {"transformer": y_tf}
     for name in learners:
-        preds[name] = gd_predictions(k_gd, ctx, ts_j, name, gd_steps)
+        preds[name] = gd_predictions(k_gd, ctx, ts_j, name, gd_steps, loss=loss)
     out = {"t": ts, "n_contexts": B, "n_sensitivity": n_sens, "gd_steps": gd_steps, "nmse": {},
            "pred_diff": {}, "sensitivity": {}}
     for name, y in preds.items():
@@ -211,7 +215,8 @@ def compare(params: M.Params, config: M.ModelConfig, ctx: Context, key: jax.Arra
             tf_ys, tf_r = _in_chunks(lambda c: _tf_jacobians(params, c, config), (sub,), bar)
             tf_ys, tf_r = tf_ys[:, ts_j], tf_r[:, ts_j]
             gd_jac = {name: _in_chunks(lambda k, c: _gd_jacobians(
-                k, c, ts_j, name, gd_steps, jnp.asarray(gd.LEARNERS[name][1], ctx.ys.dtype)), (keys_sub, sub), bar)
+                k, c, ts_j, name, gd_steps, jnp.asarray(gd.LEARNERS[name][1], ctx.ys.dtype), loss), (keys_sub, sub),
+                bar)
                 for name in learners}
         for name in learners:
             gd_ys, gd_r = gd_jac[name]

@@ -104,21 +104,23 @@ def transformer_curves(params_R: M.Params, config: M.ModelConfig, ctx: Context, 
     return Curves(np.arange(1, config.n), *to_host(_tf_curves(params_R, ctx, rewards_BxLxN, config)))
 
 
-@partial(jax.jit, static_argnames=("learner", "steps"))
-def _gd_curves(keys_B, ctx: Context, rewards_BxLxN, learner: str, steps: int, lr):
+@partial(jax.jit, static_argnames=("learner", "steps", "loss"))
+def _gd_curves(keys_B, ctx: Context, rewards_BxLxN, learner: str, steps: int, lr, loss=None):
     ts = jnp.arange(1, ctx.ys.shape[1])
 
     def per_level(rewards_BxN):
-        y = gd.fit_contexts(keys_B, ctx.x, ctx.ys, rewards_BxN, ts, learner, steps, lr, ctx.xs)  # (B, T, D)
+        y = gd.fit_contexts(keys_B, ctx.x, ctx.ys, rewards_BxN, ts, learner, steps, lr, ctx.xs, loss=loss)  # (B, T, D)
         return _metrics(y, ctx)
 
     return jax.vmap(per_level, in_axes=1)(rewards_BxLxN)  # (L, B, T) each
 
 
-def gd_curves(key, ctx: Context, rewards_BxLxN, learner: str = "adam", steps: int = 50, lr=None) -> Curves:
+def gd_curves(key, ctx: Context, rewards_BxLxN, learner: str = "adam", steps: int = 50, lr=None,
+              loss: str | None = None) -> Curves:
     """Curves with nmse and pl (L, B, N-1) of a GD learner (``gd.LEARNERS``) fitted on the first t
-    candidates with the same shown rewards. One init key per context, shared by all levels
-    and t. One compiled call; contexts sharded."""
+    candidates with the same shown rewards, on the ranking loss ``loss`` (default: the published
+    cosine PL). One init key per context, shared by all levels and t. One compiled call;
+    contexts sharded."""
     check_choice("learner", learner, gd.LEARNERS)
     check_key("key", key)
     steps = check_int("steps", steps, minimum=0)
@@ -129,7 +131,7 @@ def gd_curves(key, ctx: Context, rewards_BxLxN, learner: str = "adam", steps: in
     keys = jax.random.split(key, B)
     mesh = sweep_mesh(B)
     keys, ctx, rewards_BxLxN = shard_leading((keys, ctx, rewards_BxLxN), mesh)
-    out = to_host(_gd_curves(keys, ctx, rewards_BxLxN, learner, steps, jnp.asarray(lr, ctx.ys.dtype)))
+    out = to_host(_gd_curves(keys, ctx, rewards_BxLxN, learner, steps, jnp.asarray(lr, ctx.ys.dtype), loss))
     return Curves(np.arange(1, ctx.ys.shape[1]), *out)
 
 
