@@ -204,28 +204,26 @@ def test_source_hash_sees_bodies_closures_and_code_without_source():
         source_hash(np.add)
 
 
-def test_the_experiments_gd_learners_fit_the_training_loss():
-    """tf-vs-gd's comparison and the evaluation curves hand ``train.loss`` to their GD learners
-    (the same fit as ``gd.fit_contexts`` on that loss, not the published one); studies whose
-    references are built for the published loss refuse another by name."""
+def test_the_experiments_gd_learners_fit_the_training_loss(monkeypatch):
+    """tf-vs-gd's comparison and the evaluation curves hand ``loss`` (the experiments pass
+    ``train.loss``) to the one GD fit, ``gd.fit_contexts`` (whose losses the tests above check),
+    read here by a stand-in for it; studies whose references are built for the published loss
+    refuse another by name."""
     from icalign.analysis import compare as CMP
     from icalign.experiments import mechanism, self_correction
 
-    ctx = tasks.sample_contexts(jax.random.PRNGKey(3), 4, MODEL.d, MODEL.n)
+    seen = []
+
+    def spy(keys_B, x, ys, rewards, ts, learner="adam", steps=50, lr=None, xs=None, loss=None):
+        seen.append(loss)
+        return jnp.zeros((x.shape[0], ts.shape[0], x.shape[-1]), x.dtype)
+
+    monkeypatch.setattr(gd, "fit_contexts", spy)
+    ctx = tasks.sample_contexts(jax.random.PRNGKey(3), 2, MODEL.d, MODEL.n)
     params = M.init(jax.random.PRNGKey(4), MODEL)
-    key, ts = jax.random.PRNGKey(5), np.arange(2, MODEL.n)
-    by_loss = {loss: CMP.compare(params, MODEL, ctx, key, ts=ts, learners=("adam",), gd_steps=3, loss=loss)
-               for loss in (None, "sqdist_pl")}
-    direct = gd.fit_contexts(jax.random.split(key, 4), ctx.x, ctx.ys, ctx.rewards, jnp.asarray(ts), "adam", 3,
-                             0.1, loss="sqdist_pl")
-    from icalign.core.metrics import normalised_mse
-    np.testing.assert_allclose(by_loss["sqdist_pl"]["nmse"]["adam"]["per_context"],
-                               np.asarray(normalised_mse(direct, ctx.y_star[:, None, :])), rtol=1e-5)
-    assert not np.allclose(by_loss[None]["nmse"]["adam"]["per_context"],
-                           by_loss["sqdist_pl"]["nmse"]["adam"]["per_context"])
-    curves = E.gd_curves(key, ctx, ctx.rewards[:, None, :], "adam", 3, loss="sqdist_pl")
-    np.testing.assert_allclose(curves.nmse[0][:, ts - 1], by_loss["sqdist_pl"]["nmse"]["adam"]["per_context"],
-                               rtol=1e-5)
+    CMP.compare(params, MODEL, ctx, jax.random.PRNGKey(5), learners=("adam",), gd_steps=1, loss="sqdist_pl")
+    E.gd_curves(jax.random.PRNGKey(5), ctx, ctx.rewards[:, None, :], "gd", 1, loss="cosine_bt")
+    assert seen == ["sqdist_pl", "cosine_bt"]
     for mod in (mechanism, self_correction):
         with pytest.raises(ValueError, match="train.loss must be 'cosine_pl'"):
             C.override(mod.QUICK, ["train.loss=sqdist_pl"])

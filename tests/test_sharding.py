@@ -185,7 +185,7 @@ EIGHT_DEVICES = textwrap.dedent(r"""
     nmse, _ = gd.baseline_sweep(jax.random.PRNGKey(7), ctx16, [0.0, 0.5], [2, 4], steps=5)
     assert len(nmse.sharding.device_set) == 8
     one = gd._sweep(jax.random.PRNGKey(7), ctx16, jnp.asarray([0.0, 0.5], jnp.float32), jnp.asarray([2, 4]),
-                    jnp.float32(0.1), "replace", "adam", 5, 4)[0]  # the same program, unsharded
+                    jnp.float32(0.1), "replace", "adam", 5, 4, None)[0]  # the same program, unsharded
     # Adam divides by the root of tiny second moments, so last-bit differences between the
     # 8-device and 1-device kernels grow to ~1e-5 relative over 5 steps; a mix-up of contexts
     # would differ by O(0.1).

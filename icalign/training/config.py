@@ -174,9 +174,11 @@ def _check_lrs(lrs):
             raise ValueError(f"learning rates must be finite numbers > 0, got {lrs}")
 
 
-def run_settings(seeds: Sequence[int], lrs=None, noise_levels=None, train_cfg: TrainConfig = TrainConfig()) -> list:
+def run_settings(seeds: Sequence[int], lrs=None, noise_levels=None, train_cfg: TrainConfig = TrainConfig(), *,
+                 distinct: bool = True) -> list:
     """Validate and broadcast per-run settings (nothing computed on a device): the list of
-    {"seed", "lr", "noise"} dicts, one per run. A length-1 (or scalar) setting is shared."""
+    {"seed", "lr", "noise"} dicts, one per run. A length-1 (or scalar) setting is shared.
+    ``distinct=False`` lets settings repeat: a grouped program's rows are other variants."""
     seeds = [check_seed("seed", s) for s in np.atleast_1d(np.asarray(seeds, dtype=object)).tolist()]
     lrs = [train_cfg.lr] if lrs is None else np.atleast_1d(np.asarray(lrs, dtype=float)).tolist()
     noise = [train_cfg.noise] if noise_levels is None else np.atleast_1d(np.asarray(noise_levels, dtype=float)).tolist()
@@ -185,16 +187,18 @@ def run_settings(seeds: Sequence[int], lrs=None, noise_levels=None, train_cfg: T
     check_corruption_levels(train_cfg.corruption, noise)
     runs = [{"seed": s, "lr": lr, "noise": nz} for s, lr, nz in zip(seeds, lrs, noise)]
     # two identical runs are one run trained twice, and a summary would count it as two seeds
-    check_distinct("seeds, lrs and noise_levels", runs,
-                   lambda r: f"seed {r['seed']}, lr {r['lr']:g}, noise {r['noise']:g}")
+    if distinct:
+        check_distinct("seeds, lrs and noise_levels", runs,
+                       lambda r: f"seed {r['seed']}, lr {r['lr']:g}, noise {r['noise']:g}")
     return runs
 
 
-def make_runs(seeds: Sequence[int], lrs=None, noise_levels=None, train_cfg: TrainConfig = TrainConfig()):
+def make_runs(seeds: Sequence[int], lrs=None, noise_levels=None, train_cfg: TrainConfig = TrainConfig(), *,
+              distinct: bool = True):
     """Validate and broadcast per-run settings (:func:`run_settings`). Returns (RunSpec with
     leading axis R, the settings). The keys are the seed's INIT, DATA and CORRUPT streams
     (:mod:`icalign.core.keys`)."""
-    runs = run_settings(seeds, lrs, noise_levels, train_cfg)
+    runs = run_settings(seeds, lrs, noise_levels, train_cfg, distinct=distinct)
     seeds, lrs, noise = ([r[k] for r in runs] for k in ("seed", "lr", "noise"))
     spec = RunSpec(
         k_init=jnp.stack([keys.stream(s, keys.INIT) for s in seeds]),

@@ -80,7 +80,7 @@ def prepare(sup: M.ModelConfig, rows: list, train_cfg: TrainConfig):
     """(objective, RunSpec with gates, initial params) of one program: ``rows`` are
     (variant config, run settings) pairs, every variant a gated variant of ``sup``."""
     runs_R, _ = make_runs([r["seed"] for _, r in rows], [r["lr"] for _, r in rows], [r["noise"] for _, r in rows],
-                          train_cfg)
+                          train_cfg, distinct=False)  # rows of other variants share seeds
     runs_R = runs_R.replace(gates=G.stack_gates([G.gates_for(v, sup) for v, _ in rows]))
     # each run's own init: the variant's standalone params (same INIT key), in the super shapes
     initial = [G.embed(M.init(runs_R.k_init[i], v), v, sup) for i, (v, _) in enumerate(rows)]
