@@ -17,7 +17,7 @@ from icalign import training as T
 from icalign.analysis import ablations as A
 from icalign.analysis import evaluate as E
 from icalign.analysis import health as H
-from icalign.analysis import report, sweep_claims
+from icalign.analysis import sweep_claims
 from icalign.core import keys
 from icalign.core.sharding import describe, sweep_mesh
 from icalign.core.stats import summarise
@@ -26,7 +26,7 @@ from icalign.core.validate import described
 from icalign.experiment import (EvalConfig, Progress, check_seed, check_seeds, config_record, publish,
                                 result_path, runner, train_or_load)
 from icalign.io import hardware
-from icalign.viz import ablations as figs
+from icalign.viz import ablations as figs, sweep_report
 
 NAME = "ablations"
 DESCRIPTION = "one-factor ablations (depth, heads x2, softmax, FFN, LayerNorm), >= 2 seeds each"
@@ -66,7 +66,7 @@ def figures(res: dict) -> dict:
     return {"": figs.ablation_panels(res), "bars": figs.ablation_bars(res)}
 
 
-markdown = report.ablation_markdown
+markdown = sweep_report.ablation_markdown
 
 
 @runner
@@ -107,14 +107,14 @@ def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = 
         "experiment": NAME, "name": None if out is None else out.name, **config_record(cfg),
         "size_note": (f"base {m.n_layers} layers, {m.n_heads} heads, width {m.d_model}, {m.token_layout} tokens; "
                       f"depths {'/'.join(map(str, cfg.depths))}; batch {t.batch}, {t.steps} steps, lr {t.lr:g}"),
-        "seed": cfg.seed, "seeds": list(seeds), "interval": report.INTERVAL_NOTE,
+        "seed": cfg.seed, "seeds": list(seeds), "interval": sweep_claims.INTERVAL_NOTE,
         "base_config": m.to_dict(), "train_config": t.to_dict(), "n_eval_contexts": cfg.eval.contexts,
         "ts": list(range(1, m.n)), "variants": [v for job in jobs for v in job["variants"]],
         "architectures": saved.entries, "gd": gd, "reference": {k: v["replace"]["0.0"] for k, v in ref.items()},
         "devices": describe(sweep_mesh(len(seeds))), "seconds": time.perf_counter() - t0, "hardware": hardware(),
     }
     res["claims"] = sweep_claims.ablation_claims(res)
-    res = publish(path, res, figures=figures, markdown=report.ablation_markdown)
+    res = publish(path, res, figures=figures, markdown=sweep_report.ablation_markdown)
     saved.done()
-    print(report.ablation_markdown(res, claims_only=True))
+    print(sweep_report.ablation_markdown(res, claims_only=True))
     return res

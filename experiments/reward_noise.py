@@ -6,7 +6,7 @@ every other level ("trained on a noisy critic"). Every run, and both GD learners
 evaluated on the same contexts with the shown rewards corrupted by every corruption model
 of icalign.core.tasks at every level of its range: one compiled call for all runs x levels x
 contexts (icalign.analysis.evaluate). Markdown with tables and verdicts
-(icalign.analysis.report) and figures (icalign.viz.sweeps) are drawn from the JSON.
+(icalign.viz.sweep_report) and figures (icalign.viz.sweeps) are drawn from the JSON.
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ from icalign import model as M
 from icalign import training as T
 from icalign.analysis import evaluate as E
 from icalign.analysis import health as H
-from icalign.analysis import report, sweep_claims
+from icalign.analysis import sweep_claims
 from icalign.core import keys
 from icalign.core.sharding import describe, sweep_mesh
 from icalign.core.tasks import CORRUPTIONS, DEFAULT_LEVELS, LEVEL_NAMES, check_corruption_levels, sample_contexts
 from icalign.experiment import (EvalConfig, check_seed, check_seeds, config_record, publish, result_path,
                                 runner, train_or_load)
 from icalign.io import hardware
-from icalign.viz import sweeps
+from icalign.viz import sweep_report, sweeps
 
 NAME = "reward-noise"
 DESCRIPTION = "reward corruption: trained transformer (clean and noisy critics) vs GD, every corruption model"
@@ -62,7 +62,7 @@ def figures(res: dict) -> dict:
     return {"": sweeps.noise_curves(res), "summary": sweeps.noise_summary(res)}
 
 
-markdown = report.noise_markdown
+markdown = sweep_report.noise_markdown
 
 
 @runner
@@ -95,7 +95,7 @@ def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = 
 
     res = {
         "experiment": NAME, "name": None if out is None else out.name, **config_record(cfg),
-        "size_note": _size_note(cfg), "seed": cfg.seed, "seeds": seeds, "interval": report.INTERVAL_NOTE,
+        "size_note": _size_note(cfg), "seed": cfg.seed, "seeds": seeds, "interval": sweep_claims.INTERVAL_NOTE,
         "model_config": cfg.model.to_dict(), "train_config": cfg.train.to_dict(),
         "train_levels": list(cfg.train_levels),
         "corruptions": {kind: {"level_name": LEVEL_NAMES[kind], "levels": list(DEFAULT_LEVELS[kind])} for kind in kinds},
@@ -112,8 +112,8 @@ def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = 
     }
     res["health"] = sweep_claims.noise_health(res)
     res["claims"] = sweep_claims.noise_claims(res)
-    res = publish(path, res, figures=figures, markdown=report.noise_markdown)
-    print(report.noise_markdown(res, claims_only=True))
+    res = publish(path, res, figures=figures, markdown=sweep_report.noise_markdown)
+    print(sweep_report.noise_markdown(res, claims_only=True))
     return res
 
 

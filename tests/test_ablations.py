@@ -67,3 +67,22 @@ def test_probe_learning_rates_train_the_attention_factor_again_under_their_own_k
     with pytest.raises(ValueError, match="probe_lrs"):
         A.jobs(variants, probe_lrs=(0.0,))
     assert all(j["lr"] is None for j in A.jobs(A.grid(QUICK_BASE, ("ffn",)), probe_lrs=(1e-3,)))
+
+
+def test_the_bars_draw_each_trained_variants_paired_effect_from_a_committed_result():
+    """The committed full-size grid has trained variants beside trained bases: the right panel
+    draws one paired effect (an error bar) for each such variant."""
+    from pathlib import Path
+
+    from icalign.analysis.sweep_claims import ablation_health
+    from icalign.io import read_json
+    from icalign.viz import ablations as figs
+
+    res = read_json(Path(__file__).resolve().parents[1] / "figures/ablations/full/ablations.json")
+    health = ablation_health(res)
+    ok = lambda v: res["architectures"].get(v["arch"], {}).get("status") == "ok" and health[v["arch"]]["status"] == "trained"
+    bases = {v["factor"]: v for v in res["variants"] if v["is_base"]}
+    expected = sum(1 for v in res["variants"] if not v["is_base"] and ok(v) and ok(bases[v["factor"]]))
+    fig = figs.ablation_bars(res)
+    right = fig.axes[1]
+    assert expected > 0 and len(right.containers) == expected

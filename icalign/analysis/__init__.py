@@ -3,4 +3,4 @@
 (:mod:`~icalign.analysis.evaluate`), one-factor ablation grids
 (:mod:`~icalign.analysis.ablations`), the necessity and mechanism studies, and every verdict:
 the claim engine (:mod:`~icalign.analysis.claims`) and each experiment's claim list beside it
-(``*_claims``), with the markdown reports (:mod:`~icalign.analysis.report`)."""
+(``*_claims``)."""

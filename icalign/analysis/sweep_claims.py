@@ -16,7 +16,12 @@ from icalign.analysis import claims as CL
 from icalign.analysis import health as H
 from icalign.analysis.ablations import FACTORS
 
-__all__ = ["noise_health", "noise_claims", "ablation_health", "ablation_claims"]
+__all__ = ["INTERVAL_NOTE", "arch_summary", "noise_health", "noise_claims", "ablation_health", "ablation_claims"]
+
+#: How the sweeps' intervals are formed (stored in their results JSON and shown in the markdown).
+INTERVAL_NOTE = ("95% Student-t intervals: over seeds for trained models (each seed averaged over the evaluation "
+                 "contexts), over contexts for GD learners; claims use paired differences")
+
 
 
 def noise_health(res: dict) -> dict:
@@ -62,7 +67,7 @@ def noise_claims(res: dict) -> list[dict]:
     return out
 
 
-def _arch_summary(arch: dict) -> dict:
+def arch_summary(arch: dict) -> dict:
     """The architecture's nmse summary with its per-seed curves (stored next to it)."""
     return {**arch["nmse"], "unit": "seeds", "per_seed": arch["nmse_per_seed"]}
 
@@ -96,8 +101,8 @@ def ablation_claims(res: dict) -> list[dict]:
         if aw.get("status") != "ok" or ab.get("status") != "ok":
             out.append(CL.unresolvable(text, worse, better, "not trained", "a variant diverged in training"))
             return
-        out.append(CL.claim(text, CL.arm(worse, _arch_summary(aw), n_contexts=C, health=health[w["arch"]]),
-                            CL.arm(better, _arch_summary(ab), n_contexts=C, health=health[b["arch"]]), t=t))
+        out.append(CL.claim(text, CL.arm(worse, arch_summary(aw), n_contexts=C, health=health[w["arch"]]),
+                            CL.arm(better, arch_summary(ab), n_contexts=C, health=health[b["arch"]]), t=t))
 
     factors = {v["factor"]: [x for x in res["variants"] if x["factor"] == v["factor"]] for v in res["variants"]}
     for factor, vs in factors.items():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from icalign.analysis import claims as CL
-from icalign.analysis import report
+from icalign.analysis import sweep_claims as report  # the claims and health it shows
 from icalign.viz.md import ci, health_note, label, machine, num, table
 from icalign.viz.style import (NMSE_LABEL, T_LABEL, band, band_note, clip_ylim, colormap, effects, integer_ticks,
                                new_figure)
@@ -106,7 +106,7 @@ def ablation_bars(res: dict):
                      transform=dax.get_yaxis_transform())
         elif base and not v["is_base"] and res["architectures"].get(base["arch"], {}).get("status") == "ok":
             b = res["architectures"][base["arch"]]
-            arm = lambda a, h: CL.arm(v["name"], report._arch_summary(a), n_contexts=C, health=h)
+            arm = lambda a, h: CL.arm(v["name"], report.arch_summary(a), n_contexts=C, health=h)
             e = CL.effect(arm(arch, None), arm(b, None))
             effects(dax, [yi], [e], color, horizontal=True, hollow=health[base["arch"]]["status"] != "trained")
             effs.append(e)

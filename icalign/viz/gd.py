@@ -3,7 +3,7 @@ markdown)."""
 
 from __future__ import annotations
 
-from icalign.analysis.report import machine, num, table
+from icalign.viz.md import machine, num, table
 from icalign.viz.style import NMSE_LABEL, T_LABEL, band, colormap, integer_ticks, new_figure, random_direction_line
 
 __all__ = ["curves_by_level", "markdown", "verdict"]

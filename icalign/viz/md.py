@@ -4,9 +4,26 @@
 from __future__ import annotations
 
 from icalign.analysis import claims as CL
-from icalign.analysis.report import machine, num, table
 
 __all__ = ["machine", "num", "table", "ci", "loaded", "health_note", "find", "brief", "label"]
+
+
+def num(x, nd=3) -> str:
+    """A stored number with ``nd`` decimals; None and the string "nan" (JSON's stand-in) read "nan"."""
+    return "nan" if x is None or (isinstance(x, str) and x.lower() == "nan") else f"{float(x):.{nd}f}"
+
+
+def machine(res: dict) -> str:
+    """The machine a result file was made on, in a few words (its ``hardware`` record)."""
+    hw = res.get("hardware") or {}
+    if hw.get("backend") == "cpu":
+        return f"{hw.get('cpu_count')}-core CPU (jax {hw.get('jax')})"
+    return f"{hw.get('device')} (jax {hw.get('jax')})"
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
 
 
 def ci(s: dict, i: int | None = None) -> str:

@@ -10,7 +10,7 @@ nothing to rank) is left out of the curves.
 from __future__ import annotations
 
 from icalign.analysis import claims as CL
-from icalign.analysis import report
+from icalign.analysis import sweep_claims as report  # the claims and health it shows
 from icalign.viz.md import brief, find, health_note, label, loaded, machine, num, table
 from icalign.viz.style import (NMSE_LABEL, T_LABEL, band, band_note, clip_ylim, colormap, effects, floats,
                                integer_ticks, new_figure)

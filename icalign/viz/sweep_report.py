@@ -1,9 +1,10 @@
-"""The markdown summaries of the sweeps (reward noise, ablations).
+"""The markdown file each sweep (reward noise, ablations) writes beside its result JSON.
 
-Reads result dicts (as written to JSON). The claims and health gates they show are those of
-:mod:`icalign.analysis.sweep_claims` (re-exported here), recomputed from the stored values
-whenever a summary is drawn, so an old result file is judged by the current rules; the claims
-stored in a file are the ones its run printed.
+Reads result dicts (as written to JSON). The claims and health gates it shows are those of
+:mod:`icalign.analysis.sweep_claims`, recomputed from the stored values whenever a summary is
+drawn, so an old result file is judged by the current rules; the claims stored in a file are
+the ones its run printed. The results document's sections are :mod:`icalign.viz.sweeps` and
+:mod:`icalign.viz.ablations`.
 """
 
 from __future__ import annotations
@@ -15,14 +16,11 @@ import numpy as np
 from icalign.analysis import claims as CL
 from icalign.analysis import health as H
 from icalign.analysis.ablations import FACTORS
-from icalign.analysis.sweep_claims import ablation_claims, ablation_health, noise_claims, noise_health
+from icalign.analysis.sweep_claims import (INTERVAL_NOTE, ablation_claims, ablation_health, noise_claims,
+                                           noise_health)
+from icalign.viz.md import table
 
-__all__ = ["INTERVAL_NOTE", "fmt", "noise_health", "noise_claims", "noise_markdown", "ablation_health",
-           "ablation_claims", "ablation_markdown", "table", "num", "machine"]
-
-#: How the sweeps' intervals are formed (stored in their results JSON and shown in the markdown).
-INTERVAL_NOTE = ("95% Student-t intervals: over seeds for trained models (each seed averaged over the evaluation "
-                 "contexts), over contexts for GD learners; claims use paired differences")
+__all__ = ["fmt", "noise_markdown", "ablation_markdown"]
 
 
 def _num(x) -> float:
@@ -34,24 +32,6 @@ def fmt(summary: Optional[dict], i: int) -> str:
         return "diverged"
     m, lo, hi = (_num(summary[k][i]) for k in ("mean", "low", "high"))
     return f"{m:.3f} [{lo:.3f}, {hi:.3f}]" if np.isfinite(lo) else f"{m:.3f}"
-
-
-def num(x, nd=3) -> str:
-    """A stored number with ``nd`` decimals; None and the string "nan" (JSON's stand-in) read "nan"."""
-    return "nan" if x is None or (isinstance(x, str) and x.lower() == "nan") else f"{float(x):.{nd}f}"
-
-
-def machine(res: dict) -> str:
-    """The machine a result file was made on, in a few words (its ``hardware`` record)."""
-    hw = res.get("hardware") or {}
-    if hw.get("backend") == "cpu":
-        return f"{hw.get('cpu_count')}-core CPU (jax {hw.get('jax')})"
-    return f"{hw.get('device')} (jax {hw.get('jax')})"
-
-
-def table(headers: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
 
 
 def _hardware(hw: dict) -> str:
