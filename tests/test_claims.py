@@ -15,8 +15,9 @@ REPS = 4000  # Monte-Carlo replicates: the standard error of a 95% rate is 0.003
 
 
 def _seed_arms(worse_SxC, better_SxC, health=None):
-    """Arms as an experiment stores them: each seed's mean over contexts at one t."""
-    summ = lambda v: {**stats.summarise(v[:, :, None], "seeds", keep=True)}
+    """Arms as older files stored them: each seed's mean over the shared contexts at one t
+    (no per-(seed, context) cells; the seeds x contexts interval is tests/test_calibration.py's)."""
+    summ = lambda v: {k: x for k, x in stats.summarise(v[:, :, None], "seeds", keep=True).items() if k != "cells"}
     return (CL.arm("worse", summ(worse_SxC), n_contexts=worse_SxC.shape[1], health=health),
             CL.arm("better", summ(better_SxC), n_contexts=better_SxC.shape[1]))
 
@@ -82,9 +83,15 @@ def test_verdicts_follow_the_interval_and_a_failed_training_decides_nothing():
     shift = np.array([[0.05], [-0.04], [0.01]])  # seeds disagree about the sign
     flat = CL.claim("x", *_seed_arms(base + shift, base))
     assert flat["low"] < 0 < flat["high"] and flat["verdict"] == "not resolved"
-    assert f"{flat['needed']} seeds would detect" in flat["reason"] and np.isfinite(flat["mde"])
+    assert flat["reason"] == "the interval contains 0" and np.isfinite(flat["mde"])
+    assert flat["mde_range"][0] < flat["mde"] < flat["mde_range"][1]  # power is a range, not a figure
     c = CL.claim("x", *_seed_arms(base + 0.5, base, health=sick))
-    assert c["verdict"] == "not trained" and "worse did not train" in c["reason"]
+    assert c["verdict"] == "not trained" and "worse failed its training-health gate" in c["reason"]
+    for status in ("under-converged", "unknown"):  # labelled, not withheld
+        c = CL.claim("x", *_seed_arms(base + 0.5, base, health={"status": status, "reason": "r"}))
+        assert c["verdict"] == "supported" and c["health"] == f"worse: {status} (r)" and status in CL.line(c)
+    c = CL.claim("x", *_seed_arms(base + 0.5, base, health={"status": "failed", "reason": "r"}))
+    assert c["verdict"] == "not trained"
     assert c["effect"] == pytest.approx(0.5, abs=0.02)  # the numbers are still reported
 
 
@@ -93,15 +100,19 @@ def test_model_against_reference_and_the_conservative_bound_for_old_files():
     ref = 0.3 + RNG.normal(0, 0.2, 64)
     gd = stats.summarise(ref[:, None], "contexts", keep=True)
     model = stats.summarise(a[:, :, None], "seeds", keep=True)
+    crossed = CL.effect(CL.arm("m", model, n_contexts=64), CL.arm("gd", gd, n_contexts=64))
+    assert crossed["population"] == "seeds x contexts" and crossed["n"] == 5
+    assert crossed["effect"] == pytest.approx(np.mean([(a[s] - ref)[s::5][:12].mean() for s in range(5)]))
+    model = {k: v for k, v in model.items() if k != "cells"}
     exact = CL.effect(CL.arm("m", model, n_contexts=64), CL.arm("gd", gd, n_contexts=64))
-    assert exact["unit"] == "seeds" and exact["n"] == 5
+    assert exact["unit"] == "seeds" and exact["n"] == 5 and exact["population"] == "seeds, these contexts"
     assert exact["effect"] == pytest.approx(a.mean() - ref.mean())
     old = {k: model[k] for k in ("mean", "low", "high", "n", "unit")}  # what old files stored
     recovered = CL.effect(CL.arm("m", old, n_contexts=64), CL.arm("gd", gd, n_contexts=64))
     np.testing.assert_allclose([recovered["low"], recovered["high"]], [exact["low"], exact["high"]], rtol=1e-9)
     # two seeded arms without per-seed values: the bound interval contains the paired one
     b = a + 0.02 + RNG.normal(0, 0.01, (5, 1))  # strongly correlated with a
-    mb = stats.summarise(b[:, :, None], "seeds", keep=True)
+    mb = {k: v for k, v in stats.summarise(b[:, :, None], "seeds", keep=True).items() if k != "cells"}
     paired = CL.effect(CL.arm("b", mb, n_contexts=64), CL.arm("a", model, n_contexts=64))
     bound = CL.effect(CL.arm("b", {k: mb[k] for k in old}, n_contexts=64), CL.arm("a", old, n_contexts=64))
     assert bound["pairing"].startswith("bound") and bound["effect"] == pytest.approx(paired["effect"])
@@ -111,8 +122,12 @@ def test_model_against_reference_and_the_conservative_bound_for_old_files():
 
 def test_claims_refuse_different_context_sets():
     s = stats.summarise(np.zeros((3, 4, 1)) + np.arange(3)[:, None, None], "seeds", keep=True)
+    with pytest.raises(ValueError, match="stored cells have shape"):
+        CL.arm("b", s, n_contexts=8)  # a summary's cells are checked against the context count
     with pytest.raises(ValueError, match="same contexts"):
-        CL.effect(CL.arm("a", s, n_contexts=4), CL.arm("b", s, n_contexts=8))
+        CL.effect(CL.arm("a", s, n_contexts=4), CL.cells("b", np.zeros((3, 8))))
+    with pytest.raises(ValueError, match="same number of seeds"):
+        CL.effect(CL.cells("a", np.zeros((3, 8))), CL.cells("b", np.zeros((4, 8))))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,7 +164,7 @@ def test_a_variant_that_did_not_train_is_labelled_not_trained():
     s = lambda v: stats.summarise(np.asarray(v, float)[:, None, None], "seeds", keep=True)
     c = CL.claim("x", CL.arm("linear", s([1.0, 1.0, 1.1]), n_contexts=1, health=flat),
                  CL.arm("softmax", s([0.3, 0.31, 0.29]), n_contexts=1, health=good))
-    assert c["verdict"] == "not trained" and "linear did not train" in c["reason"]
+    assert c["verdict"] == "not trained" and "linear failed its training-health gate" in c["reason"]
 
 
 def _pair(d_S):

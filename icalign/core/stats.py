@@ -20,7 +20,7 @@ import math
 import numpy as np
 
 __all__ = ["mean_ci", "mean_sem", "summarise", "t_interval", "power", "mde", "units_needed", "sd_from_interval",
-           "LEVEL", "POWER", "MAX_UNITS"]
+           "sd_range", "CELL_DIGITS", "LEVEL", "POWER", "MAX_UNITS"]
 
 LEVEL = 0.95  #: two-sided level of every interval
 POWER = 0.8  #: power at which the smallest detectable effect is quoted
@@ -59,8 +59,10 @@ def summarise(values, unit: str, keep: bool = False) -> dict:
     ``unit="seeds"``: values (R, B, T); each seed's mean over contexts is one sample (the
     trained model is the unit of replication). ``unit="contexts"``: values (B, T), one sample
     per context (a GD learner has no training seed). ``keep=True`` also stores the units
-    themselves, so that claims can pair them: ``per_seed`` (R, T) for seeds, ``last`` (B,)
-    (every context at the last t) for contexts.
+    themselves, so that claims can pair them: ``per_seed`` (R, T) and ``cells`` (R, B) (every
+    seed on every context at the last t: what a claim's seeds x contexts interval needs) for
+    seeds, ``last`` (B,) (every context at the last t) for contexts. Cells are rounded to
+    ``CELL_DIGITS`` significant digits (far below any interval's width) to keep files small.
     """
     v = np.asarray(values, np.float64)
     want = {"seeds": 3, "contexts": 2}
@@ -78,8 +80,16 @@ def summarise(values, unit: str, keep: bool = False) -> dict:
     mean, lo, hi = mean_ci(per, axis=0)
     out = {"mean": mean.tolist(), "low": lo.tolist(), "high": hi.tolist(), "n": int(per.shape[0]), "unit": unit}
     if keep:
-        out.update({"per_seed": per.tolist()} if unit == "seeds" else {"last": per[:, -1].tolist()})
+        out.update({"per_seed": per.tolist(), "cells": _round(v[:, :, -1]).tolist()} if unit == "seeds"
+                   else {"last": per[:, -1].tolist()})
     return out
+
+
+CELL_DIGITS = 7  #: significant digits of stored per-(seed, context) values
+
+
+def _round(v: np.ndarray) -> np.ndarray:
+    return np.vectorize(lambda x: float(f"{x:.{CELL_DIGITS}g}"))(v) if v.size else v
 
 
 def t_interval(values, level: float = LEVEL) -> dict:
@@ -140,6 +150,19 @@ def units_needed(effect: float, sd: float, target: float = POWER, level: float =
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if power(effect, sd, mid, level) < target else (lo, mid)
     return hi
+
+
+def sd_range(sd: float, n: int, level: float = LEVEL) -> tuple[float, float]:
+    """The ``level`` confidence interval of a normal sample's true sd from its sample sd over n
+    values (chi-square with n - 1 degrees of freedom): how little a 3-seed sd says. (NaN, NaN)
+    when n < 2 or sd is not finite."""
+    from scipy import stats
+
+    if n < 2 or not np.isfinite(sd):
+        return float("nan"), float("nan")
+    df = n - 1
+    return (float(sd * math.sqrt(df / stats.chi2.ppf(0.5 + level / 2, df))),
+            float(sd * math.sqrt(df / stats.chi2.ppf(0.5 - level / 2, df))))
 
 
 def sd_from_interval(mean: float, low: float, high: float, n: int, level: float = LEVEL) -> float:
