@@ -303,16 +303,15 @@ def _mde(c: dict) -> str:
 
 
 def short(c: dict) -> str:
-    """effect [interval] (units): the numbers of a claim in one phrase."""
-    return f"{_f(c['effect'])} [{_f(c['low'])}, {_f(c['high'])}], {_units_text(c)}"
+    """effect [interval], units (the population): the numbers of a claim in one phrase."""
+    return f"{_f(c['effect'])} [{_f(c['low'])}, {_f(c['high'])}], {_units_text(c)} (about {_about(c)})"
 
 
 def line(c: dict) -> str:
     """One markdown bullet: the claim, its verdict, effect, interval, units and the population
     the interval is about, the detectable effect with its range, training-health labels, and
     why (not trained / not resolved)."""
-    txt = (f"- {c['claim']}: **{c['verdict']}**. {c['worse']} minus {c['better']}: {short(c)}; the interval is about "
-           f"{_about(c)}")
+    txt = f"- {c['claim']}: **{c['verdict']}**. {c['worse']} minus {c['better']}: {short(c)}"
     if np.isfinite(_num(c["mde"])):
         txt += f"; smallest effect detectable at 80% power {_mde(c)} (range: the sd's 95% interval)"
     if c["pairing"].startswith("bound") or "recovered" in c["pairing"]:
