@@ -87,7 +87,16 @@ def markdown(res: dict) -> str:
     return (f"Relative error, best / median over {p['seeds']} seeds ({p['adam_steps']} Adam steps, batch {p['batch']}, "
             f"lr {p['lr']:g}; {p['metric']}; {machine(res)}, {num(res['seconds'] / 60, 1)} min):\n\n"
             + table(["architecture"] + [f"N = {n}" for n in ns], rows)
-            + f"\n\nClaims ({res['claims'][0]['statistic']}):\n\n" + claims)
+            + f"\n\nClaims ({res['claims'][0]['statistic']}; {population(res)}):\n\n" + claims)
+
+
+def population(res: dict) -> str:
+    """What the rank tests are about: every seed draws its own held-out batch of contexts
+    (``analysis.necessity.fit_variant``), so a seed's error is one draw of (trained model,
+    contexts)."""
+    p = res["protocol"]
+    return (f"{p['seeds']} seeds per architecture, each scored on its own held-out batch of {p['batch']} contexts: "
+            "about new seeds and new contexts")
 
 
 def verdict(res: dict) -> str:
@@ -97,7 +106,7 @@ def verdict(res: dict) -> str:
     for c in res["claims"]:
         by.setdefault(c["variant"], {}).setdefault(c["verdict"], []).append(str(c["n"]))
     worst = max(float(r["construction_rel_error_float64"]) for r in res["results"].values())
-    return ("Trained on the one-step PL target, " + "; ".join(
+    return (f"Trained on the one-step PL target ({population(res)}), " + "; ".join(
         f"{variant}: " + ", ".join(f"{v} at N = {'/'.join(ns)}" for v, ns in verdicts.items())
         for variant, verdicts in by.items())
         + f". The hand-built construction's float64 relative error is at most {worst:.0e}.")
