@@ -11,7 +11,7 @@ import time
 
 from icalign import model as M
 from icalign import training as T
-from icalign.analysis.health import WINDOW
+from icalign.analysis.health import WINDOW, run_gate
 from icalign.analysis.mechanism import shared_study, triplet_study
 from icalign.analysis.mechanism_claims import claims
 from icalign.core import keys
@@ -99,7 +99,7 @@ def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = 
     res["n_params"] = M.param_count(trained.params_of(0))
     t1 = time.perf_counter()
     ctx = sample_contexts(k_ctx, cfg.eval.contexts, d, n)
-    res["shared"] = {**_record(trained, t1 - t0), **shared_study(
+    res["shared"] = {**_record(trained, t1 - t0), "health": run_gate(trained, ctx), **shared_study(
         trained.params_of(0), m, ctx, k_study, cfg.etas, cfg.k_max, cfg.minimiser_steps, cfg.intervention_contexts)}
     res["seconds"] = {"shared": time.perf_counter() - t0}
     if cfg.triplets:
@@ -107,13 +107,17 @@ def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = 
         tt = cfg.triplet_train
         trained = train_or_load(m, tt, seeds=(cfg.seed,), run_root=run_root, progress=progress)
         ctx = sample_contexts(k_ctx3, cfg.eval.contexts, d, n, tt.queries, tt.query_corr)
-        res["triplet"] = {**_record(trained, time.perf_counter() - t2), **triplet_study(
+        res["triplet"] = {**_record(trained, time.perf_counter() - t2), "health": run_gate(trained, ctx), **triplet_study(
             trained.params_of(0), m, ctx, k_study3, cfg.etas, tt.query_corr, cfg.k_max, cfg.minimiser_steps,
             cfg.implicit_queries)}
         res["seconds"]["triplet"] = time.perf_counter() - t2
     res["seconds"]["total"] = time.perf_counter() - t0
     res["claims"] = claims(res)
     res = publish(path, res, figures=figures)
+    for study in ("shared", "triplet"):
+        if study in res:
+            h = res[study]["health"]
+            print(f"  {study} model, training health: {h['status']}" + (f" ({h['reason']})" if h["reason"] else ""))
     for c in res["claims"]:
-        print(f"  {c['claim']}: {c['verdict']} ({c['values']})")
+        print(f"  {c['claim']}: {c['verdict']} ({c['values']}; {c['population']})")
     return res
