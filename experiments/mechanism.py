@@ -107,9 +107,9 @@ def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = 
         tt = cfg.triplet_train
         trained = train_or_load(m, tt, seeds=(cfg.seed,), run_root=run_root, progress=progress)
         ctx = sample_contexts(k_ctx3, cfg.eval.contexts, d, n, tt.queries, tt.query_corr)
-        res["triplet"] = {**_record(trained, time.perf_counter() - t2), "health": run_gate(trained, ctx), **triplet_study(
-            trained.params_of(0), m, ctx, k_study3, cfg.etas, tt.query_corr, cfg.k_max, cfg.minimiser_steps,
-            cfg.implicit_queries)}
+        res["triplet"] = {**_record(trained, time.perf_counter() - t2), "health": run_gate(trained, ctx),
+                          **triplet_study(trained.params_of(0), m, ctx, k_study3, cfg.etas, tt.query_corr, cfg.k_max,
+                                          cfg.minimiser_steps, cfg.implicit_queries)}
         res["seconds"]["triplet"] = time.perf_counter() - t2
     res["seconds"]["total"] = time.perf_counter() - t0
     res["claims"] = claims(res)

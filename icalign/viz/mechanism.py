@@ -101,7 +101,8 @@ def layers(res: dict):
 def probes(res: dict):
     """Held-out R^2 of a linear probe per layer for each quantity the construction computes
     (solid, band: 95% bootstrap interval over contexts) and of the same probe fitted on
-    shuffled targets (dashed): only the gap between the two is evidence."""
+    shuffled targets (dashed): only the gap between the two is evidence. A star marks each
+    quantity's layer chosen on the fitting half."""
     pr = res["shared"]["probes"]
     fig, axes = new_figure(1, 1, figsize=(7.5, 4.4))
     ax = axes[0, 0]
@@ -109,10 +110,13 @@ def probes(res: dict):
         x = np.arange(len(v["r2"]["mean"]))
         band(ax, x, v["r2"], f"C{i}", label=name, ms=3)
         ax.plot(x, floats(v["r2_shuffled"]["mean"]), color=f"C{i}", ls="--", lw=0.9)
+        best = v["layer"]["layer"]
+        ax.plot([best], [floats(v["r2"]["mean"])[best]], "*", color=f"C{i}", ms=11, mec="k", mew=0.6)
     ax.plot([], [], color="grey", ls="--", label="shuffled-target control (each colour)")
+    ax.plot([], [], "*", color="grey", mec="k", ms=9, label="layer chosen on the fitting half (test-half R^2)")
     ax.axhline(0.0, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("layer (0: after the read-in)")
-    ax.set_ylabel("held-out R^2 of a linear probe")
+    ax.set_ylabel("test-half R^2 of a linear probe")
     integer_ticks(ax)
     ax.set_ylim(top=1.02)
     ax.legend(fontsize=7)
