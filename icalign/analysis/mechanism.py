@@ -144,7 +144,7 @@ def _match(y_layer, grid, keep, half, etas):
     R_, E, K1 = fit_mean.shape
     best = np.asarray(jnp.argmin(fit_mean.reshape(R_, -1), -1))
     picks = [(int(b) // K1, int(b) % K1) for b in best]
-    return ([{"eta": float(etas[e]), "steps": k, "distance_to_gd": _ci(per[r, e, k, half:])}
+    return ([{"eta": float(etas[e]), "steps": k, "chosen_on": "fit", "distance_to_gd": _ci(per[r, e, k, half:])}
              for r, (e, k) in enumerate(picks)], np.asarray(jnp.min(fit_mean, axis=1)))
 
 
