@@ -183,6 +183,8 @@ def _distance_table(study: dict, t_values) -> str:
     idx = [ts.index(t) for t in t_values if t in ts]
     rows = [[_REFS[r]] + [ci(study["distance"][r], i) for i in idx] for r in _REFS]
     rows.append(["(transformer's own error 1 - cos(y, y*))"] + [ci(study["nmse"]["transformer"], i) for i in idx])
+    rows += [[f"(error of the {p}, a trivial predictor)"] + [num(v[i]) for i in idx]
+             for p, v in study["trivial_nmse"].items()]
     fit = study["fitted_gd"]["cosine"]
     rows.append(["(fitted cosine GD: steps / eta)"] + [f"{fit['steps'][i]} / {fit['eta'][i]:.3g}" for i in idx])
     return table(["distance of the transformer to"] + [f"t = {ts[i]}" for i in idx], rows)
