@@ -124,5 +124,5 @@ def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = 
               + f"; error at t = {st['t'][-1]}: transformer {st['nmse']['transformer']['mean'][-1]:.3f}, "
               + ", ".join(f"{p} {v[-1]:.3f}" for p, v in st["trivial_nmse"].items()))
     for c in res["claims"]:
-        print(f"  {c['claim']}: {c['verdict']} ({c['values']}; {c['population']})")
+        print(f"  {c['claim']}: {c['verdict']} ({c['values']}; {c['sample']})")
     return res

@@ -118,7 +118,7 @@ def test_identical_distances_give_exactly_zero_and_a_zero_width_interval():
     assert c["claim"].startswith("shared queries, t = 2: the transformer is closer to fitted GD (cosine PL) than to "
                                  "the minimiser")
     assert c["effect"] == 0.0 and c["low"] == 0.0 and c["high"] == 0.0 and c["verdict"] == "not resolved"
-    assert c["n"] == 64 and "64 test-half contexts" in c["population"] and "fitting half (64 contexts)" in c["chosen_on"]
+    assert c["n"] == 64 and "64 test-half contexts" in c["sample"] and "fitting half (64 contexts)" in c["chosen_on"]
     exact = cl[1]
     assert exact["better"] == "gd_cosine" and exact["worse"] == "exact" and exact["verdict"] == "supported"
     np.testing.assert_allclose([exact["effect"], exact["low"], exact["high"]], 0.2, atol=1e-12)

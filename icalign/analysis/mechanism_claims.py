@@ -55,9 +55,9 @@ def _claim(text: str, worse: dict, better: dict, study: dict, chosen: str, t=Non
     """The engine's claim of ``worse`` above ``better``, with the values compared, the
     population its interval is about and what the fitting half chose."""
     c = CL.claim(text, worse, better, t=t)
-    h = study["halves"]
-    c.setdefault("population", f"one trained model, {c['n_contexts']} test-half contexts")
-    return {**c, "values": f"{worse['label']} {_fmt(worse)} vs {better['label']} {_fmt(better)}",
+    h, sample = study["halves"], f"one trained model, {c['n_contexts']} test-half contexts"
+    c.setdefault("population", sample)  # the engine's own, where it states one
+    return {**c, "sample": sample, "values": f"{worse['label']} {_fmt(worse)} vs {better['label']} {_fmt(better)}",
             "chosen_on": f"fitting half ({h['fit'][1] - h['fit'][0]} contexts): {chosen}" if chosen else "none"}
 
 

@@ -246,8 +246,8 @@ def markdown(res: dict) -> str:
                  f"test-half contexts of one trained model, and its 95% interval is over those contexts; what is "
                  f"compared, the closest reference and the best layer, was chosen on the other {fit} contexts, the "
                  "fitting half):\n\n" + CL.table(res["claims"]) + "\n\n" + "\n".join(
-                     f"- {c['claim']}: {c['population']}; chosen on the {c['chosen_on']}" for c in res["claims"]
-                     if c["chosen_on"] != "none"))
+                     f"- {c['claim']}: {c['sample']}" + ("" if c["chosen_on"] == "none" else
+                                                         f"; chosen on the {c['chosen_on']}") for c in res["claims"]))
     return "\n\n".join(parts)
 
 
@@ -261,7 +261,7 @@ def verdict(res: dict) -> str:
     if not at:
         raise ValueError(f"no shared-query claim at t = {t}; claims: {[c['claim'] for c in cl]}")
     iv = find(cl, "affine reward map moves", "more than PL-GD")
-    return (f"Shared queries, t = {t}, {at[0]['population']} (the closest reference chosen on the other half): "
+    return (f"Shared queries, t = {t}, {at[0]['sample']} (the closest reference chosen on the other half): "
             + "; ".join(f"{c['claim'].split(': ', 1)[1]}: {brief(c)}" for c in at)
             + f"; a strictly increasing (affine) reward map, which PL-GD cannot see, moves the transformer more than "
               f"PL-GD: {brief(iv)}.")
