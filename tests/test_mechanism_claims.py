@@ -151,3 +151,12 @@ def test_layer_and_intervention_claims_and_a_failed_model():
     assert all(c["verdict"] == "not trained" for c in MC.claims({"shared": {**res["shared"], "health": sick}}))
     with pytest.raises(ValueError, match="rerun"):
         MC.claims({"shared": {k: v for k, v in res["shared"].items() if k != "cells"}})
+
+
+def test_a_result_from_before_the_split_is_refused_by_name():
+    from icalign.viz import mechanism as V
+
+    old = {"model_config": {}, "claims": [], "shared": {"t": [1, 2], "distance": {}, "nmse": {}}}
+    for f in (MC.claims, V.markdown, V.verdict):
+        with pytest.raises(ValueError, match="rerun `icalign run mechanism`"):
+            f(old)

@@ -190,15 +190,19 @@ def _distance_table(study: dict, t_values) -> str:
     return table(["distance of the transformer to"] + [f"t = {ts[i]}" for i in idx], rows)
 
 
+def _current(res: dict) -> dict:
+    if "selection" not in res["shared"] or "health" not in res["shared"]:
+        raise ValueError("this mechanism result predates per-context claims chosen on the fitting half; rerun "
+                         "`icalign run mechanism`")
+    return res
+
+
 def markdown(res: dict) -> str:
     """The result as markdown: distances to the reference learners per t, the layer read-outs,
     the probes, the interventions, the per-triplet-query model and every claim."""
     from icalign.analysis import claims as CL
 
-    m, sh, tr = res["model_config"], res["shared"], res["shared"]["train_config"]
-    if "selection" not in sh or "health" not in sh:
-        raise ValueError("this mechanism result predates per-context claims chosen on the fitting half; rerun "
-                         "`icalign run mechanism`")
+    m, sh, tr = _current(res)["model_config"], res["shared"], res["shared"]["train_config"]
     parts = [f"**{label(res)}** ({m['n_layers']} layers, {m['n_heads']} heads, width {m['d_model']}, "
              f"{m['token_layout']} tokens, batch {tr['batch']}, {tr['steps']} steps, lr {tr['lr']:g}; {machine(res)}, "
              f"{num(res['seconds']['total'] / 60, 1)} min in all). Mean [95% interval over "
@@ -256,7 +260,7 @@ def verdict(res: dict) -> str:
     the transformer on the fitting half against the next closest and against exact recovery
     (judged on the test half), and whether a monotone reward map, which PL-GD cannot see,
     moves the transformer more than PL-GD."""
-    cl, t = res["claims"], res["shared"]["t"][-1]
+    cl, t = _current(res)["claims"], res["shared"]["t"][-1]
     at = [c for c in cl if c["claim"].startswith(f"shared queries, t = {t}: ")]
     if not at:
         raise ValueError(f"no shared-query claim at t = {t}; claims: {[c['claim'] for c in cl]}")
