@@ -9,10 +9,12 @@ import dataclasses
 import math
 import time
 
+import jax
+
 from icalign import model as M
 from icalign import training as T
-from icalign.analysis.health import WINDOW
-from icalign.analysis.mechanism import shared_study, triplet_study
+from icalign.analysis.health import WINDOW, reference_nmse, run_gate
+from icalign.analysis.mechanism import halves, shared_study, triplet_study
 from icalign.analysis.mechanism_claims import claims
 from icalign.core import keys
 from icalign.core.tasks import sample_contexts
@@ -74,17 +76,19 @@ FULL = Config(k_max=64, intervention_contexts=128)
 
 
 def figures(res: dict) -> dict:
-    figs = {"distances": V.distances(res), "layers": V.layers(res), "probes": V.probes(res),
-            "invariance": V.invariance(res)}
-    if "triplet" in res:
-        figs["triplets"] = V.triplets(res)
-    return figs
+    names = ("distances", "layers", "probes", "invariance") + (("triplets",) if "triplet" in res else ())
+    return {k: getattr(V, k)(res) for k in names}
 
 
-def _record(trained, seconds: float) -> dict:
+def _record(trained, seconds: float, ctx) -> dict:
+    """Training, its health (on all of ``ctx``) and both trivial predictors' errors per t (test half)."""
+    lo, hi = halves(ctx.x.shape[0])["test"]
+    test = jax.tree_util.tree_map(lambda a: a[lo:hi], ctx)
+    trivial = reference_nmse(test, test.rewards[:, None, :], [("replace", 0.0)])
     return {"train_config": trained.train_config.to_dict(), "train_loaded": trained.loaded, "train_seconds": seconds,
             "run_folder": None if trained.run_dir is None else trained.run_dir.name,
-            "first_train_loss": trained.losses[:, :WINDOW].mean(1), "final_train_loss": trained.losses[:, -WINDOW:].mean(1)}
+            "first_train_loss": trained.losses[:, :WINDOW].mean(1), "final_train_loss": trained.losses[:, -WINDOW:].mean(1),
+            "health": run_gate(trained, ctx), "trivial_nmse": {p: v["replace"]["0.0"] for p, v in trivial.items()}}
 
 
 @runner
@@ -99,7 +103,7 @@ def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = 
     res["n_params"] = M.param_count(trained.params_of(0))
     t1 = time.perf_counter()
     ctx = sample_contexts(k_ctx, cfg.eval.contexts, d, n)
-    res["shared"] = {**_record(trained, t1 - t0), **shared_study(
+    res["shared"] = {**_record(trained, t1 - t0, ctx), **shared_study(
         trained.params_of(0), m, ctx, k_study, cfg.etas, cfg.k_max, cfg.minimiser_steps, cfg.intervention_contexts)}
     res["seconds"] = {"shared": time.perf_counter() - t0}
     if cfg.triplets:
@@ -107,13 +111,18 @@ def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = 
         tt = cfg.triplet_train
         trained = train_or_load(m, tt, seeds=(cfg.seed,), run_root=run_root, progress=progress)
         ctx = sample_contexts(k_ctx3, cfg.eval.contexts, d, n, tt.queries, tt.query_corr)
-        res["triplet"] = {**_record(trained, time.perf_counter() - t2), **triplet_study(
+        res["triplet"] = {**_record(trained, time.perf_counter() - t2, ctx), **triplet_study(
             trained.params_of(0), m, ctx, k_study3, cfg.etas, tt.query_corr, cfg.k_max, cfg.minimiser_steps,
             cfg.implicit_queries)}
         res["seconds"]["triplet"] = time.perf_counter() - t2
     res["seconds"]["total"] = time.perf_counter() - t0
     res["claims"] = claims(res)
     res = publish(path, res, figures=figures)
+    for study in (k for k in ("shared", "triplet") if k in res):
+        h, st = res[study]["health"], res[study]
+        print(f"  {study} model, training health: {h['status']}" + (f" ({h['reason']})" if h["reason"] else "")
+              + f"; error at t = {st['t'][-1]}: transformer {st['nmse']['transformer']['mean'][-1]:.3f}, "
+              + ", ".join(f"{p} {v[-1]:.3f}" for p, v in st["trivial_nmse"].items()))
     for c in res["claims"]:
-        print(f"  {c['claim']}: {c['verdict']} ({c['values']})")
+        print(f"  {c['claim']}: {c['verdict']} ({c['values']}; {c['sample']})")
     return res

@@ -52,6 +52,11 @@ def test_every_experiment_runs_in_memory_and_writes_nothing(name, tmp_path, monk
         assert res["comparison"]["t"] == [1, 2, 3] and "sensitivity" in res["comparison"]
     if name == "mechanism":
         assert res["shared"]["t"] == [1, 2, 3, 4] and res["triplet"]["weights"] and res["claims"]
+        for study in ("shared", "triplet"):  # the halves, the fitting half's choices, each model's health
+            assert res[study]["halves"]["fit"] == [0, 4] and res[study]["selection"]["closest"]["2"]["chosen_on"] == "fit"
+            assert len(res[study]["cells"]["distance"]["exact"][0]) == 4 and res[study]["health"]["status"]
+            assert [len(v) for v in res[study]["trivial_nmse"].values()] == [4, 4]  # both trivial predictors, per t
+        assert all(c["verdict"] == "not trained" and "test-half contexts" in c["sample"] for c in res["claims"])
         assert set(res["figures"]) == {"distances", "layers", "probes", "invariance", "triplets"}
     if name == "precision":  # 4 steps: the agreement claims must not count the untrained models
         assert {p: res[p]["health"]["status"] for p in ("float32", "bfloat16")} == {"float32": "not trained",

@@ -1,8 +1,11 @@
 """Mechanism, not only outcome: does a trained transformer run GD on the ranking loss?
 (docs/theory.md section 7.) Two studies, each on one trained model and one batch of contexts
-split in halves: everything that is fitted (GD's step size and count, read-outs, probes) is
-fitted on the first half and scored on the second, with 95% Student-t intervals over the
-held-out contexts (one trained model: the intervals cover context sampling, not training).
+split in halves (``halves`` in the result): everything that is fitted or chosen (GD's step size
+and count, read-outs, probes, the closest reference, the best layer, each probe's layer) is
+fitted or chosen on the first half (fitting) and scored on the second (test), with 95%
+Student-t intervals over the test contexts (one trained model: the intervals cover context
+sampling, not training). ``cells`` keeps the per-context test values every claim pairs
+(:mod:`icalign.analysis.mechanism_claims`); ``selection`` records what the fitting half chose.
 
 * :func:`shared_study` (the published task): the distance of the transformer's answer to each
   reference learner per t (:mod:`icalign.analysis.references`), the per-layer read-out matched
@@ -32,7 +35,8 @@ from icalign.core.stats import mean_ci, summarise
 from icalign.core.tasks import Context
 from icalign.core.validate import check_int
 
-__all__ = ["REFERENCES", "implicit_weights", "query_posterior", "shared_study", "triplet_study"]
+__all__ = ["REFERENCES", "halves", "choose_closest", "choose_layer", "implicit_weights", "query_posterior",
+           "shared_study", "triplet_study"]
 
 REFERENCES = ("minimiser", "gd_cosine", "gd_sqdist", "exact")
 
@@ -61,12 +65,33 @@ def _check(config, ctx: Context, etas, k_max, minimiser_steps, per_triplet: bool
     check_int("minimiser_steps", minimiser_steps, minimum=1)
 
 
-def _ci(values_B) -> dict:
-    """Mean and 95% interval over contexts, with the number of contexts (the claim engine
-    needs it to recover the sd from the interval)."""
+def _ci(values_B, keep: bool = False) -> dict:
+    """Mean and 95% interval over contexts, with the number of contexts and (``keep``) the
+    per-context values themselves, which claims pair."""
     v = np.asarray(values_B, np.float64)
     m, lo, hi = mean_ci(v)
-    return {"mean": float(m), "low": float(lo), "high": float(hi), "n": int(v.shape[0]), "unit": "contexts"}
+    return {"mean": float(m), "low": float(lo), "high": float(hi), "n": int(v.shape[0]), "unit": "contexts",
+            **({"values": v.tolist()} if keep else {})}
+
+
+def halves(B: int) -> dict:
+    """The split of B contexts: [0, B // 2) fits and chooses, [B // 2, B) is where it is judged."""
+    return {"contexts": B, "fit": [0, B // 2], "test": [B // 2, B], "rule": "fit and choose: fit; judge: test"}
+
+
+def choose_closest(dist_B: dict, half: int) -> dict:
+    """References ordered by the transformer's mean distance to them over the fitting half
+    (contexts [0, half)) only; the test half cannot change the order."""
+    fit = {r: float(np.mean(np.asarray(v, np.float64)[:half])) for r, v in dist_B.items()}
+    return {"chosen_on": "fit", "order": sorted(fit, key=fit.get), "fit_mean": fit}
+
+
+def choose_layer(err_LxB, layer_names, half: int) -> dict:
+    """The inner layer with the lowest mean error over the fitting half. Rows are layers 0..L
+    and the output: layer 0 reads only the tokens and layer L's read-out is the output."""
+    fit = {str(n): float(np.mean(np.asarray(e, np.float64)[:half])) for n, e in zip(layer_names, err_LxB)}
+    inner = [str(n) for n in layer_names[1:-2]]
+    return {"chosen_on": "fit", "layer": min(inner, key=fit.get) if inner else None, "fit_mean": fit}
 
 
 def _at_fit(grid, e_T, k_T):
@@ -83,20 +108,30 @@ def _references(ctx: Context, y_tf, W0, ts, etas, k_max, half, minimiser_steps):
         e_T, k_T, _ = R.select(y_tf[:half], grids[reward][:, :, :half])
         out[f"gd_{reward}"] = _at_fit(grids[reward], e_T, k_T)
         fitted[reward] = {"eta": np.asarray(etas)[np.asarray(e_T)].tolist(), "steps": np.asarray(k_T).tolist(),
-                          "e": e_T, "k": k_T}
+                          "chosen_on": "fit", "e": e_T, "k": k_T}
     out["minimiser"], grad_left = R.minimiser(ctx, ts, minimiser_steps)
     out["exact"] = R.recover(ctx, ts)
     return out, fitted, grids, grad_left
 
 
-def _distances(ctx, y_tf, refs, half) -> dict:
-    ev = slice(half, None)
-    res = {"nmse": {"transformer": summarise(normalised_mse(y_tf[ev], ctx.y_star[ev, None]), "contexts")},
-           "distance": {}}
-    for name, y in refs.items():
-        res["nmse"][name] = summarise(normalised_mse(y[ev], ctx.y_star[ev, None]), "contexts")
-        res["distance"][name] = summarise(normalised_mse(y_tf[ev], y[ev]), "contexts")
-    return res
+_fitted_record = lambda fitted: {r: {k: f[k] for k in ("eta", "steps", "chosen_on")} for r, f in fitted.items()}
+
+
+def _distances(ctx, y_tf, refs, half, ts) -> dict:
+    """Per t, every learner's error and the transformer's distance to each reference (test
+    half); the per-context test values at the t the claims use (t = 2 and the last), and the
+    references ordered by closeness on the fitting half at those t."""
+    err = {n: np.asarray(normalised_mse(y, ctx.y_star[:, None])) for n, y in {"transformer": y_tf, **refs}.items()}
+    dist = {n: np.asarray(normalised_mse(y_tf, y)) for n, y in refs.items()}
+    ts = np.asarray(ts).tolist()
+    claim_t = sorted({2, ts[-1]} & set(ts))
+    at = lambda a, t: a[half:, ts.index(t)].tolist()
+    return {"nmse": {k: summarise(v[half:], "contexts") for k, v in err.items()},
+            "distance": {k: summarise(v[half:], "contexts") for k, v in dist.items()},
+            "cells": {"half": "test", "t": claim_t, "distance": {k: [at(v, t) for t in claim_t] for k, v in dist.items()},
+                      "nmse": {k: [at(v, t) for t in claim_t] for k, v in err.items()}},
+            "selection": {"closest": {str(t): choose_closest({k: v[:, ts.index(t)] for k, v in dist.items()}, half)
+                                      for t in claim_t}}}
 
 
 def _match(y_layer, grid, keep, half, etas):
@@ -109,7 +144,7 @@ def _match(y_layer, grid, keep, half, etas):
     R_, E, K1 = fit_mean.shape
     best = np.asarray(jnp.argmin(fit_mean.reshape(R_, -1), -1))
     picks = [(int(b) // K1, int(b) % K1) for b in best]
-    return ([{"eta": float(etas[e]), "steps": k, "distance_to_gd": _ci(per[r, e, k, half:])}
+    return ([{"eta": float(etas[e]), "steps": k, "chosen_on": "fit", "distance_to_gd": _ci(per[r, e, k, half:])}
              for r, (e, k) in enumerate(picks)], np.asarray(jnp.min(fit_mean, axis=1)))
 
 
@@ -117,7 +152,8 @@ def _layers(params, config, h, y_tf, ctx, ts, grid, etas, half, refs, t_from: in
     """Two read-outs of every layer, pooled over t >= t_from: the model's own read-out
     (``model.readout``, nothing fitted) and a ridge read-out fitted on the first half to the
     answer's direction. Each is matched to GD's trajectory (:func:`_match`) and compared, on the
-    held-out half, with the minimiser, exact recovery and y*. The last row is the output."""
+    held-out half, with the minimiser, exact recovery and y*. The last row is the output. The
+    inner layer compared with the output is chosen on the fitting half's errors (:func:`choose_layer`)."""
     keep = np.asarray(ts) >= t_from
     L1, B, T, W = h.shape
     target = jnp.broadcast_to(unit(ctx.y_star)[:, None], (B, T, ctx.d))
@@ -126,13 +162,15 @@ def _layers(params, config, h, y_tf, ctx, ts, grid, etas, half, refs, t_from: in
              "fitted": jnp.concatenate([jax.vmap(P.predict_ridge)(jax.vmap(fit)(h), h), y_tf[None]])}
     held = lambda a: a[half:][:, keep]  # held-out contexts, t >= t_from
     close = lambda a, b: _ci(jnp.mean(normalised_mse(held(a), b), -1))
-    rows, profiles = [{"layer": l if l < L1 else "output"} for l in range(L1 + 1)], {}
+    rows, profiles, errors = [{"layer": l if l < L1 else "output"} for l in range(L1 + 1)], {}, {}  # errors: (L+2, B)
     for kind, y_layer in reads.items():
         matched, profiles[kind] = _match(y_layer, grid, keep, half, etas)
+        errors[kind] = np.asarray(jnp.mean(normalised_mse(y_layer[:, :, keep], ctx.y_star[None, :, None]), -1))
         for l, row in enumerate(rows):
-            row[kind] = {**matched[l], "nmse": close(y_layer[l], ctx.y_star[half:, None]),
+            row[kind] = {**matched[l], "nmse": _ci(errors[kind][l, half:], keep=kind == "own"),
                          **{f"distance_to_{r}": close(y_layer[l], held(refs[r])) for r in ("minimiser", "exact")}}
-    return rows, {k: v.tolist() for k, v in profiles.items()}
+    choice = choose_layer(errors["own"], [r["layer"] for r in rows], half)
+    return rows, {k: v.tolist() for k, v in profiles.items()}, {**choice, "read_out": "own", "t_from": t_from}
 
 
 def _probes(key, h, ctx, y0, ts, half, t_from: int = 2) -> dict:
@@ -142,12 +180,15 @@ def _probes(key, h, ctx, y0, ts, half, t_from: int = 2) -> dict:
     L1, _, Tk, W = hk.shape
     out = {}
     for i, name in enumerate(P.QUANTITIES):
-        sse, sse_ctrl, sst = P.probe_layers(jax.random.fold_in(key, i), hk[:, :half].reshape(L1, -1, W),
-                                            q[:half, :, i].reshape(-1, ctx.d), hk[:, half:].reshape(L1, -1, W),
-                                            q[half:, :, i].reshape(-1, ctx.d))
+        k = jax.random.fold_in(key, i)
+        fit = (hk[:, :half].reshape(L1, -1, W), q[:half, :, i].reshape(-1, ctx.d))
+        sse, sse_ctrl, sst = P.probe_layers(k, *fit, hk[:, half:].reshape(L1, -1, W), q[half:, :, i].reshape(-1, ctx.d))
+        sse_in, _, sst_in = P.probe_layers(k, *fit, *fit)  # in-sample on the fitting half: it chooses the layer
+        r2_fit = 1.0 - np.asarray(sse_in, np.float64).sum(1) / np.asarray(sst_in, np.float64).sum(1)
         per_ctx = lambda a: np.asarray(a).reshape(L1, -1, Tk)
         out[name] = {"r2": P.r2_interval(per_ctx(sse), per_ctx(sst), i),
-                     "r2_shuffled": P.r2_interval(per_ctx(sse_ctrl), per_ctx(sst), i)}
+                     "r2_shuffled": P.r2_interval(per_ctx(sse_ctrl), per_ctx(sst), i),
+                     "layer": {"chosen_on": "fit", "layer": int(np.argmax(r2_fit)), "r2_fit": r2_fit.tolist()}}
     return out
 
 
@@ -197,7 +238,7 @@ def _interventions(key, params, config, ctx, W0, ts, fitted, etas, k_max, minimi
         out[kind] = {"t": np.asarray(ts)[cols].tolist()}
         for name in base:
             d = np.asarray(normalised_mse(base[name], after[name])).reshape(B, T)[:, cols]
-            out[kind][name] = {**_ci(d.mean(1)), "per_t": summarise(d, "contexts")}
+            out[kind][name] = {**_ci(d.mean(1), keep=True), "per_t": summarise(d, "contexts")}
     return out
 
 
@@ -214,12 +255,14 @@ def shared_study(params, config: M.ModelConfig, ctx: Context, key, etas, k_max: 
     y_tf, h = y_all[:, 1:], h_all[:, :, 1:]
     W0 = R.init_weights(ctx, y_all[:, 0])  # GD starts where the transformer answers with no triplet
     refs, fitted, grids, grad_left = _references(ctx, y_tf, W0, ts, etas, k_max, half, minimiser_steps)
-    res = {"t": np.asarray(ts).tolist(), "etas": np.asarray(etas).tolist(), "k_max": k_max,
-           "fitted_gd": {r: {k: v for k, v in f.items() if k in ("eta", "steps")} for r, f in fitted.items()},
-           "minimiser_gradient_left": {"max": float(jnp.max(grad_left[:, 1:])), "median": float(jnp.median(grad_left))},
-           **_distances(ctx, y_tf, refs, half)}
-    res["layers"], res["layer_profile"] = _layers(params, config, h, y_tf, ctx, ts, grids["cosine"], etas, half, refs)
+    res = {"t": np.asarray(ts).tolist(), "etas": np.asarray(etas).tolist(), "k_max": k_max, "halves": halves(B),
+           "fitted_gd": _fitted_record(fitted), "minimiser_gradient_left": {
+               "max": float(jnp.max(grad_left[:, 1:])), "median": float(jnp.median(grad_left))},
+           **_distances(ctx, y_tf, refs, half, ts)}
+    res["layers"], res["layer_profile"], res["selection"]["layer"] = _layers(params, config, h, y_tf, ctx, ts,
+                                                                             grids["cosine"], etas, half, refs)
     res["probes"] = _probes(jax.random.fold_in(key, 0), h, ctx, y_all[:, 0], ts, half)
+    res["halves"]["interventions"] = [half, half + intervention_contexts]  # the first test-half contexts
     ev = jax.tree_util.tree_map(lambda a: a[half:half + intervention_contexts], ctx)
     res["interventions"] = _interventions(jax.random.fold_in(key, 1), params, config, ev,
                                           W0[half:half + intervention_contexts], ts, fitted, etas, k_max,
@@ -310,8 +353,8 @@ def triplet_study(params, config: M.ModelConfig, ctx: Context, key, etas, rho: f
             jnp.linalg.norm(jnp.einsum("btde,be->btd", W_t, ctx.x), axis=-1) + jnp.linalg.norm(b_imp[:, 1:], axis=-1)),
     }
     return {"t": np.asarray(ts).tolist(), "etas": np.asarray(etas).tolist(), "k_max": k_max, "n_queries": n_queries,
-            "fitted_gd": {r: {k: v for k, v in fv.items() if k in ("eta", "steps")} for r, fv in fitted.items()},
+            "halves": halves(B), "fitted_gd": _fitted_record(fitted),
             "minimiser_gradient_left": {"max": float(jnp.max(grad_left[:, 1:])), "median": float(jnp.median(grad_left))},
-            **_distances(ctx, y_tf, refs, half),
+            **_distances(ctx, y_tf, refs, half, ts),
             "weights": {k: summarise(v[ev], "contexts") for k, v in weights.items()},
             "imp_fit_r2_t0": _ci(fit_r2[ev, 0])}

@@ -1,77 +1,95 @@
 """Verdicts of the mechanism study, by the claim engine (:mod:`icalign.analysis.claims`).
 
-Every comparison is between two learners on the same contexts, one trained model, so contexts
-are the unit. The study stores each learner's mean and 95% interval over contexts, not the
-per-context values, so the engine bounds the sd of the paired difference by the sum of the two
-sds: conservative, so a "supported" stays true."""
+Every claim compares two per-context quantities on the same test-half contexts, paired by
+context: the transformer's distances to two references, its own read-out's error at two
+layers, or how far an intervention moves the transformer and a reference learner. The effect
+is the mean of the per-context differences, with a 95% interval over those contexts (one
+trained model per study: the interval covers context sampling, not training). What is compared
+(the closest reference, the best layer) was chosen on the fitting half (the study's
+``selection``), never on the contexts that judge it. A model that failed its training-health
+gate makes its claims "not trained" (the engine reads ``health`` on the model's arms).
+"""
 
 from __future__ import annotations
+
+import numpy as np
 
 from icalign.analysis import claims as CL
 from icalign.analysis.interventions import MONOTONE
 
-__all__ = ["LABELS", "claims", "closest"]
+__all__ = ["LABELS", "claims"]
 
 LABELS = {"minimiser": "the minimiser of the training loss", "gd_cosine": "fitted GD (cosine PL)",
           "gd_sqdist": "fitted GD (squared-distance PL)", "exact": "exact recovery",
           "transformer": "the transformer"}
 
 
-def _fmt(s: dict, i: int | None = None) -> str:
-    pick = (lambda k: s[k]) if i is None else (lambda k: s[k][i])
-    return f"{float(pick('mean')):.3f} [{float(pick('low')):.3f}, {float(pick('high')):.3f}]"
+def _cells_shim(label: str, values, *, health=None) -> dict:  # shim: lead's claims.cells
+    """Until the engine's ``claims.cells`` is merged: one trained model (1, C) or a learner
+    without a seed (C,), both with contexts as the unit (what ``cells`` does with one seed)."""
+    v = np.asarray(values, np.float64)
+    v = v[0] if v.ndim == 2 and v.shape[0] == 1 else v
+    if v.ndim != 1:
+        raise ValueError(f"values must be (1, C) for one trained model or (C,), got shape {v.shape}")
+    return CL.sample(label, v, "contexts", n_contexts=v.shape[0], health=health)
 
 
-def _as_series(s: dict) -> dict:
-    return {**{k: [s[k]] for k in ("mean", "low", "high")}, **{k: s[k] for k in ("n", "unit") if k in s}}
+_cells = getattr(CL, "cells", _cells_shim)
 
 
-def _n(s: dict) -> int:
-    """The number of contexts behind a stored interval; results written before it was stored
-    cannot be judged (guessing it would change the interval)."""
-    if "n" not in s:
-        raise ValueError("this mechanism result stores no number of contexts with its intervals; rerun "
+def _need(study: dict) -> tuple[dict, dict]:
+    """The per-context test values and the fitting half's choices; results written before
+    they were stored cannot be judged (their claims compared unpaired means, chosen on the
+    contexts that judged them)."""
+    if "cells" not in study or "selection" not in study:
+        raise ValueError("this mechanism result stores no per-context values or fitting-half choices; rerun "
                          "`icalign run mechanism` to judge its claims")
-    return int(s["n"])
+    return study["cells"], study["selection"]
 
 
-def _claim(text: str, worse: dict, better: dict, i: int, n: int, labels=("worse", "better")) -> dict:
-    """``worse`` predicted above ``better`` at index ``i`` of their series, over ``n`` contexts."""
-    arms = [CL.arm(label, {"n": n, "unit": "contexts", **s}, i, n_contexts=n) for label, s in zip(labels, (worse, better))]
-    return CL.claim(text, *arms)
+def _fmt(a: dict) -> str:
+    return f"{a['mean']:.3f} [{a['low']:.3f}, {a['high']:.3f}]"
 
 
-def closest(study: dict, i: int) -> list[str]:
-    """References ordered by the transformer's mean distance to them at t index i."""
-    return sorted(study["distance"], key=lambda r: float(study["distance"][r]["mean"][i]))
+def _claim(text: str, worse: dict, better: dict, study: dict, chosen: str, t=None) -> dict:
+    """The engine's claim of ``worse`` above ``better``, with the values compared, the
+    population its interval is about and what the fitting half chose."""
+    c = CL.claim(text, worse, better, t=t)
+    h, sample = study["halves"], f"one trained model, {c['n_contexts']} test-half contexts"
+    c.setdefault("population", sample)  # the engine's own, where it states one
+    return {**c, "sample": sample, "values": f"{worse['label']} {_fmt(worse)} vs {better['label']} {_fmt(better)}",
+            "chosen_on": f"fitting half ({h['fit'][1] - h['fit'][0]} contexts): {chosen}" if chosen else "none"}
 
 
-def _distance_claims(study: dict, task: str, t_values) -> list[dict]:
-    """The closest reference against the next closest, and against exact recovery (the
-    mechanism that reads reward values) when that is not already the one compared."""
-    out, ts, d = [], study["t"], study["distance"]
-    for t in t_values:
-        i = ts.index(t)
-        order = closest(study, i)
-        rivals = [order[1]] + ([r for r in ("exact",) if r not in order[:2] and r in d])
-        for other in rivals:
-            c = _claim(f"{task}, t = {t}: the transformer is closer to {LABELS[order[0]]} than to {LABELS[other]}",
-                       d[other], d[order[0]], i, _n(d[other]), (other, order[0]))
-            out.append({**c, "values": f"{order[0]} {_fmt(d[order[0]], i)} vs {other} {_fmt(d[other], i)}"})
+def _distance_claims(study: dict, task: str) -> list[dict]:
+    """At each claim t, the reference closest on the fitting half against the next closest
+    there, and against exact recovery (the mechanism that reads reward values) when that is
+    not already one of the two."""
+    cells, sel = _need(study)
+    d, health, out = cells["distance"], study.get("health"), []
+    for j, t in enumerate(cells["t"]):
+        order, fit = sel["closest"][str(t)]["order"], sel["closest"][str(t)]["fit_mean"]
+        chosen = f"{order[0]} closest, {order[1]} next (" + ", ".join(f"{r} {fit[r]:.3f}" for r in order) + ")"
+        for other in [order[1]] + [r for r in ("exact",) if r not in order[:2] and r in d]:
+            worse, better = (_cells(r, [d[r][j]], health=health) for r in (other, order[0]))
+            out.append(_claim(f"{task}, t = {t}: the transformer is closer to {LABELS[order[0]]} than to "
+                              f"{LABELS[other]}", worse, better, study, chosen, t))
     return out
 
 
-def _layer_claim(layers: list[dict]) -> list[dict]:
-    """Does some intermediate layer, read by the model's own read-out, point closer to y* than
-    the output does?"""
-    inner = [r for r in layers if r["layer"] not in (0, "output")]
-    if not inner:
+def _layer_claim(study: dict) -> list[dict]:
+    """Does the inner layer whose own read-out is closest to y* on the fitting half point
+    closer to y* than the output does, on the test half?"""
+    _, sel = _need(study)
+    best = sel["layer"]["layer"]
+    if best is None:
         return []
-    best = min(inner, key=lambda r: r["own"]["nmse"]["mean"])
-    out_row = layers[-1]["own"]["nmse"]
-    c = _claim(f"read by the model's own read-out, layer {best['layer']} points closer to y* than the output does",
-               _as_series(out_row), _as_series(best["own"]["nmse"]), 0, _n(out_row), ("output", f"layer {best['layer']}"))
-    return [{**c, "values": f"layer {best['layer']} {_fmt(best['own']['nmse'])} vs output {_fmt(out_row)}"}]
+    rows = {str(r["layer"]): r["own"]["nmse"]["values"] for r in study["layers"]}
+    worse, better = (_cells(lab, [rows[k]], health=study.get("health"))
+                     for lab, k in (("output", "output"), (f"layer {best}", best)))
+    fit = sel["layer"]["fit_mean"]
+    return [_claim(f"read by the model's own read-out, layer {best} points closer to y* than the output does",
+                   worse, better, study, f"layer {best} (error {fit[best]:.3f}; output {fit['output']:.3f})")]
 
 
 def claims(res: dict) -> list[dict]:
@@ -80,18 +98,16 @@ def claims(res: dict) -> list[dict]:
     the transformer's answer moves more than PL-GD's (which cannot move) and less than under
     reversed rewards."""
     sh = res["shared"]
-    out = _distance_claims(sh, "shared queries", (2, sh["t"][-1]))
+    out = _distance_claims(sh, "shared queries")
     if "triplet" in res:
-        out += _distance_claims(res["triplet"], "per-triplet queries", (2, res["triplet"]["t"][-1]))
-    out += _layer_claim(sh["layers"])
-    iv = sh["interventions"]
+        out += _distance_claims(res["triplet"], "per-triplet queries")
+    out += _layer_claim(sh)
+    iv, health = sh["interventions"], sh.get("health")
+    rev = _cells("reversed", [iv["reverse"]["transformer"]["values"]], health=health)
     for kind in MONOTONE:
-        tf, pl, rev = iv[kind]["transformer"], iv[kind]["gd_cosine"], iv["reverse"]["transformer"]
-        m = _n(tf)
-        c = _claim(f"the {kind} reward map moves the transformer's answer more than PL-GD's", _as_series(tf),
-                   _as_series(pl), 0, m, ("transformer", "PL-GD"))
-        out.append({**c, "values": f"transformer {_fmt(tf)} vs PL-GD {_fmt(pl)}"})
-        c = _claim(f"the {kind} reward map moves the transformer's answer less than reversing the rewards",
-                   _as_series(rev), _as_series(tf), 0, m, ("reversed", kind))
-        out.append({**c, "values": f"reversed {_fmt(rev)} vs {kind} {_fmt(tf)}"})
+        tf = _cells("transformer", [iv[kind]["transformer"]["values"]], health=health)
+        out.append(_claim(f"the {kind} reward map moves the transformer's answer more than PL-GD's", tf,
+                          _cells("PL-GD", iv[kind]["gd_cosine"]["values"]), sh, ""))
+        out.append(_claim(f"the {kind} reward map moves the transformer's answer less than reversing the rewards",
+                          rev, {**tf, "label": kind}, sh, ""))
     return out

@@ -101,7 +101,8 @@ def layers(res: dict):
 def probes(res: dict):
     """Held-out R^2 of a linear probe per layer for each quantity the construction computes
     (solid, band: 95% bootstrap interval over contexts) and of the same probe fitted on
-    shuffled targets (dashed): only the gap between the two is evidence."""
+    shuffled targets (dashed): only the gap between the two is evidence. A star marks each
+    quantity's layer chosen on the fitting half."""
     pr = res["shared"]["probes"]
     fig, axes = new_figure(1, 1, figsize=(7.5, 4.4))
     ax = axes[0, 0]
@@ -109,10 +110,13 @@ def probes(res: dict):
         x = np.arange(len(v["r2"]["mean"]))
         band(ax, x, v["r2"], f"C{i}", label=name, ms=3)
         ax.plot(x, floats(v["r2_shuffled"]["mean"]), color=f"C{i}", ls="--", lw=0.9)
+        best = v["layer"]["layer"]
+        ax.plot([best], [floats(v["r2"]["mean"])[best]], "*", color=f"C{i}", ms=11, mec="k", mew=0.6)
     ax.plot([], [], color="grey", ls="--", label="shuffled-target control (each colour)")
+    ax.plot([], [], "*", color="grey", mec="k", ms=9, label="layer chosen on the fitting half (test-half R^2)")
     ax.axhline(0.0, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("layer (0: after the read-in)")
-    ax.set_ylabel("held-out R^2 of a linear probe")
+    ax.set_ylabel("test-half R^2 of a linear probe")
     integer_ticks(ax)
     ax.set_ylim(top=1.02)
     ax.legend(fontsize=7)
@@ -179,9 +183,18 @@ def _distance_table(study: dict, t_values) -> str:
     idx = [ts.index(t) for t in t_values if t in ts]
     rows = [[_REFS[r]] + [ci(study["distance"][r], i) for i in idx] for r in _REFS]
     rows.append(["(transformer's own error 1 - cos(y, y*))"] + [ci(study["nmse"]["transformer"], i) for i in idx])
+    rows += [[f"(error of the {p}, a trivial predictor)"] + [num(v[i]) for i in idx]
+             for p, v in study["trivial_nmse"].items()]
     fit = study["fitted_gd"]["cosine"]
     rows.append(["(fitted cosine GD: steps / eta)"] + [f"{fit['steps'][i]} / {fit['eta'][i]:.3g}" for i in idx])
     return table(["distance of the transformer to"] + [f"t = {ts[i]}" for i in idx], rows)
+
+
+def _current(res: dict) -> dict:
+    if "selection" not in res["shared"] or "health" not in res["shared"]:
+        raise ValueError("this mechanism result predates per-context claims chosen on the fitting half; rerun "
+                         "`icalign run mechanism`")
+    return res
 
 
 def markdown(res: dict) -> str:
@@ -189,12 +202,13 @@ def markdown(res: dict) -> str:
     the probes, the interventions, the per-triplet-query model and every claim."""
     from icalign.analysis import claims as CL
 
-    m, sh, tr = res["model_config"], res["shared"], res["shared"]["train_config"]
+    m, sh, tr = _current(res)["model_config"], res["shared"], res["shared"]["train_config"]
     parts = [f"**{label(res)}** ({m['n_layers']} layers, {m['n_heads']} heads, width {m['d_model']}, "
              f"{m['token_layout']} tokens, batch {tr['batch']}, {tr['steps']} steps, lr {tr['lr']:g}; {machine(res)}, "
              f"{num(res['seconds']['total'] / 60, 1)} min in all). Mean [95% interval over "
-             f"{res['config']['eval']['contexts'] // 2} held-out contexts, one trained model]; distance = 1 - cos "
-             "between the two answers:\n\n" + _distance_table(sh, (1, 2, 5, 10, sh["t"][-1]))]
+             f"{res['config']['eval']['contexts'] - res['config']['eval']['contexts'] // 2} test-half contexts, one "
+             "trained model]; distance = 1 - cos between the two answers:\n\n"
+             + _distance_table(sh, (1, 2, 5, 10, sh["t"][-1]))]
     rows = [[r["layer"], f"{r['own']['steps']} / {r['own']['eta']:.3g}", ci(r["own"]["distance_to_gd"]),
              ci(r["own"]["distance_to_minimiser"]), ci(r["own"]["nmse"]), ci(r["fitted"]["nmse"])]
             for r in sh["layers"]]
@@ -205,10 +219,12 @@ def markdown(res: dict) -> str:
                       "own read-out error vs y*", "fitted read-out error vs y*"], rows))
     rows = []
     for name, v in sh["probes"].items():
-        best = max(range(len(v["r2"]["mean"])), key=lambda layer: v["r2"]["mean"][layer])
+        best = v["layer"]["layer"]
         rows.append([name, ci(v["r2"], 0), f"{ci(v['r2'], best)} (layer {best})", ci(v["r2_shuffled"], best)])
-    parts.append("Probes (held-out R^2, 95% bootstrap interval over contexts):\n\n" + table(
-        ["quantity", "layer 0 (tokens)", "best layer", "shuffled control at that layer"], rows))
+    parts.append("Probes (test-half R^2, 95% bootstrap interval over contexts; each quantity's layer is the one "
+                 "with the highest R^2 on the fitting half, where the probes were fitted):\n\n" + table(
+                     ["quantity", "layer 0 (tokens)", "layer chosen on the fitting half", "shuffled control there"],
+                     rows))
     iv = sh["interventions"]
     rows = [[k] + [ci(iv[k][n]) for n in ["transformer", *_REFS]] for k in iv]
     parts.append("Change of the answer (1 - cos, mean over t) under each intervention:\n\n" + table(
@@ -216,7 +232,7 @@ def markdown(res: dict) -> str:
     if "triplet" in res:
         pt, tt = res["triplet"], res["triplet"]["train_config"]
         w, ts = pt["weights"], pt["t"]
-        idx = [ts.index(t) for t in (2, 10, ts[-1])]
+        idx = [ts.index(t) for t in sorted({2, 10, ts[-1]}) if t in ts]
         rows = [[lab] + [ci(w[k], i) for i in idx] for k, lab in (
             ("cos_imp_gd", "cos(W_imp, W_GD)"), ("cos_update_imp_gd", "cos(W_imp - W_0, W_GD - W_0)"),
             ("cos_imp_ls", "cos(W_imp, least-squares W*)"), ("cos_gd_ls", "cos(W_GD, least-squares W*)"),
@@ -226,19 +242,30 @@ def markdown(res: dict) -> str:
                      "the minimiser here is an oracle: it ranks the unshown candidates at the test query):"
                      "\n\n" + _distance_table(pt, (2, 5, 10, ts[-1])) + "\n\nImplicit weights:\n\n"
                      + table(["", *(f"t = {ts[i]}" for i in idx)], rows))
-    parts.append("Claims (effect = worse - better, 95% interval over contexts; per-context values are not "
-                 "stored, so the sd of each paired difference is bounded by the sum of the two sds, "
-                 "which is conservative):\n\n" + CL.table(res["claims"]))
+    studies = [("shared-query", sh)] + ([("per-triplet-query", res["triplet"])] if "triplet" in res else [])
+    parts.append(" ".join(f"Training health of the {k} model: **{v['health']['status']}**"
+                          + (f" ({v['health']['reason']})." if v["health"]["reason"] else ".") for k, v in studies))
+    fit = sh["halves"]["fit"][1] - sh["halves"]["fit"][0]
+    parts.append(f"Claims (effect = worse - better, paired by context: each claim's two values come from the same "
+                 f"test-half contexts of one trained model, and its 95% interval is over those contexts; what is "
+                 f"compared, the closest reference and the best layer, was chosen on the other {fit} contexts, the "
+                 "fitting half):\n\n" + CL.table(res["claims"]) + "\n\n" + "\n".join(
+                     f"- {c['claim']}: {c['sample']}" + ("" if c["chosen_on"] == "none" else
+                                                         f"; chosen on the {c['chosen_on']}") for c in res["claims"]))
     return "\n\n".join(parts)
 
 
 def verdict(res: dict) -> str:
-    """Three lines for the README: is the answer closer to the loss minimiser than to exact
-    recovery, closer to fitted GD than to the minimiser, and moved by a monotone reward map."""
-    cl = res["claims"]
-    return ("Closer to the minimiser of its training loss than to exact recovery: "
-            f"{brief(find(cl, 'shared queries', 'minimiser of the training loss than to exact recovery'))}; "
-            "closer to fitted GD than to that minimiser: "
-            f"{brief(find(cl, 'shared queries', 'closer to fitted GD (cosine PL) than to the minimiser'))}; "
-            "moved more than PL-GD by a strictly increasing (affine) reward map, which PL-GD cannot see: "
-            f"{brief(find(cl, 'affine reward map moves', 'more than PL-GD'))}.")
+    """The README's lines: at the largest t of the shared-query study, the reference closest to
+    the transformer on the fitting half against the next closest and against exact recovery
+    (judged on the test half), and whether a monotone reward map, which PL-GD cannot see,
+    moves the transformer more than PL-GD."""
+    cl, t = _current(res)["claims"], res["shared"]["t"][-1]
+    at = [c for c in cl if c["claim"].startswith(f"shared queries, t = {t}: ")]
+    if not at:
+        raise ValueError(f"no shared-query claim at t = {t}; claims: {[c['claim'] for c in cl]}")
+    iv = find(cl, "affine reward map moves", "more than PL-GD")
+    return (f"Shared queries, t = {t}, {at[0]['sample']} (the closest reference chosen on the other half): "
+            + "; ".join(f"{c['claim'].split(': ', 1)[1]}: {brief(c)}" for c in at)
+            + f"; a strictly increasing (affine) reward map, which PL-GD cannot see, moves the transformer more than "
+              f"PL-GD: {brief(iv)}.")
