@@ -24,17 +24,6 @@ LABELS = {"minimiser": "the minimiser of the training loss", "gd_cosine": "fitte
           "transformer": "the transformer"}
 
 
-def _cells_shim(label: str, values, *, health=None) -> dict:  # shim: lead's claims.cells
-    """Until the engine's ``claims.cells`` is merged: one trained model (1, C) or a learner
-    without a seed (C,), both with contexts as the unit (what ``cells`` does with one seed)."""
-    v = np.asarray(values, np.float64)
-    v = v[0] if v.ndim == 2 and v.shape[0] == 1 else v
-    if v.ndim != 1:
-        raise ValueError(f"values must be (1, C) for one trained model or (C,), got shape {v.shape}")
-    return CL.sample(label, v, "contexts", n_contexts=v.shape[0], health=health)
-
-
-_cells = getattr(CL, "cells", _cells_shim)
 
 
 def _need(study: dict) -> tuple[dict, dict]:
@@ -71,7 +60,7 @@ def _distance_claims(study: dict, task: str) -> list[dict]:
         order, fit = sel["closest"][str(t)]["order"], sel["closest"][str(t)]["fit_mean"]
         chosen = f"{order[0]} closest, {order[1]} next (" + ", ".join(f"{r} {fit[r]:.3f}" for r in order) + ")"
         for other in [order[1]] + [r for r in ("exact",) if r not in order[:2] and r in d]:
-            worse, better = (_cells(r, [d[r][j]], health=health) for r in (other, order[0]))
+            worse, better = (CL.cells(r, [d[r][j]], health=health) for r in (other, order[0]))
             out.append(_claim(f"{task}, t = {t}: the transformer is closer to {LABELS[order[0]]} than to "
                               f"{LABELS[other]}", worse, better, study, chosen, t))
     return out
@@ -85,7 +74,7 @@ def _layer_claim(study: dict) -> list[dict]:
     if best is None:
         return []
     rows = {str(r["layer"]): r["own"]["nmse"]["values"] for r in study["layers"]}
-    worse, better = (_cells(lab, [rows[k]], health=study.get("health"))
+    worse, better = (CL.cells(lab, [rows[k]], health=study.get("health"))
                      for lab, k in (("output", "output"), (f"layer {best}", best)))
     fit = sel["layer"]["fit_mean"]
     return [_claim(f"read by the model's own read-out, layer {best} points closer to y* than the output does",
@@ -103,11 +92,11 @@ def claims(res: dict) -> list[dict]:
         out += _distance_claims(res["triplet"], "per-triplet queries")
     out += _layer_claim(sh)
     iv, health = sh["interventions"], sh.get("health")
-    rev = _cells("reversed", [iv["reverse"]["transformer"]["values"]], health=health)
+    rev = CL.cells("reversed", [iv["reverse"]["transformer"]["values"]], health=health)
     for kind in MONOTONE:
-        tf = _cells("transformer", [iv[kind]["transformer"]["values"]], health=health)
+        tf = CL.cells("transformer", [iv[kind]["transformer"]["values"]], health=health)
         out.append(_claim(f"the {kind} reward map moves the transformer's answer more than PL-GD's", tf,
-                          _cells("PL-GD", iv[kind]["gd_cosine"]["values"]), sh, ""))
+                          CL.cells("PL-GD", iv[kind]["gd_cosine"]["values"]), sh, ""))
         out.append(_claim(f"the {kind} reward map moves the transformer's answer less than reversing the rewards",
                           rev, {**tf, "label": kind}, sh, ""))
     return out
