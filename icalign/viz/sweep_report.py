@@ -46,10 +46,18 @@ def _header(title: str, res: dict) -> str:
 
 
 def _health_table(health: dict, label) -> str:
-    rows = [[label(k), f"**{g['status']}**", g["reason"] or "beats both trivial predictors and its own t = 1 error"]
-            for k, g in health.items()]
+    """Every trained model's health label and reason, its gap closed and its error at the largest
+    t beside both trivial predictors' (from the gate; "-" for a file stored before it)."""
+    rows = []
+    for k, g in ((k, H.legacy(g)) for k, g in health.items()):
+        ref, gap = g.get("references") or {}, (g.get("gap_closed") or {}).get("mean")
+        rows.append([label(k), f"**{g['status']}**", g.get("reason", ""),
+                     "-" if gap is None else f"{gap:.2f} [{g['gap_closed']['low']:.2f}, {g['gap_closed']['high']:.2f}]"]
+                    + [f"{ref[p]:.3f}" if p in ref else "-" for p in ("model",) + H.PREDICTORS])
+    t = next((H.legacy(g)["references"]["t"] for g in health.values() if H.legacy(g).get("references")), "largest t")
     return ("\n## Training health (icalign.analysis.health)\n\n"
-            + table(["trained model", "status", "reason"], rows) + "\n")
+            + table(["trained model", "status", "reason", "gap closed", f"model nmse t={t}"]
+                    + [f"{p} t={t}" for p in H.PREDICTORS], rows) + "\n")
 
 
 def _claims_section(cl: list[dict], t: int, stored: bool) -> str:
@@ -120,6 +128,6 @@ def ablation_markdown(res: dict, claims_only: bool = False) -> str:
     parts = [_header("Ablations", res),
              f"Factors run: {', '.join(ran)}." + (f" Not run here: {', '.join(missing)}." if missing else "") + "\n",
              table(["factor", "variant", f"nmse t={ts[i2]}", f"nmse t={ts[-1]}", "health"], rows),
-             _health_table({k: g for k, g in health.items() if g["status"] != "trained"} or health, lambda k: names[k]),
+             _health_table(health, lambda k: names[k]),
              _claims_section(cl, ts[-1], True)]
     return "\n".join(parts) + "\n"
