@@ -165,4 +165,5 @@ def verdict(res: dict) -> str:
     count = {v: sum(c["verdict"] == v for c in cl) for v in CL.VERDICTS}
     return (f"{label(res)} ({len(res['seeds'])} seeds): of the {len(cl)} claims, "
             + ", ".join(f"{n} {v}" for v, n in count.items() if n)
-            + f". Failed training: {', '.join(sick) or 'none'} (no evidence about those architectures).")
+            + (f". Failed training: {', '.join(sick)} (no evidence about those architectures)." if sick
+               else ". No variant failed training."))
