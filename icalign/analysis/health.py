@@ -55,7 +55,7 @@ from icalign.core.metrics import normalised_mse
 from icalign.core.tasks import Context
 
 __all__ = ["PREDICTORS", "STATUSES", "WINDOW", "MIN_STEPS", "PLATEAU_FRACTION", "predictions", "reference_nmse",
-           "judge", "run_gate", "runs_slice", "legacy", "stored", "variant_gate", "describe", "final_train_loss"]
+           "judge", "plateau", "run_gate", "runs_slice", "legacy", "stored", "variant_gate", "describe", "final_train_loss"]
 
 PREDICTORS = ("mean of candidates", "best shown candidate")
 STATUSES = ("converged", "under-converged", "failed", "unknown")
