@@ -89,9 +89,6 @@ def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = 
         entry = {"config": job["arch"].to_dict(), "train_config": train.to_dict(),
                  "variants": [v["name"] for v in job["variants"]],
                  **A.train_and_score(job["arch"], train, ctx, seeds, run_root, progress, train_or_load)}
-        if entry["status"] == "ok":
-            entry["health"] = H.variant_gate(entry["final_train_loss"], train.to_dict(), job["arch"].to_dict(),
-                                             nmse_per_seed=entry["nmse_per_seed"])
         entry["seconds"] = time.perf_counter() - t1
         saved.put(job["key"], entry)
         last = (f"nmse(t={cfg.model.n - 1}) {entry['nmse']['mean'][-1]:.3f}, {entry['health']['status']}"

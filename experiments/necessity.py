@@ -4,8 +4,8 @@ For every N, the construction's architecture and each reduced one (linear attent
 no FFN, half the blocks) train on the one-step PL target (icalign.analysis.necessity), reported
 by the median and best held-out relative error over seeds; each reduced one gets a statement
 (needed / not needed / not resolved / not trained) from a rank test over seeds against the full
-one (icalign.analysis.necessity_claims). The hand-built construction's float64 error is the
-reference. Progress is saved after every (N, variant)."""
+one (icalign.analysis.necessity_claims); no ranking-objective health gate (icalign.viz.necessity.GATE_NOTE).
+The construction's float64 error is the reference. Progress is saved after every (N, variant)."""
 
 from __future__ import annotations
 

@@ -110,7 +110,9 @@ def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = 
         "seconds": {"train": t_train, "evaluate": t_eval, "total": time.perf_counter() - t0},
         "hardware": hardware(),
     }
-    res["health"] = sweep_claims.noise_health(res)
+    # each training level's seeds judged on the clean evaluation contexts (health.run_gate)
+    res["health"] = {str(tl): H.run_gate(H.runs_slice(trained, j * n, (j + 1) * n), ctx)
+                     for j, tl in enumerate(cfg.train_levels)}
     res["claims"] = sweep_claims.noise_claims(res)
     res = publish(path, res, figures=figures, markdown=sweep_report.noise_markdown)
     print(sweep_report.noise_markdown(res, claims_only=True))

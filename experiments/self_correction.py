@@ -28,7 +28,7 @@ from icalign.io import hardware
 from icalign.selfcorrect import CRITIC_SETTINGS, NULL_CRITIC, critic_sweep, gd_learner, make_critics, transformer_learner
 from icalign.selfcorrect.concept_study import ConceptConfig, concept_study
 from icalign.selfcorrect.metrics import combine_seeds, metric_notes
-from icalign.viz.selfcorrect import figures  # noqa: F401  (this experiment's figures)
+from icalign.viz.selfcorrect import figures, health_text  # noqa: F401  (figures: this experiment's figures)
 
 NAME = "self-correction"
 DESCRIPTION = "self-correction rounds: critic sweep (GD + transformer), latent concept vs Bayes posterior"
@@ -97,9 +97,9 @@ def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = 
         t0, seeds = time.perf_counter(), tuple(cfg.seed + i for i in range(cfg.seeds))
         trained = train_or_load(cfg.model, cfg.train, seeds=seeds, run_root=run_root, progress=progress)
         health = H.run_gate(trained, tasks.sample_contexts(k_eval, 256, cfg.model.d, cfg.model.n))
-        info = {"model_config": cfg.model.to_dict(), "train_config": cfg.train.to_dict(),
-                "seconds": time.perf_counter() - t0, "train_loaded": trained.loaded,
-                "run_folder": None if trained.run_dir is None else trained.run_dir.name,
+        print(f"[{NAME}] transformer {health_text(health)}")  # the gate's label beside the trivial predictors
+        info = {"model_config": cfg.model.to_dict(), "train_config": cfg.train.to_dict(), "train_loaded": trained.loaded,
+                "seconds": time.perf_counter() - t0, "run_folder": None if trained.run_dir is None else trained.run_dir.name,
                 "first_train_loss": trained.losses[:, :H.WINDOW].mean(1),
                 "final_train_loss": trained.losses[:, -H.WINDOW:].mean(1), "health": health}
         m, tf = cfg.model, transformer_learner(trained.params_of(0), cfg.model)  # one learner: one compile

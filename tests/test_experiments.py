@@ -59,8 +59,8 @@ def test_every_experiment_runs_in_memory_and_writes_nothing(name, tmp_path, monk
         assert all(c["verdict"] == "not trained" and "test-half contexts" in c["sample"] for c in res["claims"])
         assert set(res["figures"]) == {"distances", "layers", "probes", "invariance", "triplets"}
     if name == "precision":  # 4 steps: the agreement claims must not count the untrained models
-        assert {p: res[p]["health"]["status"] for p in ("float32", "bfloat16")} == {"float32": "not trained",
-                                                                                    "bfloat16": "not trained"}
+        # failed by the gate, or unknown where the study gives the gate no model (health.variant_gate)
+        assert all(res[p]["health"]["status"] in ("failed", "unknown") for p in ("float32", "bfloat16"))
         assert [c["verdict"] for c in res["claims"]] == ["not trained"] * 2
         assert res["float32"]["final_nmse"] != res["bfloat16"]["final_nmse"]  # the precision changed the model
     if name != "verify":

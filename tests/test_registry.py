@@ -17,6 +17,7 @@ from icalign import model as M
 from icalign import train as T
 from icalign.analysis import evaluate as E
 from icalign.analysis import health as H
+from icalign.analysis import objective as O
 from icalign.analysis import references as R
 from icalign.core.registry import source_hash
 from icalign.experiments import tf_vs_gd
@@ -68,16 +69,13 @@ def test_a_registered_loss_and_corruption_train_and_reach_every_consumer(registe
     np.testing.assert_allclose(res.losses[0, 0], 2.0 * published + 7.0, rtol=1e-5)
     assert np.all(np.isfinite(res.losses))
 
-    # health gate: the trivial predictors' loss on the same objective, an affine image of the
-    # published one (clean critic: the published baseline is the one test_claims compiles)
-    ours = H.trivial_losses(MODEL.d, MODEL.n, loss="scaled_pl")
-    base = H.trivial_losses(MODEL.d, MODEL.n)
-    for p in H.PREDICTORS:
-        np.testing.assert_allclose(ours[p]["loss"], 2.0 * base[p]["loss"] + 7.0, rtol=1e-5)
-        np.testing.assert_allclose(ours[p]["sd"], 2.0 * base[p]["sd"], rtol=1e-4)
-    clean = dataclasses.replace(train, corruption="replace", noise=0.0)
-    gate = H.variant_gate(res.losses[:, -1:].mean(1), clean.to_dict(), MODEL.to_dict())
-    assert gate["baselines"] == ours  # a stored run's gate is computed on its own loss
+    # health gate: the clean objective of the run's own loss, the training loss of the same
+    # params on the same clean contexts (an affine image of the published one)
+    ctx5 = tasks.sample_contexts(jax.random.PRNGKey(4), 8, MODEL.d, MODEL.n)
+    gate = H.run_gate(res, ctx5.replace(rewards=0.5 * ctx5.r_true))  # shown rewards are not what it judges
+    published = float(T.loss_fn(res.params_of(0), ctx5, MODEL))
+    np.testing.assert_allclose(gate["runs"][0]["objective"]["model"], 2.0 * published + 7.0, rtol=1e-5)
+    assert gate["loss"] == "scaled_pl" and gate["runs"][0]["objective"]["optimum"] < gate["runs"][0]["objective"]["blind"]
 
     # GD learners: plain GD at half the step on twice the loss (autodiff) = the closed form at full step
     ctx = tasks.sample_contexts(jax.random.PRNGKey(1), 1, MODEL.d, MODEL.n)
@@ -141,7 +139,7 @@ def test_bad_names_are_refused_with_the_allowed_values():
     with pytest.raises(ValueError, match=r"TrainConfig\.corruption must be one of"):
         T.TrainConfig(corruption="shrunk")
     with pytest.raises(ValueError, match="loss must be one of"):
-        H.trivial_losses(3, 5, loss="nope")
+        O.measure(None, tasks.sample_contexts(jax.random.PRNGKey(0), 2, 3, 5), 2, "nope")  # the gate's measurement
     with pytest.raises(ValueError, match="scale of the prediction"):
         R.minimiser(tasks.sample_contexts(jax.random.PRNGKey(0), 1, 3, 5), jnp.asarray([2]), loss="sqdist_pl")
     with pytest.raises(ValueError, match="built in and cannot be replaced"):

@@ -172,10 +172,10 @@ def train_and_score(arch: M.ModelConfig, train_cfg, ctx, seeds, run_root=None, p
     """Train ``arch`` for every seed (one vmapped program; ``train``, default
     ``icalign.training.train_or_load``) and score it on the clean contexts ``ctx``:
     {"status": "ok" | "diverged", "nmse" (summary over seeds), "pl", "nmse_per_seed" (S, T),
-    "final_train_loss" (S,), ...}. A diverged architecture is a result, not a crash."""
+    "final_train_loss" (S,), "health" (``health.run_gate``), ...}. A diverged architecture is a result, not a crash."""
     from icalign import training as T
     from icalign.analysis import evaluate as E
-    from icalign.analysis.health import WINDOW
+    from icalign.analysis.health import WINDOW, run_gate
 
     try:
         res = (train or T.train_or_load)(arch, train_cfg, seeds=seeds, run_root=run_root, progress=progress)
@@ -185,4 +185,4 @@ def train_and_score(arch: M.ModelConfig, train_cfg, ctx, seeds, run_root=None, p
     return dict(status="ok", run_folder=None if res.run_dir is None else res.run_dir.name, train_loaded=res.loaded,
                 nmse=summarise(curves.nmse[:, 0], "seeds"), pl=summarise(curves.pl[:, 0], "seeds"),
                 nmse_per_seed=curves.nmse[:, 0].mean(axis=1), n_params=M.param_count(res.params_of(0)),
-                final_train_loss=res.losses[:, -WINDOW:].mean(axis=1))
+                final_train_loss=res.losses[:, -WINDOW:].mean(axis=1), health=run_gate(res, ctx))

@@ -56,7 +56,12 @@ POPULATIONS = {"seeds x contexts": "new seeds and new contexts",
                "one seed": "new contexts, for this one trained model",
                "seeds, these contexts": "new seeds, on these evaluation contexts only",
                "contexts": "new contexts"}
-_FAILED = ("failed", "not trained")  # health statuses that withhold a verdict (new gate, old gate)
+
+
+def _failed(h: Optional[dict]) -> bool:
+    """Withhold: the gate failed the model, or the old gate said it did not train (a file
+    judged only by the old gate, read as "unknown" by ``health.legacy``): it may have failed."""
+    return bool(h) and (h["status"] in ("failed", "not trained") or (h.get("old") or {}).get("status") == "not trained")
 
 
 def _num(x) -> float:  # JSON stores NaN as "nan" or null
@@ -219,21 +224,15 @@ def effect(worse: dict, better: dict, power: bool = True) -> dict:
 
 def health_note(arms: Sequence[dict]) -> str:
     """The training-health labels that do not withhold a verdict (under-converged, unknown,
-    or judged only by the old gate), as one phrase; "" when every model converged."""
-    notes = []
-    for a in arms:
-        h = a.get("health")
-        if not h or h["status"] in _FAILED or h["status"] == "converged":
-            continue
-        status = "passed the old training gate only" if h["status"] == "trained" else h["status"]
-        notes.append(f"{a['label']}: {status}" + (f" ({h['reason']})" if h.get("reason") and h["status"] != "trained"
-                                                   else ""))
-    return "; ".join(notes)
+    an old file's "trained"), as one phrase ("" when every model converged); the reasons are
+    in each result's health table."""
+    return "; ".join(f"{a['label']}: {a['health']['status']}" for a in arms if a.get("health")
+                     and not _failed(a["health"]) and a["health"]["status"] != "converged")
 
 
 def verdict(eff: dict, arms: Sequence[dict] = ()) -> tuple[str, str]:
     """(verdict, reason) of a claim with effect ``eff`` whose trained models are ``arms``."""
-    sick = [a for a in arms if a.get("health") and a["health"]["status"] in _FAILED]
+    sick = [a for a in arms if _failed(a.get("health"))]
     if sick:
         return "not trained", "; ".join(f"{a['label']} failed its training-health gate ({a['health']['reason']})"
                                         for a in sick)

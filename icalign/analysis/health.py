@@ -1,106 +1,69 @@
-"""Training-health gates: a trained model counts as evidence only if it beat trivial
-predictors. A failed training run is a result about the optimiser, not about the
-architecture, and no claim may rest on it.
+"""Training health: does a trained model count as evidence? A failed training run is a result
+about the optimiser, not about the architecture, and no claim may rest on it.
 
-Trivial predictors (no parameters, no training), each giving the prediction after n seen
-triplets for every n, as a trained model does:
+The gate measures training on the objective training minimises, on CLEAN shown rewards
+whatever the training noise (:mod:`icalign.analysis.objective`: per run and per evaluation
+context, the model's objective, the reward-blind reference's and the per-context optimum).
+Under noisy training a lower noisy loss is not a better model, so the noisy training loss
+never decides a label. Each run (seed) gets one label:
 
-* **mean of candidates**: the mean of the n seen responses (ignores the rewards);
-* **best shown candidate**: the seen response with the highest shown reward.
+* **failed**: its predictions are not finite, or its clean objective is not below the
+  reward-blind reference's (mean of the seen candidates), or it does not use the rewards it
+  reads: its normalised MSE at the largest t does not rise when each context's rewards are
+  shuffled (:func:`icalign.analysis.objective.shuffled`). Each test is one-sided, paired over
+  the contexts, at 95%: the mean difference must exceed the margin t_0.95(C - 1) * sd /
+  sqrt(C). Why shuffling and not "error below the mean of candidates": the objective is not
+  minimised at y* (its minimiser leans from y* towards y* - eps), and on short contexts the
+  per-context optimum itself has a higher error than the mean of the candidates, so that
+  comparison would fail a perfectly trained model.
+* **under-converged**: not failed, but its training loss still falls. Plateau test on the
+  last quarter of its training curve (each step's loss is on fresh contexts): the OLS slope
+  is significantly below 0 (its one-sided 95% upper bound < 0) AND the fitted drop across
+  that quarter is more than ``PLATEAU_FRACTION`` (5%) of the whole training drop (the mean
+  of the first 1% of steps minus the fitted end). Why both: with a constant learning rate
+  Adam's loss creeps down for very long, so significance alone would call nearly every long
+  run under-converged; a last quarter that still holds more than 5% of all that training
+  achieved is still descending in a way that matters. Fixed before looking at any result.
+* **converged**: neither.
+* **unknown**: its training curve (at least ``MIN_STEPS`` finite steps) or its per-context
+  values are not available; never filled in with another run's or the seeds' mean.
 
-A run (one seed) is **trained** when all three hold:
+A variant is failed if any run failed, else under-converged if any run is, else unknown if
+any run is, else converged. Only "failed" withholds a claim's verdict. Reported beside the
+labels: the fraction of the gap between the reward-blind reference and the optimum that the
+model closes, mean_c(L_blind - L_model) / mean_c(L_blind - L_opt), with a 95% interval over
+the contexts per run (delta method) and over the runs for the variant (Student t; the run's
+context interval when there is one run), and both trivial predictors' normalised MSE at the
+largest t beside the model's.
 
-1. its training loss (mean over the last ``window`` steps, fresh contexts every step, so it
-   is a held-out estimate of the objective) is below the mean-of-candidates predictor's loss
-   on the same objective, shown rewards corrupted as in training, by more than ``margin``;
-2. the same against the best-shown-candidate predictor;
-3. its held-out normalised MSE at the largest t is below its own value at t = 1: the model
-   uses the examples it reads.
-
-``margin`` is two standard errors of the difference of the two loss estimates (the
-predictor's per-context loss sd stands in for the model's). A variant is *trained* when
-every seed is; otherwise it is *not trained*, with each failing seed's reason.
-
-The predictors' losses are computed with the run's own objective (``train_config["loss"]``,
-through ``losses.online_rows``, the definition training uses).
-
-Why the predictors are gated on the training loss and not on the normalised MSE: the
-objective (cosine PL on the shown ranking) is not minimised at y*: its minimiser leans from y*
-towards y* - eps, and its normalised MSE is measured, not quoted (``references.minimiser``, the
-"minimiser" reference of the mechanism study), while copying the best shown candidate reaches
-about 0.005 at t = 19 on clean rewards. Every learner of this project, GD included, "loses" to it in normalised MSE; that is
-a property of the objective, reported next to the results (``reference``), not a training
-failure.
+Results stored before this gate (status "trained" / "not trained", a gate on the noisy
+training loss) read as "unknown" (:func:`legacy`), with what the old gate said.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache, partial
+import dataclasses
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+from scipy import stats
 
-from icalign.core.losses import DEFAULT_LOSS, LOSSES, online_rows
+from icalign.analysis import objective as O
+from icalign.analysis.objective import predictions
 from icalign.core.metrics import normalised_mse
-from icalign.core.tasks import CORRUPTIONS, Context, check_corruption_levels, corrupt, sample_contexts
-from icalign.core.validate import check_int
+from icalign.core.tasks import Context
 
-__all__ = ["PREDICTORS", "predictions", "trivial_losses", "reference_nmse", "gate", "variant_gate", "run_gate",
-           "WINDOW", "final_train_loss"]
+__all__ = ["PREDICTORS", "STATUSES", "WINDOW", "MIN_STEPS", "PLATEAU_FRACTION", "predictions", "reference_nmse",
+           "judge", "plateau", "run_gate", "runs_slice", "legacy", "stored", "variant_gate", "describe", "final_train_loss"]
 
 PREDICTORS = ("mean of candidates", "best shown candidate")
+STATUSES = ("converged", "under-converged", "failed", "unknown")
 WINDOW = 50  #: steps averaged into a run's stored training loss (``final_train_loss``)
-_N_BASELINE = 2048  #: contexts on which a predictor's loss is estimated
-_BASELINE_SEED = 15  #: fold_in index of the baseline contexts' key (disjoint from every run's)
-
-
-def predictions(ctx: Context) -> dict[str, jax.Array]:
-    """{predictor: (..., N, D)}: row n is the prediction after n seen triplets (row 0 is 0)."""
-    lead, (n, d) = ctx.ys.shape[:-2], ctx.ys.shape[-2:]
-    ys, r = ctx.ys.reshape(-1, n, d), ctx.rewards.reshape(-1, n)
-    seen = jnp.arange(n)[None, :] < jnp.arange(n)[:, None]  # (row, candidate): candidate < row
-    count = jnp.maximum(seen.sum(-1), 1).astype(ys.dtype)
-    mean = jnp.einsum("rn,bnd->brd", seen.astype(ys.dtype), ys) / count[None, :, None]
-    masked = jnp.where(seen[None], r[:, None, :], -jnp.inf)  # (B, row, N)
-    best = jnp.take_along_axis(ys, jnp.argmax(masked, axis=-1)[..., None], axis=-2)
-    best = jnp.where(jnp.any(seen, -1)[None, :, None], best, 0.0)
-    return {"mean of candidates": mean.reshape(*lead, n, d), "best shown candidate": best.reshape(*lead, n, d)}
-
-
-@partial(jax.jit, static_argnames=("d", "n", "corruption", "min_seen", "loss"))
-def _losses(key, level, d: int, n: int, corruption: str, min_seen: int, loss: str):
-    k_ctx, k_c = jax.random.split(key)
-    ctx = sample_contexts(k_ctx, _N_BASELINE, d, n)
-    ctx = ctx.replace(rewards=corrupt(corruption, k_c, ctx.r_true, level))
-    out = {}
-    for name, y in predictions(ctx).items():
-        rows = online_rows(loss, y, ctx.ys, ctx.rewards)
-        per_ctx = rows[..., min_seen:].mean(-1)
-        out[name] = (per_ctx.mean(), per_ctx.std())
-    return out
-
-
-@lru_cache(maxsize=64)
-def _trivial(d: int, n: int, corruption: str, level: float, min_seen: int, loss: str, sources) -> dict:
-    key = jax.random.fold_in(jax.random.PRNGKey(0), _BASELINE_SEED)
-    res = _losses(key, jnp.float32(level), d, n, corruption, min_seen, loss)
-    return {k: {"loss": float(m), "sd": float(s)} for k, (m, s) in res.items()}
-
-
-def trivial_losses(d: int, n: int, corruption: str = "replace", level: float = 0.0, min_seen: int = 2,
-                   loss: str = DEFAULT_LOSS) -> dict:
-    """{predictor: {"loss", "sd"}}: each trivial predictor's value of the training objective
-    (online ``loss``, rows n >= min_seen, shown rewards corrupted by ``corruption`` at
-    ``level``) on fresh contexts, and the sd of its per-context loss. Deterministic."""
-    check_corruption_levels(corruption, [level])
-    LOSSES.get_checked(loss, "loss")
-    check_int("min_seen", min_seen, minimum=1)
-    # The cache key carries the hash of a user-registered function: a replaced one is recomputed.
-    sources = (LOSSES.identity(loss), CORRUPTIONS.identity(corruption))
-    return _trivial(check_int("d", d, minimum=1), check_int("n", n, minimum=2), corruption, float(level), min_seen,
-                    loss, sources)
+MIN_STEPS = 20  #: a shorter training curve cannot show a plateau (its last quarter has < 5 steps)
+PLATEAU_FRACTION = 0.05  #: the most of the whole training drop the last quarter may still hold
+LEVEL = 0.95
+_OLD = "stored before the gate measured training"
 
 
 def reference_nmse(ctx: Context, rewards_BxLxN, columns: Sequence[tuple[str, float]]) -> dict:
@@ -115,66 +78,155 @@ def reference_nmse(ctx: Context, rewards_BxLxN, columns: Sequence[tuple[str, flo
     return out
 
 
-def _margin(sd: float, batch: int, window: int) -> float:
-    return 2.0 * sd * float(np.sqrt(1.0 / (window * batch) + 1.0 / _N_BASELINE))
+def _below(worse_C, better_C) -> tuple[bool, float]:
+    """(mean(worse - better) > margin, margin): one-sided paired test over the contexts."""
+    d = np.asarray(worse_C, float) - np.asarray(better_C, float)
+    margin = float(stats.t.ppf(LEVEL, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("inf")
+    return bool(d.mean() > margin), margin
 
 
-def gate(train_loss, baselines: dict, batch: int, nmse_per_seed=None, nmse_mean=None,
-         window: int = WINDOW) -> dict:
-    """The health of one variant (see the module docstring).
+def _gap(model_C, blind_C, opt_C) -> dict:
+    """Fraction of the gap closed, with a 95% delta-method interval over the contexts."""
+    num, den = blind_C - model_C, blind_C - opt_C
+    if not den.mean() > 0:
+        return {"mean": None, "low": None, "high": None}
+    g = num.mean() / den.mean()
+    half = stats.t.ppf(0.5 + LEVEL / 2, len(num) - 1) * (num - g * den).std(ddof=1) / den.mean() / np.sqrt(len(num))
+    return {"mean": float(g), "low": float(g - half), "high": float(g + half)}
 
-    ``train_loss`` (S,): each seed's mean training loss over the last ``window`` steps;
-    ``baselines``: :func:`trivial_losses` at the training corruption; ``batch``: training
-    batch; ``nmse_per_seed`` (S, T): held-out normalised MSE per seed at t = 1..T, or, when
-    a result stored none, ``nmse_mean`` (T,) for all seeds together. Returns {"status":
-    "trained" | "not trained", "reason", "seeds": [{"ok", "why"}], "baselines", "margin"}.
-    """
-    loss = np.atleast_1d(np.asarray(train_loss, float))
-    if nmse_per_seed is not None:
-        curves = np.asarray(nmse_per_seed, float)
-        if curves.shape[0] != loss.shape[0]:
-            raise ValueError(f"nmse_per_seed has {curves.shape[0]} seeds but train_loss {loss.shape[0]}")
+
+def plateau(curve) -> dict | None:
+    """The plateau test of one training curve (module docstring); None when unavailable."""
+    y = np.asarray(curve, float)
+    if y.ndim != 1 or len(y) < MIN_STEPS or not np.all(np.isfinite(y)):
+        return None
+    w = len(y) // 4
+    x = np.arange(w, dtype=float)
+    fit = stats.linregress(x, y[-w:])
+    upper = fit.slope + stats.t.ppf(LEVEL, w - 2) * fit.stderr
+    drop = -fit.slope * (w - 1)
+    total = float(y[:max(1, len(y) // 100)].mean() - (fit.intercept + fit.slope * (w - 1)))
+    falling = bool(upper < 0 and drop > PLATEAU_FRACTION * total)
+    return {"window": w, "slope": float(fit.slope), "slope_upper": float(upper), "window_drop": float(drop),
+            "total_drop": total, "falling": falling}
+
+
+def _run(i: int, v: dict, curve, t: int) -> dict:
+    obj = {k: float(np.mean(v[k] if k != "model" else v["model"][i])) for k in ("model", "blind", "optimum")}
+    ok_obj, m_obj = _below(v["blind"], v["model"][i])
+    nm = v["nmse"]
+    ok_use, m_use = _below(nm["shuffled"][i], nm["model"][i])
+    why = []
+    if not v["finite"][i]:
+        why.append("its predictions are NaN or inf")
+    if not ok_obj:
+        why.append(f"clean objective {obj['model']:.3f} is not below the reward-blind {obj['blind']:.3f} by the "
+                   f"margin {m_obj:.3f}")
+    if not ok_use:
+        why.append(f"error at t = {t} with the rewards shuffled {nm['shuffled'][i].mean():.3f} is not above its error "
+                   f"with them in order {nm['model'][i].mean():.3f} by the margin {m_use:.3f} (it does not use them)")
+    p = None if curve is None else plateau(curve)
+    if why:
+        status = "failed"
+    elif p is None:
+        status, why = "unknown", [f"no training curve of at least {MIN_STEPS} finite steps"]
+    elif p["falling"]:
+        status = "under-converged"
+        why = [f"training loss still falls: slope {p['slope']:.2e}/step over the last {p['window']} steps (95% upper "
+               f"bound {p['slope_upper']:.2e} < 0), a drop of {p['window_drop']:.3f} there, more than "
+               f"{PLATEAU_FRACTION:.0%} of the whole drop {p['total_drop']:.3f}"]
     else:
-        curves = None if nmse_mean is None else np.broadcast_to(np.asarray(nmse_mean, float), (len(loss), len(nmse_mean)))
-    seeds = []
-    for s, ls in enumerate(loss):
-        why = []
-        beaten_by = [f"{name} {baselines[name]['loss']:.2f}" for name in PREDICTORS
-                     if not ls < baselines[name]["loss"] - _margin(baselines[name]["sd"], batch, window)]
-        if beaten_by:
-            why.append(f"training loss {ls:.2f} not below {' or '.join(beaten_by)}")
-        if curves is not None and not curves[s, -1] < curves[s, 0]:
-            why.append(f"error at the largest t {curves[s, -1]:.3f} not below its t = 1 error {curves[s, 0]:.3f}")
-        seeds.append({"ok": not why, "why": why})
-    bad = [i for i, s in enumerate(seeds) if not s["ok"]]
-    reason = "" if not bad else (f"{len(bad)} of {len(seeds)} seeds: " + "; ".join(
-        f"seed {i}: {', '.join(seeds[i]['why'])}" for i in bad))  # seed i: the i-th of the variant's seeds
-    if curves is not None and nmse_per_seed is None:
-        reason += " (per-seed errors not stored: the t = 1 check used the mean over seeds)" if reason else ""
-    return {"status": "not trained" if bad else "trained", "reason": reason, "seeds": seeds,
-            "baselines": {k: dict(v) for k, v in baselines.items()},
-            "margin": {k: _margin(v["sd"], batch, window) for k, v in baselines.items()}}
+        status = "converged"
+    return {"status": status, "reason": "; ".join(why), "objective": obj, "objective_margin": m_obj,
+            "gap_closed": _gap(v["model"][i], v["blind"], v["optimum"]),
+            "nmse": {"model": float(nm["model"][i].mean()), "shuffled": float(nm["shuffled"][i].mean()),
+                     "margin": m_use}, "plateau": p}
 
 
-def variant_gate(train_loss, train_config: dict, model_config: dict, level: float | None = None,
-                 nmse_per_seed=None, nmse_mean=None) -> dict:
-    """:func:`gate` for a run stored in a result file: the trivial losses are computed for
-    its task (d, n), training loss, training corruption and level (default:
-    ``train_config["noise"]``)."""
-    lv = float(train_config.get("noise", 0.0) if level is None else level)
-    base = trivial_losses(int(model_config["d"]), int(model_config["n"]), train_config.get("corruption", "replace"),
-                          lv, int(train_config.get("min_seen", 2)), train_config.get("loss", DEFAULT_LOSS))
-    return gate(train_loss, base, int(train_config["batch"]), nmse_per_seed, nmse_mean)
+def judge(values: dict, curves_RxS=None) -> dict:
+    """The health dict of a variant from :func:`icalign.analysis.objective.measure`'s
+    ``values`` and its runs' training curves (R, steps) (None, or a None row: not stored)."""
+    R = values["model"].shape[0]
+    curves = [None] * R if curves_RxS is None else list(curves_RxS)
+    if len(curves) != R:
+        raise ValueError(f"curves_RxS has {len(curves)} runs but the values {R}")
+    runs = [_run(i, values, curves[i], values["t"]) for i in range(R)]
+    labels = [r["status"] for r in runs]
+    status = next((s for s in ("failed", "under-converged", "unknown") if s in labels), "converged")
+    gaps = np.array([np.nan if r["gap_closed"]["mean"] is None else r["gap_closed"]["mean"] for r in runs])
+    if R > 1 and np.all(np.isfinite(gaps)):
+        half = stats.t.ppf(0.5 + LEVEL / 2, R - 1) * gaps.std(ddof=1) / np.sqrt(R)
+        gap = {"mean": float(gaps.mean()), "low": float(gaps.mean() - half), "high": float(gaps.mean() + half)}
+    else:
+        gap = runs[0]["gap_closed"] if R == 1 else {"mean": None, "low": None, "high": None}
+    bad = [f"run {i}: {r['reason']}" for i, r in enumerate(runs) if r["status"] == status and r["reason"]]
+    closed = ("gap closed (reward-blind -> optimum of the clean objective) "
+              + ("not available" if gap["mean"] is None else f"{gap['mean']:.2f} [{gap['low']:.2f}, {gap['high']:.2f}]")
+              + f" over {R} run(s)")
+    reason = "; ".join(bad) if status != "converged" else f"every run on a plateau; {closed}"
+    nm = values["nmse"]
+    return {"status": status, "reason": reason, "runs": runs, "gap_closed": {**gap, "n_runs": R},
+            "references": {"t": int(values["t"]), "model": float(np.mean(nm["model"])),
+                           **{p: float(np.mean(nm[p])) for p in PREDICTORS}},
+            "n_contexts": int(values["model"].shape[1]), "loss": values["loss"], "min_seen": values["min_seen"],
+            "optimum": values["method"],
+            "rules": {"level": LEVEL, "min_steps": MIN_STEPS, "plateau_window": "last quarter of the steps",
+                      "plateau_fraction": PLATEAU_FRACTION}}
+
+
+def runs_slice(trained, start: int, stop: int):
+    """``trained`` (an ``icalign.training.TrainResult``) reduced to its runs start..stop-1
+    (e.g. one training level's seeds of a program that trained several)."""
+    return dataclasses.replace(trained, params=jax.tree_util.tree_map(lambda a: a[start:stop], trained.params),
+                               losses=np.asarray(trained.losses)[start:stop], runs=list(trained.runs)[start:stop])
 
 
 def run_gate(trained, ctx: Context) -> dict:
-    """:func:`variant_gate` of a clean-trained ``icalign.training.TrainResult`` (all its runs
-    at ``train_config.noise``), its per-seed held-out errors measured on the contexts ``ctx``."""
-    from icalign.analysis.evaluate import transformer_curves
+    """The health dict (:func:`judge`) of every run of ``trained`` (an
+    ``icalign.training.TrainResult``: params with a leading run axis, ``losses`` (R, steps)),
+    measured on the evaluation contexts ``ctx`` with their CLEAN rewards, on the objective of
+    its own training config (loss and min_seen). A run whose predictions are not finite fails."""
+    from icalign.training import TrainResult
 
-    curves = transformer_curves(trained.params, trained.model_config, ctx, ctx.r_true[:, None, :])
-    return variant_gate(trained.losses[:, -WINDOW:].mean(axis=1), trained.train_config.to_dict(),
-                        trained.model_config.to_dict(), nmse_per_seed=curves.nmse[:, 0].mean(axis=1))
+    if not isinstance(trained, TrainResult):
+        raise ValueError(f"trained must be an icalign.training.TrainResult, got {type(trained).__name__}")
+    if not isinstance(ctx, Context) or ctx.ys.ndim != 3 or ctx.ys.shape[1] != trained.model_config.n:
+        raise ValueError(f"ctx must be a batch of contexts with n={trained.model_config.n} candidates")
+    tc = trained.train_config
+    values = O.measure(O.model_predictions(trained.params, trained.model_config), ctx, tc.min_seen, tc.loss)
+    losses = np.asarray(trained.losses, float)
+    R = len(values["finite"])
+    return judge(values, [losses[i] if losses.ndim == 2 and len(losses) == R else None for i in range(R)])
+
+
+def legacy(health: dict | None) -> dict:
+    """A stored health dict in the current labels: one of the old gate ("trained" / "not
+    trained", decided on the noisy training loss) reads "unknown", with what it said."""
+    if health is None:
+        return {"status": "unknown", "reason": f"{_OLD}; no gate stored"}
+    if health.get("status") in STATUSES:
+        return health
+    said = health.get("status", "?") + (f" ({health['reason']})" if health.get("reason") else "")
+    return {"status": "unknown", "reason": f"{_OLD}; old gate said: {said}", "old": health}
+
+
+def stored(record: dict, key: str = "health") -> dict:
+    """:func:`legacy` of the health dict a result record stores under ``key`` (None if none)."""
+    return legacy(record.get(key))
+
+
+def variant_gate(train_loss, train_config: dict, model_config: dict, level=None, nmse_per_seed=None,
+                 nmse_mean=None) -> dict:
+    """The answer for a run known only by its stored training loss and errors (no training
+    curve, no parameters): "unknown". The old gate judged such runs on the noisy training loss;
+    the current one needs the model (:func:`run_gate`)."""
+    return {"status": "unknown", "reason": f"{_OLD}: no per-run training curve or parameters were stored"}
+
+
+def describe(health: dict) -> str:
+    """"status (reason)" of a (possibly stored, old) health dict, for markdown."""
+    h = legacy(health)
+    return f"{h['status']}" + (f" ({h['reason']})" if h.get("reason") else "")
 
 
 def final_train_loss(record: dict) -> list[float]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-import numpy as np
 
 from icalign.analysis import claims as CL
 from icalign.analysis import health as H
@@ -25,16 +24,12 @@ INTERVAL_NOTE = ("95% Student-t intervals: over seeds for trained models (each s
 
 
 def noise_health(res: dict) -> dict:
-    """{train level: gate} of every trained transformer (stored, or computed for old files)."""
-    if "health" in res:
-        return res["health"]
-    S, out = len(res["seeds"]), {}
-    loss = np.asarray(H.final_train_loss(res), float)
-    for j, tl in enumerate(res["train_levels"]):
-        s = res["transformer"][str(tl)]["replace"][str(tl)]["nmse"]
-        out[str(tl)] = H.variant_gate(loss[j * S:(j + 1) * S], res["train_config"], res["model_config"], float(tl),
-                                      nmse_per_seed=s.get("per_seed"), nmse_mean=s["mean"])
-    return out
+    """{train level: health} of every trained transformer, as stored (:func:`health.run_gate`
+    at run time); a file stored before the gate measured training reads "unknown"
+    (:func:`health.legacy`), with what its old gate said."""
+    stored = res.get("health") or {}
+    return {str(tl): H.legacy(stored.get(str(tl))) if str(tl) in stored else H.variant_gate(None, {}, {})
+            for tl in res["train_levels"]}
 
 
 def noise_claims(res: dict) -> list[dict]:
@@ -73,14 +68,10 @@ def arch_summary(arch: dict) -> dict:
 
 
 def ablation_health(res: dict) -> dict:
-    """{architecture hash: gate} of every architecture that finished training."""
-    out = {}
-    for key, a in res["architectures"].items():
-        if a.get("status") != "ok":
-            continue
-        out[key] = a.get("health") or H.variant_gate(H.final_train_loss(a), a.get("train_config", res["train_config"]),
-                                                     a["config"], nmse_per_seed=a["nmse_per_seed"])
-    return out
+    """{architecture hash: health} of every architecture that finished training, as stored
+    (old files: "unknown", see :func:`noise_health`)."""
+    return {key: H.legacy(a["health"]) if a.get("health") else H.variant_gate(None, {}, {})
+            for key, a in res["architectures"].items() if a.get("status") == "ok"}
 
 
 def _variant(res: dict, name: str) -> Optional[dict]:

@@ -4,8 +4,8 @@ checkpoints (:mod:`icalign.training.checkpoint`). ``icalign.train`` is this pack
 
 from icalign.training.config import (RunSpec, TrainConfig, check_objective, loss_trend, make_runs, runs_from_keys,
                                      select_run)
-from icalign.training.ica import (ICAObjective, TrainResult, batch_for_step, load_run, loss_fn, run_dir_for,
-                                  train, train_or_load, training_bytes)
+from icalign.training.ica import (ICAObjective, TrainResult, batch_for_step, context_objective, load_run, loss_fn,
+                                  run_dir_for, train, train_or_load, training_bytes)
 from icalign.training.checkpoint import CheckpointError
 from icalign.training.group import groups, train_group
 from icalign.training.loop import (LoopResult, NonFiniteLossError, Objective, RunExistsError, RunIdentityError,
@@ -15,4 +15,4 @@ __all__ = ["TrainConfig", "RunSpec", "make_runs", "runs_from_keys", "select_run"
            "loss_fn", "batch_for_step", "train", "train_or_load", "load_run", "run_dir_for", "training_bytes", "Objective",
            "TrainState", "LoopResult", "RunExistsError", "RunIdentityError", "NonFiniteLossError", "CheckpointError", "fit",
            "init_states", "states_from", "run_chunk", "run_identity", "groups", "train_group"]
-__all__ += ["check_objective", "loss_trend"]
+__all__ += ["check_objective", "loss_trend", "context_objective"]

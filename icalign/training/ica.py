@@ -32,7 +32,7 @@ from icalign.training.config import RunSpec, TrainConfig, check_objective, make_
 from icalign.training.checkpoint import check_same_run, finished_run
 from icalign.training.loop import Objective, fit, init_states, run_identity
 
-__all__ = ["ICAObjective", "TrainResult", "loss_fn", "batch_for_step", "train", "train_or_load", "load_run",
+__all__ = ["ICAObjective", "TrainResult", "context_objective", "loss_fn", "batch_for_step", "train", "train_or_load", "load_run",
            "run_dir_for", "identity_parts", "training_bytes"]
 
 
@@ -45,9 +45,17 @@ def loss_fn(params: M.Params, ctx: Context, model_cfg: M.ModelConfig, min_seen: 
     s_j = cos(y_hat_n, y_j), tau = candidates 0..n-1 sorted by shown reward. With per-triplet
     queries the y_j scored are the candidates at the test query (``tasks.scored_candidates``).
     """
-    y_hat_BxNxD = M.predict(params, ctx, model_cfg, gates)
+    return jnp.mean(context_objective(M.predict(params, ctx, model_cfg, gates), ctx, min_seen, loss))
+
+
+def context_objective(y_hat_BxNxD: jax.Array, ctx: Context, min_seen: int = 2, loss: str = DEFAULT_LOSS) -> jax.Array:
+    """(B,) the objective of each context: rows n >= min_seen of ``losses.online_rows`` of the
+    named ``loss`` (row n: the prediction after n seen triplets, ranking candidates 0..n-1 of
+    ``tasks.scored_candidates`` by ``ctx.rewards``), averaged. The one definition: training
+    (:func:`loss_fn`, its mean over the batch) and the training-health gate
+    (:mod:`icalign.analysis.health`, on clean rewards) both call it."""
     rows_BxN = online_rows(loss, y_hat_BxNxD, scored_candidates(ctx), ctx.rewards)
-    return jnp.mean(rows_BxN[..., min_seen:])
+    return jnp.mean(rows_BxN[..., min_seen:], axis=-1)
 
 
 def batch_for_step(run: RunSpec, step, model_cfg: M.ModelConfig, train_cfg: TrainConfig) -> Context:

@@ -1,7 +1,7 @@
 """The ablation sweep drawn from its result dict alone: figures and markdown.
 
 Bands and whiskers are 95% Student-t intervals over seeds; differences are paired by seed
-(icalign.analysis.claims). Variants that failed their training-health gate are drawn hollow
+(icalign.analysis.claims). Variants whose training-health gate says "failed" are drawn hollow
 and labelled "not trained": they are no evidence about the architecture.
 """
 
@@ -45,10 +45,10 @@ def ablation_panels(res: dict):
             if arch.get("status") != "ok":
                 ax.plot([], [], "x", color="red", label=f"{label}: {arch.get('status', 'missing')}")
                 continue
-            sick = health[v["arch"]]["status"] != "trained"
+            sick = health[v["arch"]]["status"] == "failed"
             color = "black" if v["is_base"] else cmap(0.85 * i / max(len(vs) - 1, 1))
             s = {key: arch["nmse"][key][k:] for key in ("mean", "low", "high")}
-            band(ax, ts[k:], s, color, label=label + (" NOT TRAINED" if sick else ""), ls=":" if sick else "-",
+            band(ax, ts[k:], s, color, label=label + (" FAILED TRAINING" if sick else ""), ls=":" if sick else "-",
                  lw=2.0 if v["is_base"] else 1.2)
             means += list(s["mean"])
         if "adam" in res.get("gd", {}):
@@ -95,7 +95,7 @@ def ablation_bars(res: dict):
         if arch.get("status") != "ok":
             ax.text(0.02, yi, "diverged", color="red", va="center", fontsize=8, transform=ax.get_yaxis_transform())
             continue
-        sick = health[v["arch"]]["status"] != "trained"
+        sick = health[v["arch"]]["status"] == "failed"
         per = [s[-1] for s in arch["nmse_per_seed"]]
         ax.plot(per, [yi] * len(per), ".", color=color, ms=4, alpha=0.6)
         ax.plot(np.mean(per), yi, "o", ms=6, color=color, mfc="white" if sick else color)
@@ -108,7 +108,7 @@ def ablation_bars(res: dict):
             b = res["architectures"][base["arch"]]
             arm = lambda a, h: CL.arm(v["name"], report.arch_summary(a), n_contexts=C, health=h)
             e = CL.effect(arm(arch, None), arm(b, None))
-            effects(dax, [yi], [e], color, horizontal=True, hollow=health[base["arch"]]["status"] != "trained")
+            effects(dax, [yi], [e], color, horizontal=True, hollow=health[base["arch"]]["status"] == "failed")
             effs.append(e)
     for p, ls in zip(res.get("reference", {}), (":", "-.")):
         ax.axvline(res["reference"][p][-1], color="grey", ls=ls, lw=1, label=f"{p} (trivial)")
@@ -158,11 +158,12 @@ def markdown(res: dict) -> str:
 
 
 def verdict(res: dict) -> str:
-    """Two lines for the README: how many claims each verdict got, and which variants did not train."""
+    """Two lines for the README: how many claims each verdict got, and which variants failed training."""
     cl = report.ablation_claims(res)
     health = report.ablation_health(res)
-    sick = [v["name"] for v in res["variants"] if v["arch"] in health and health[v["arch"]]["status"] != "trained"]
+    sick = [v["name"] for v in res["variants"] if v["arch"] in health and health[v["arch"]]["status"] == "failed"]
     count = {v: sum(c["verdict"] == v for c in cl) for v in CL.VERDICTS}
     return (f"{label(res)} ({len(res['seeds'])} seeds): of the {len(cl)} claims, "
             + ", ".join(f"{n} {v}" for v, n in count.items() if n)
-            + f". Did not train: {', '.join(sick) or 'none'} (no evidence about those architectures).")
+            + (f". Failed training: {', '.join(sick)} (no evidence about those architectures)." if sick
+               else ". No variant failed training."))

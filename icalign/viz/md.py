@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 from icalign.analysis import claims as CL
+from icalign.analysis import health as H
 
-__all__ = ["machine", "num", "table", "ci", "loaded", "health_note", "find", "brief", "label"]
+__all__ = ["machine", "num", "table", "ci", "loaded", "health_text", "health_note", "find", "brief", "label"]
 
 
 def num(x, nd=3) -> str:
@@ -37,13 +38,25 @@ def loaded(res: dict) -> str:
     return "; training loaded from its finished run folder, not timed" if res.get("train_loaded") else ""
 
 
+def health_text(health: dict | None) -> str:
+    """"training health: **status** (reason)", and the model's normalised MSE at the largest t
+    beside both trivial predictors' on the same contexts when the gate stored them."""
+    g = H.legacy(health)
+    ref = g.get("references")
+    refs = "" if not ref else (f"; normalised MSE at t = {ref['t']}: model {num(ref['model'])}, "
+                               + ", ".join(f"{p} {num(ref[p])}" for p in H.PREDICTORS))
+    return f"training health: **{g['status']}**" + (f" ({g['reason']})" if g.get("reason") else "") + refs
+
+
 def health_note(health: dict, label) -> str:
-    """One paragraph: the trained models that failed their health gate, with the reasons."""
-    bad = {k: g for k, g in health.items() if g["status"] != "trained"}
+    """One paragraph: every trained model that is not "converged", with its label and reason
+    (only "failed" withholds a verdict)."""
+    bad = {k: H.legacy(g) for k, g in health.items() if H.legacy(g)["status"] != "converged"}
     if not bad:
-        return "Training health: every trained model beats both trivial predictors and its own t = 1 error."
-    return ("Not trained (no evidence either way): "
-            + "; ".join(f"{label(k)} ({g['reason']})" for k, g in bad.items()) + ".")
+        return ("Training health: every trained model converged (its clean objective below the reward-blind "
+                "reference's, its error rising when the rewards are shuffled, its training loss on a plateau).")
+    return "Training health: " + "; ".join(f"{label(k)}: {health_text(g)[len('training health: '):]}"
+                                           for k, g in bad.items()) + "."
 
 
 def find(claims: list, *words: str) -> dict:

@@ -8,7 +8,13 @@ import math
 from icalign.viz.md import machine, num, table
 from icalign.viz.style import new_figure
 
-__all__ = ["necessity", "markdown", "verdict"]
+__all__ = ["GATE_NOTE", "necessity", "markdown", "verdict"]
+
+#: Why this study has no training-health gate (icalign.analysis.health).
+GATE_NOTE = ("Training health: the ranking-objective gate does not apply here. These models regress a target "
+             "(the output of one PL gradient step) instead of minimising the ranking objective, so that objective's "
+             "optimum and its reward-blind reference do not measure their training; the held-out relative error "
+             "to the target does, and a diverged seed is the training failure (verdict \"not trained\").")
 
 
 def necessity(results: dict):
@@ -87,7 +93,7 @@ def markdown(res: dict) -> str:
     return (f"Relative error, best / median over {p['seeds']} seeds ({p['adam_steps']} Adam steps, batch {p['batch']}, "
             f"lr {p['lr']:g}; {p['metric']}; {machine(res)}, {num(res['seconds'] / 60, 1)} min):\n\n"
             + table(["architecture"] + [f"N = {n}" for n in ns], rows)
-            + f"\n\nClaims ({res['claims'][0]['statistic']}; {population(res)}):\n\n" + claims)
+            + f"\n\n{GATE_NOTE}\n\nClaims ({res['claims'][0]['statistic']}; {population(res)}):\n\n" + claims)
 
 
 def population(res: dict) -> str:

@@ -6,7 +6,8 @@ import math
 
 import numpy as np
 
-from icalign.viz.md import brief, find, machine, num, table
+from icalign.analysis.health import legacy
+from icalign.viz.md import brief, find, health_text, machine, num, table
 from icalign.viz.style import band, clip_ylim, colormap, floats, new_figure
 
 __all__ = ["rounds_figure", "accuracy_gain_figure", "concept_figure", "probe_figure", "figures", "markdown", "verdict"]
@@ -200,8 +201,9 @@ def _claims(res: dict) -> list:
 
     out = []
     for name, L in res["learners"].items():
+        health = L.get("train", {}).get("health")
         out += loop_claims(L, name, res["entropy_beta"], res["n0"], res["sizes"]["contexts"],
-                           L.get("train", {}).get("health"))
+                           None if health is None else legacy(health))
     return out
 
 
@@ -228,8 +230,7 @@ def markdown(res: dict) -> str:
             f"answer); {machine(res)}, {num(res['wall_seconds'] / 60, 1)} min.\n\n"
             + table(["learner", "gain with the null critic", "entropy beta = 1, exact critic (headroom)",
                      f"entropy beta = {beta:g}, exact critic (headroom)", "Pearson r(accuracy, gain)"], rows)
-            + (f"\n\nTransformer training health: **{tf['health']['status']}**"
-               + (f" ({tf['health']['reason']})" if tf["health"]["reason"] else "") + "." if tf else "")
+            + (f"\n\nTransformer {health_text(tf['health'])}." if tf else "")
             + f"\n\nClaims (effect = worse - better, 95% interval; contexts are the unit for GD, seeds for the "
               f"transformer; headroom: how far the round-0 entropy lies below its maximum ln {n0} = "
               f"{math.log(n0):.3f}):\n\n" + CL.table(_claims(res)))

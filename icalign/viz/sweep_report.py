@@ -46,10 +46,19 @@ def _header(title: str, res: dict) -> str:
 
 
 def _health_table(health: dict, label) -> str:
-    rows = [[label(k), f"**{g['status']}**", g["reason"] or "beats both trivial predictors and its own t = 1 error"]
-            for k, g in health.items()]
+    """Every trained model's health label and reason, its gap closed and its error at the largest
+    t beside both trivial predictors' (from the gate; "-" for a file stored before it)."""
+    rows = []
+    for k, g in ((k, H.legacy(g)) for k, g in health.items()):
+        ref, gap = g.get("references") or {}, (g.get("gap_closed") or {}).get("mean")
+        rows.append([label(k), f"**{g['status']}**", g.get("reason", ""),
+                     "-" if gap is None else f"{gap:.2f} [{g['gap_closed']['low']:.2f}, {g['gap_closed']['high']:.2f}]"]
+                    + [f"{ref[p]:.3f}" if p in ref else "-" for p in ("model",) + H.PREDICTORS])
+    t = next((f"t={H.legacy(g)['references']['t']}" for g in health.values() if H.legacy(g).get("references")),
+             "(largest t)")
     return ("\n## Training health (icalign.analysis.health)\n\n"
-            + table(["trained model", "status", "reason"], rows) + "\n")
+            + table(["trained model", "status", "reason", "gap closed", f"model nmse {t}"]
+                    + [f"{p} {t}" for p in H.PREDICTORS], rows) + "\n")
 
 
 def _claims_section(cl: list[dict], t: int, stored: bool) -> str:
@@ -69,10 +78,10 @@ def noise_markdown(res: dict, claims_only: bool = False) -> str:
     cl = noise_claims(res)
     clean = str(res["train_levels"][0])
     stored = "per_seed" in res["transformer"][clean]["replace"][clean]["nmse"]
-    if claims_only:
-        return _claims_section(cl, ts[-1], stored)
-    parts = [_header("Reward noise", res),
-             _health_table(noise_health(res), lambda k: f"TF trained at p = {k}" if float(k) else "TF clean-trained")]
+    health = _health_table(noise_health(res), lambda k: f"TF trained at p = {k}" if float(k) else "TF clean-trained")
+    if claims_only:  # what a run prints: its models' health, then its claims
+        return health + _claims_section(cl, ts[-1], stored)
+    parts = [_header("Reward noise", res), health]
     i2 = ts.index(2) if 2 in ts else 0
     ref = res.get("reference", {})
     for kind, spec in res["corruptions"].items():
@@ -100,9 +109,10 @@ def noise_markdown(res: dict, claims_only: bool = False) -> str:
 def ablation_markdown(res: dict, claims_only: bool = False) -> str:
     ts = res["ts"]
     cl = ablation_claims(res)
-    if claims_only:
-        return _claims_section(cl, ts[-1], True)
     health = ablation_health(res)
+    names = {v["arch"]: ", ".join(x["name"] for x in res["variants"] if x["arch"] == v["arch"]) for v in res["variants"]}
+    if claims_only:  # what a run prints: its models' health, then its claims
+        return _health_table(health, lambda k: names[k]) + _claims_section(cl, ts[-1], True)
     i2 = ts.index(2) if 2 in ts else 0
     ran = list(dict.fromkeys(v["factor"] for v in res["variants"]))
     missing = [f for f in FACTORS if f not in ran]
@@ -116,10 +126,9 @@ def ablation_markdown(res: dict, claims_only: bool = False) -> str:
         rows.append(["GD learner", name, fmt(g["nmse"], i2), fmt(g["nmse"], -1), "reference"])
     for name, curve in res.get("reference", {}).items():
         rows.append(["trivial predictor", name, f"{curve[i2]:.3f}", f"{curve[-1]:.3f}", "reference"])
-    names = {v["arch"]: ", ".join(x["name"] for x in res["variants"] if x["arch"] == v["arch"]) for v in res["variants"]}
     parts = [_header("Ablations", res),
              f"Factors run: {', '.join(ran)}." + (f" Not run here: {', '.join(missing)}." if missing else "") + "\n",
              table(["factor", "variant", f"nmse t={ts[i2]}", f"nmse t={ts[-1]}", "health"], rows),
-             _health_table({k: g for k, g in health.items() if g["status"] != "trained"} or health, lambda k: names[k]),
+             _health_table(health, lambda k: names[k]),
              _claims_section(cl, ts[-1], True)]
     return "\n".join(parts) + "\n"

@@ -78,8 +78,8 @@ def noise_summary(res: dict):
     for the clean-trained transformer, the transformer trained at that level (training
     corruption only), GD (adam) and the trivial reference predictors; bottom, the paired
     difference transformer - GD (adam) with its 95% interval over seeds (below 0: the
-    transformer is better). Hollow markers: a transformer that did not pass its training-health
-    gate (no evidence)."""
+    transformer is better). Hollow markers: a transformer whose training-health gate says
+    "failed" (no evidence)."""
     kinds = list(res["corruptions"])
     clean = str(res["train_levels"][0])
     health = report.noise_health(res)
@@ -103,9 +103,9 @@ def noise_summary(res: dict):
             means += [c["mean"][-1] for c in cells]
             for lv in lvs:
                 e = CL.effect(_arm(res, who or lv, kind, lv, health), _arm(res, "gd", kind, lv, health))
-                sick = health.get(who or lv, {}).get("status", "trained") != "trained"
+                sick = health.get(who or lv, {}).get("status") == "failed"
                 effects(dax, floats([lv]) + dx, [e], color, hollow=sick,
-                        label=f"{label}: not trained (hollow)" if sick and label not in hollow else None)
+                        label=f"{label}: failed training (hollow)" if sick and label not in hollow else None)
                 hollow |= {label} if sick else set()
         gd = [res["gd"]["adam"][kind][lv]["nmse"] for lv in levels]
         band(ax, x, pick(gd), "C1", ls="--", label="GD (adam)")
