@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from icalign.analysis import claims as CL
+from icalign.analysis import health as H
 from icalign.core import stats
 
 RNG = np.random.default_rng(15)
