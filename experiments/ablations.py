@@ -97,7 +97,7 @@ def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = 
     gd = {}
     for learner in ("adam", "gd"):
         c = E.gd_curves(k_gd, ctx, ctx.r_true[:, None, :], learner, cfg.eval.gd_steps, loss=cfg.train.loss)
-        gd[learner] = {"nmse": summarise(c.nmse[0], "contexts"), "pl": summarise(c.pl[0], "contexts")}
+        gd[learner] = {"nmse": summarise(c.nmse[0], "contexts", keep=True), "pl": summarise(c.pl[0], "contexts")}
     ref = H.reference_nmse(ctx, ctx.r_true[:, None, :], [("replace", 0.0)])
     m, t = cfg.model, cfg.train
     res = {

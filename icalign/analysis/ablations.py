@@ -183,6 +183,6 @@ def train_and_score(arch: M.ModelConfig, train_cfg, ctx, seeds, run_root=None, p
         return dict(status="diverged", message=str(e))
     curves = E.transformer_curves(res.params, arch, ctx, ctx.r_true[:, None, :])  # (R, 1, B, T)
     return dict(status="ok", run_folder=None if res.run_dir is None else res.run_dir.name, train_loaded=res.loaded,
-                nmse=summarise(curves.nmse[:, 0], "seeds"), pl=summarise(curves.pl[:, 0], "seeds"),
+                nmse=summarise(curves.nmse[:, 0], "seeds", keep=True), pl=summarise(curves.pl[:, 0], "seeds"),
                 nmse_per_seed=curves.nmse[:, 0].mean(axis=1), n_params=M.param_count(res.params_of(0)),
                 final_train_loss=res.losses[:, -WINDOW:].mean(axis=1), health=run_gate(res, ctx))

@@ -9,8 +9,9 @@ section 5), with the two null controls of the claim engine:
   The claims use the choice entropy at ``beta`` (> 1), which moves, and are "not resolved
   (saturated)" if its round-0 value is within ``SATURATED`` of the maximum.
 
-Trained transformers use seeds as the unit and pass the training-health gate
-(:mod:`icalign.analysis.health`) before their numbers count.
+Trained transformers use seeds x contexts as the unit (each seed judged on its own block of
+the contexts, :mod:`icalign.analysis.claims`) and carry their training health
+(:mod:`icalign.analysis.health`): a failed model's numbers do not count.
 """
 
 from __future__ import annotations
@@ -41,8 +42,10 @@ def loop_claims(L: dict, label: str, beta: float, n0: int, n_contexts: int, heal
     null = L.get("null") or NULL_CRITIC
 
     def arm(name, key, critic, r):
-        return CL.sample(f"{name} ({critic}, round {'0' if r == 0 else 'T'})", u[key][f"{critic}@{r}"], unit,
-                         n_contexts=n_contexts, health=health)
+        label, v = f"{name} ({critic}, round {'0' if r == 0 else 'T'})", u[key][f"{critic}@{r}"]
+        if unit == "seeds" and np.ndim(v) == 2:  # every seed on every context (combine_seeds)
+            return CL.cells(label, v, health=health)
+        return CL.sample(label, v, unit, n_contexts=n_contexts, health=health)
 
     nm = lambda critic, r: arm("nmse", "nmse", critic, r)
     out = [CL.claim(f"{label}: the loop alone (null critic) improves the answer", nm(null, 0), nm(null, -1))]

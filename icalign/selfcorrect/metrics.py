@@ -177,7 +177,8 @@ def critic_sweep(key, learner, ctx, critics, names: list, rounds: int, draws: in
 def combine_seeds(per_seed: list[dict]) -> dict:
     """One result from :func:`critic_sweep` results of several trained seeds of a model:
     seeds are the unit, so every summary becomes the mean over seeds of each seed's mean over
-    contexts, with its 95% interval over seeds, and the units are per-seed means."""
+    contexts, with its 95% interval over seeds; the units are every seed's per-context values
+    (seeds, contexts), from which the claims form their seeds x contexts interval."""
     first = per_seed[0]
     settings = {}
     for n, s in first["settings"].items():
@@ -192,7 +193,8 @@ def combine_seeds(per_seed: list[dict]) -> dict:
             else:
                 out[key] = v  # convergence rounds: the first seed's (reported per seed elsewhere)
         settings[n] = out
-    units = {k: {c: [float(np.mean(r["units"][k][c])) for r in per_seed] for c in v}
+    # every seed's value on every context (S, C): the claims' seeds x contexts interval needs them
+    units = {k: {c: [[float(x) for x in r["units"][k][c]] for r in per_seed] for c in v}
              for k, v in first["units"].items() if k != "unit"}
     from scipy.stats import pearsonr
 
