@@ -18,8 +18,10 @@ from icalign.analysis.ablations import FACTORS
 __all__ = ["INTERVAL_NOTE", "arch_summary", "noise_health", "noise_claims", "ablation_health", "ablation_claims"]
 
 #: How the sweeps' intervals are formed (stored in their results JSON and shown in the markdown).
-INTERVAL_NOTE = ("95% Student-t intervals: over seeds for trained models (each seed averaged over the evaluation "
-                 "contexts), over contexts for GD learners; claims use paired differences")
+INTERVAL_NOTE = ("Curves: 95% Student-t bands over seeds for trained models (each seed averaged over the same "
+                 "evaluation contexts, so a band is about new seeds on these contexts), over contexts for GD learners. "
+                 "Claims: paired differences, each seed judged on its own block of the contexts where every seed's "
+                 "per-context values are stored (about new seeds and new contexts; each claim names its population)")
 
 
 
