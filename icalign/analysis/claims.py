@@ -119,7 +119,7 @@ def cells(label: str, values, *, health: Optional[dict] = None) -> dict:
     if v.ndim == 1:
         return sample(label, v, "contexts", n_contexts=v.size, health=health)
     per = v.mean(axis=1)
-    s = stats.t_interval(per)
+    s = stats.t_interval(per if len(per) > 1 else v[0])  # one seed: its own interval is over the contexts
     return _arm(label, "seeds", per.tolist(), v, s["mean"], s["low"], s["high"], v.shape[0], v.shape[1], health)
 
 
