@@ -119,7 +119,7 @@ def probes(res: dict):
     ax.set_ylabel("test-half R^2 of a linear probe")
     integer_ticks(ax)
     ax.set_ylim(top=1.02)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="lower right")
     ax.set_title(_title(res), fontsize=8)
     return fig
 
@@ -162,14 +162,18 @@ def triplets(res: dict):
     series = [("cos_imp_gd", "cos(W_imp, W_GD)", "C2"), ("cos_update_imp_gd", "cos(W_imp - W_0, W_GD - W_0)", "C4"),
               ("cos_imp_ls", "cos(W_imp, least-squares W*)", "C3"), ("cos_gd_ls", "cos(W_GD, least-squares W*)", "C1"),
               ("imp_fit_r2", "R^2 of the affine fit", "k"), ("imp_query_share", "|W_imp x| / (|W_imp x| + |b|)", "grey")]
+    # where the fitted GD takes 0 steps, W_GD - W_0 = 0 and its cosine is undefined: not drawn
+    moved = np.asarray(res["triplet"]["fitted_gd"]["cosine"]["steps"]) > 0
     for key, lab, c in series:
-        band(ax, t, w[key], c, label=lab, ms=3)
+        keep = moved if key == "cos_update_imp_gd" else np.ones_like(moved)
+        band(ax, t[keep], {k: np.asarray(w[key][k], float)[keep] for k in ("mean", "low", "high")}, c, label=lab,
+             ms=3)
     ax.axhline(0.0, color="grey", lw=0.8, ls=":")
     ax.set_xlabel(T_LABEL)
     ax.set_ylabel("cosine of flattened weights / R^2 / share (95% interval)")
     ax.set_ylim(-0.5, 1.05)
     integer_ticks(ax)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="lower right")
     ax.set_title(_title(res), fontsize=8)
     return fig
 
