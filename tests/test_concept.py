@@ -276,3 +276,17 @@ def test_fit_probe_recovers_a_planted_direction():
     assert np.mean((logit > 0) == labels) > 0.75
     direction = np.asarray(probe.w / probe.sd)
     assert direction @ w / (np.linalg.norm(direction) * np.linalg.norm(w)) > 0.95
+
+
+def test_a_finished_concept_run_is_loaded_not_refused(tmp_path):
+    """A second study with the same settings loads the finished run (it used to stop with
+    "holds a finished run")."""
+    import jax
+
+    cfg = concept_model.concept_config(TASK, n_layers=1, n_heads=1, d_model=8)
+    key = jax.random.PRNGKey(2)
+    kw = dict(steps=4, batch=4, chunk=4, progress=False, run_dir=tmp_path / "concept")
+    p1, l1 = concept_model.train_concept(key, TASK, cfg, **kw)
+    p2, l2 = concept_model.train_concept(key, TASK, cfg, **kw)
+    np.testing.assert_array_equal(l1, l2)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, p1, p2)

@@ -32,7 +32,7 @@ from icalign.selfcorrect.concept import (ConceptBatch, ConceptTask, cumulative_l
                                          loop_instructions, sample_concept)
 from icalign.selfcorrect.critics import Critic
 from icalign.selfcorrect.loop import sweep, transformer_learner
-from icalign.training import Objective, fit, runs_from_keys
+from icalign.training import Objective, fit, load_finished, runs_from_keys
 
 __all__ = ["concept_config", "concept_tokens", "concept_predict", "concept_learner", "concept_loss",
            "ConceptObjective", "train_concept", "hidden_states", "Probe", "fit_probe", "probe_logit",
@@ -127,7 +127,8 @@ def train_concept(key, task: ConceptTask, cfg, steps: int = 600, batch: int = 32
                   run_dir: Optional[Path] = None, force: bool = False):
     """Train ``icalign.model`` on the concept mixture through the one training loop (Adam,
     fresh contexts every step; init and data keys split from ``key``). ``run_dir`` makes the
-    run resumable. Returns (params, losses (steps,))."""
+    run resumable, and a finished run there is loaded (``force``: retrained). Returns
+    (params, losses (steps,))."""
     steps = check_int("steps", steps, minimum=1)
     batch = check_int("batch", batch, minimum=1)
     chunk = check_int("chunk", chunk, minimum=1)
@@ -140,11 +141,11 @@ def train_concept(key, task: ConceptTask, cfg, steps: int = 600, batch: int = 32
     k_init, k_data = jax.random.split(key)
     runs_R = runs_from_keys(k_init[None], k_data[None], lr)
     objective = ConceptObjective(task, cfg, batch, ranking, float(beta))
-    out = fit(objective, runs_R, [{"lr": lr}], steps=steps, chunk=chunk, checkpoint_every=chunk, run_dir=run_dir,
-              force=force,
-              progress=progress, desc="train concept model",
-              meta={"objective": "concept", "task": task.to_dict(), "config": cfg.to_dict(), "batch": batch,
-                    "ranking": ranking, "beta": float(beta)})
+    meta = {"objective": "concept", "task": task.to_dict(), "config": cfg.to_dict(), "batch": batch,
+            "ranking": ranking, "beta": float(beta)}
+    out = None if force else load_finished(objective, runs_R, [{"lr": lr}], steps=steps, run_dir=run_dir, meta=meta)
+    out = out or fit(objective, runs_R, [{"lr": lr}], steps=steps, chunk=chunk, checkpoint_every=chunk,
+                     run_dir=run_dir, force=force, progress=progress, desc="train concept model", meta=meta)
     return jax.tree_util.tree_map(lambda a: a[0], out.state.params), out.losses[0]
 
 

@@ -9,10 +9,11 @@ from icalign.training.ica import (ICAObjective, TrainResult, batch_for_step, con
 from icalign.training.checkpoint import CheckpointError
 from icalign.training.group import groups, train_group
 from icalign.training.loop import (LoopResult, NonFiniteLossError, Objective, RunExistsError, RunIdentityError,
-                                   TrainState, fit, init_states, run_chunk, run_identity, states_from)
+                                   TrainState, fit, init_states, load_finished, run_chunk, run_identity,
+                                   states_from)
 
 __all__ = ["TrainConfig", "RunSpec", "make_runs", "runs_from_keys", "select_run", "ICAObjective", "TrainResult",
            "loss_fn", "batch_for_step", "train", "train_or_load", "load_run", "run_dir_for", "training_bytes", "Objective",
            "TrainState", "LoopResult", "RunExistsError", "RunIdentityError", "NonFiniteLossError", "CheckpointError", "fit",
            "init_states", "states_from", "run_chunk", "run_identity", "groups", "train_group"]
-__all__ += ["check_objective", "loss_trend", "context_objective"]
+__all__ += ["check_objective", "loss_trend", "context_objective", "load_finished"]

@@ -25,9 +25,7 @@ from icalign.core.validate import available_memory
 from icalign.model import gates as G
 from icalign.training.config import TrainConfig, make_runs, run_settings, select_run
 from icalign.training.ica import ICAObjective, TrainResult, _check_configs, identity_parts, training_bytes
-from icalign.training import checkpoint as ck
-from icalign.training.checkpoint import finished_run
-from icalign.training.loop import fit, run_identity, states_from
+from icalign.training.loop import fit, load_finished, run_identity
 
 __all__ = ["groups", "train_group", "max_runs_per_program", "prepare"]
 
@@ -96,11 +94,10 @@ def _train_chunk(sup, rows, train_cfg, run_root, force, progress):
     if run_root is not None:
         run_dir = Path(run_root) / f"group-{M.config_hash(sup, *parts, described, run_identity(len(rows)))}"
     meta = {"super_config": sup.to_dict(), "train_config": train_cfg.to_dict(), "grouped": True}
-    want = {**meta, "runs": described, "identity": run_identity(len(rows))}
-    if run_dir is not None and not force and finished_run(run_dir, want, train_cfg.steps):
-        # load it instead of training again (an unfinished or damaged one is resumed by fit)
-        step, state, losses = ck.load_checkpoint(run_dir, states_from(initial, runs_R, objective), train_cfg.steps)
-        return state.params, losses, run_dir
+    done = None if force else load_finished(objective, runs_R, described, steps=train_cfg.steps, run_dir=run_dir,
+                                            meta=meta, initial=initial)
+    if done is not None:  # loaded instead of trained again (an unfinished or damaged one is resumed by fit)
+        return done.state.params, done.losses, run_dir
     res = fit(objective, runs_R, described, steps=train_cfg.steps,
               chunk=train_cfg.chunk, checkpoint_every=train_cfg.checkpoint_every, run_dir=run_dir, force=force,
               meta=meta, progress=progress, desc=f"group of {len({v for v, _ in rows})} archs", initial=initial)

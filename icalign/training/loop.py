@@ -42,7 +42,7 @@ from icalign.training import checkpoint as ck
 from icalign.training.checkpoint import RunIdentityError, check_same_run
 from icalign.training.config import RunSpec
 
-__all__ = ["Objective", "TrainState", "LoopResult", "RunExistsError", "RunIdentityError", "NonFiniteLossError",
+__all__ = ["Objective", "TrainState", "LoopResult", "RunExistsError", "RunIdentityError", "NonFiniteLossError", "load_finished",
            "fit", "init_states", "states_from", "run_chunk", "run_identity"]
 
 
@@ -240,6 +240,21 @@ def fit(objective: Objective, runs_R: RunSpec, runs: list, *, steps: int, chunk:
                     meta, progress, desc, callback)
     finally:
         io.release(run_dir)
+
+
+def load_finished(objective: Objective, runs_R: RunSpec, runs: list, *, steps: int, run_dir: Optional[Path],
+                  meta: Optional[dict] = None, shard: bool = True, initial=None) -> Optional[LoopResult]:
+    """The finished run of these settings in ``run_dir`` (the arguments :func:`fit` would
+    get), loaded instead of trained again; None when there is none or it is unfinished (then
+    :func:`fit` resumes it). A folder of other settings or another identity is refused."""
+    if run_dir is None:
+        return None
+    want = {**(meta or {}), "runs": runs, "identity": run_identity(len(runs), shard)}
+    if not ck.finished_run(Path(run_dir), want, steps):
+        return None
+    template = init_states(runs_R, objective) if initial is None else states_from(initial, runs_R, objective)
+    _, state, losses = ck.load_checkpoint(Path(run_dir), template, steps)
+    return LoopResult(state=state, losses=losses, run_dir=Path(run_dir))
 
 
 def _fit(objective, runs_R, runs, state, start, losses, mesh, steps, chunk, checkpoint_every, run_dir, meta, progress,
