@@ -226,16 +226,17 @@ def health_note(arms: Sequence[dict]) -> str:
     """The training-health labels that do not withhold a verdict (under-converged, unknown,
     an old file's "trained"), as one phrase ("" when every model converged); the reasons are
     in each result's health table."""
-    return "; ".join(f"{a['label']}: {a['health']['status']}" for a in arms if a.get("health")
-                     and not _failed(a["health"]) and a["health"]["status"] != "converged")
+    notes = [f"{a['label']}: {a['health']['status']}" for a in arms if a.get("health")
+             and not _failed(a["health"]) and a["health"]["status"] != "converged"]
+    return "; ".join(dict.fromkeys(notes))  # a learner on both sides (two noise levels) once
 
 
 def verdict(eff: dict, arms: Sequence[dict] = ()) -> tuple[str, str]:
     """(verdict, reason) of a claim with effect ``eff`` whose trained models are ``arms``."""
     sick = [a for a in arms if _failed(a.get("health"))]
     if sick:
-        return "not trained", "; ".join(f"{a['label']} failed its training-health gate ({a['health']['reason']})"
-                                        for a in sick)
+        return "not trained", "; ".join(dict.fromkeys(  # the first reason; the rest are in its health table
+            f"{a['label']} failed its training-health gate ({a['health']['reason'].split('; ')[0]})" for a in sick))
     lo, hi = eff["low"], eff["high"]
     if not np.isfinite([lo, hi]).all():
         return "not resolved", "no interval (fewer than two units)"
