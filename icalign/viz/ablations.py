@@ -1,7 +1,7 @@
 """The ablation sweep drawn from its result dict alone: figures and markdown.
 
-Bands and whiskers are 95% Student-t intervals over seeds; differences are paired by seed
-(icalign.analysis.claims). Variants whose training-health gate says "failed" are drawn hollow
+Bands are 95% Student-t intervals over seeds; a paired difference's whisker is the claim
+engine's interval (icalign.analysis.claims). Variants whose training-health gate says "failed" are drawn hollow
 and labelled "not trained": they are no evidence about the architecture.
 """
 
@@ -12,8 +12,8 @@ import numpy as np
 from icalign.analysis import claims as CL
 from icalign.analysis import sweep_claims as report  # the claims and health it shows
 from icalign.viz.md import ci, health_note, label, machine, num, table
-from icalign.viz.style import (NMSE_LABEL, T_LABEL, band, band_note, clip_ylim, colormap, effects, integer_ticks,
-                               new_figure)
+from icalign.viz.style import (NMSE_LABEL, PAIRED_NOTE, T_LABEL, band, band_note, clip_ylim, colormap, effects,
+                               integer_ticks, new_figure)
 from icalign.viz.sweeps import size_title
 
 __all__ = ["ablation_panels", "ablation_bars", "markdown", "verdict"]
@@ -123,7 +123,7 @@ def ablation_bars(res: dict):
     finite = [x for e in effs for x in (e["effect"],) if np.isfinite(x)]
     if finite:
         dax.set_xlim(max(-2.0, min(finite) - 0.25), min(2.0, max(finite) + 0.25))
-    dax.set_xlabel(f"variant - base, paired by seed ({band_note('seeds', len(seeds))})", fontsize=8)
+    dax.set_xlabel("variant - base: " + PAIRED_NOTE.replace(" (each", "\n(each"), fontsize=7)
     for a in (ax, dax):
         a.grid(axis="x", alpha=0.3)
     fig.suptitle(f"Ablations at the largest t. Right: > 0 means worse than the factor's base; whiskers cut at the "

@@ -13,7 +13,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-__all__ = ["NotebookFigure", "NMSE_LABEL", "T_LABEL", "RANDOM_LABEL", "NMSE_RANGE", "new_figure", "colormap", "floats",
+__all__ = ["NotebookFigure", "NMSE_LABEL", "PAIRED_NOTE",
+           "T_LABEL", "RANDOM_LABEL", "NMSE_RANGE", "new_figure", "colormap", "floats",
            "band", "band_note", "integer_ticks", "random_direction_line", "hardware_note", "clip_ylim", "effects"]
 
 NMSE_LABEL = "normalised MSE  1 - cos(y_hat, y*)"
@@ -85,6 +86,11 @@ def band_note(unit: str, n=None) -> str:
     """What a shaded band or whisker is, for a legend or caption: every band of the project
     is a 95% Student-t interval, over seeds (trained models) or contexts (GD learners)."""
     return f"95% interval over {'' if n is None else f'{n} '}{unit}"
+
+
+#: What a paired difference's whisker is: the claim engine's interval (icalign.analysis.claims).
+PAIRED_NOTE = ("paired 95% interval of the claims (each seed on its own block of the contexts: about new seeds and new "
+               "contexts, where every seed's per-context values are stored)")
 
 
 def clip_ylim(ax, values, lo: float = NMSE_RANGE[0], hi: float = NMSE_RANGE[1], pad: float = 0.08) -> None:

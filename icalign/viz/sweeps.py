@@ -12,7 +12,7 @@ from __future__ import annotations
 from icalign.analysis import claims as CL
 from icalign.analysis import sweep_claims as report  # the claims and health it shows
 from icalign.viz.md import brief, find, health_note, label, loaded, machine, num, table
-from icalign.viz.style import (NMSE_LABEL, T_LABEL, band, band_note, clip_ylim, colormap, effects, floats,
+from icalign.viz.style import (NMSE_LABEL, PAIRED_NOTE, T_LABEL, band, band_note, clip_ylim, colormap, effects, floats,
                                integer_ticks, new_figure)
 
 __all__ = ["noise_curves", "noise_summary", "size_title", "markdown", "verdict"]
@@ -126,8 +126,9 @@ def noise_summary(res: dict):
     handles, labels = axes[0][0].get_legend_handles_labels()
     h2, l2 = axes[1][0].get_legend_handles_labels()
     fig.legend(handles + h2, labels + l2, loc="lower center", ncol=3, fontsize=8, frameon=False)
-    fig.suptitle(f"Error at the largest t against the corruption level. Bands and whiskers: {band_note('seeds')} "
-                 f"(transformers), over contexts (GD)\n{size_title(res)}", fontsize=9)
+    fig.suptitle(f"Error at the largest t against the corruption level. Top bands: {band_note('seeds')} "
+                 f"(transformers), over contexts (GD). Bottom whiskers: the\n{PAIRED_NOTE}\n{size_title(res)}",
+                 fontsize=9)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     return fig
 
