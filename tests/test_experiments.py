@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 from tiny_configs import MODULES, TINY_CONFIGS
 
@@ -50,6 +51,18 @@ def test_every_experiment_runs_in_memory_and_writes_nothing(name, tmp_path, monk
         assert all(c["verdict"] != "not trained" for c in gd_only) and (gd_only or name == "ablations")
     if name == "tf-vs-gd":
         assert res["comparison"]["t"] == [1, 2, 3] and "sensitivity" in res["comparison"]
+        # every seed on every context is stored (seeds x contexts x t), the GD learners per context
+        assert res["seeds"] == [0, 1] and len(kept[0].runs) == 2
+        tf = res["nmse"]["transformer"]
+        assert (tf["unit"], tf["n"]) == ("seeds", 2) and np.shape(tf["per_seed"]) == (2, 3)
+        assert all((res["nmse"][k]["unit"], len(res["nmse"][k]["last"])) == ("contexts", 8) for k in ("adam", "gd"))
+        # the first seed's comparison is the first row of the stored per-seed errors
+        np.testing.assert_allclose(tf["per_seed"][0], res["comparison"]["nmse"]["transformer"]["mean"], atol=1e-5)
+        assert [c["claim"] for c in res["claims"]] == ["the transformer beats GD (adam)", "the transformer beats plain GD"]
+        assert all(c["verdict"] == "not trained" for c in res["claims"])  # 4 steps: no evidence
+        assert res["health"]["status"] in ("not trained", "failed") and res["health"]["reason"]  # old, new gate
+        assert set(res["reference"]) == {"mean of candidates", "best shown candidate"}
+        assert all(len(v["replace"]["0.0"]) == 3 for v in res["reference"].values())
     if name == "mechanism":
         assert res["shared"]["t"] == [1, 2, 3, 4] and res["triplet"]["weights"] and res["claims"]
         assert set(res["figures"]) == {"distances", "layers", "probes", "invariance", "triplets"}
