@@ -19,10 +19,13 @@ from icalign.experiments import ablations, gd_baseline, tf_vs_gd, verify
 
 def test_set_round_trip_changes_the_model(tmp_path, capsys, monkeypatch):
     out = tmp_path / "results"
+    # the sizes of tiny_configs' tf-vs-gd (batch, contexts, seeds; the step count and learning rate
+    # are not compiled): the softmax run's programs are those test_experiments.py compiles, shared
+    # through the persistent compilation cache (tests/conftest.py)
     base = ["run", "tf-vs-gd", "--out", str(out), "--no-progress", "--set", "model.n_layers=1",
-            "--set", "model.d_model=8", "--set", "model.n=4", "--set", "train.steps=2", "--set", "train.batch=4",
-            "--set", "train.chunk=2", "--set", "train.checkpoint_every=2", "--set", "eval.contexts=4",
-            "--set", "eval.sensitivity_contexts=0", "--run-root", str(tmp_path / "runs")]
+            "--set", "model.d_model=8", "--set", "model.n=4", "--set", "train.steps=2", "--set", "train.batch=8",
+            "--set", "train.chunk=2", "--set", "train.checkpoint_every=2", "--set", "eval.contexts=8",
+            "--set", "eval.sensitivity_contexts=0", "--set", "seeds=2", "--run-root", str(tmp_path / "runs")]
     checks = []  # the memory preflight runs once per command: in resolve, not again in the runner
     for mod in (cli, icalign.experiment):
         monkeypatch.setattr(mod, "preflight", lambda cfg, real=mod.preflight: checks.append(cfg) or real(cfg))
