@@ -70,6 +70,8 @@ def test_every_experiment_runs_in_memory_and_writes_nothing(name, tmp_path, monk
         assert {p: res[p]["health"]["status"] for p in ("float32", "bfloat16")} == {"float32": "not trained",
                                                                                     "bfloat16": "not trained"}
         assert [c["verdict"] for c in res["claims"]] == ["not trained"] * 2
+        cfg = TINY_CONFIGS[name]  # the margins are the config's, fixed before the data
+        assert [c["margin"] for c in res["claims"]] == [cfg.loss_margin, cfg.nmse_margin]
         assert res["float32"]["final_nmse"] != res["bfloat16"]["final_nmse"]  # the precision changed the model
     if name != "verify":
         assert res.get("figures"), "figures are returned in memory"
@@ -110,3 +112,15 @@ def test_ablations_resume_after_a_kill(tmp_path, monkeypatch):
     assert not list(out.glob(".ablations.*.partial.json"))
     for name in ("ablations.md", "ablations.png", "ablations.pdf", "ablations_bars.png"):
         assert (out / name).stat().st_size > 0
+
+
+def test_precision_margins_are_fixed_in_the_config_and_validated():
+    """The agreement claims' margins are config fields fixed before the data (with their reason
+    in the source), not the seed spread of the run they judge; a margin must be a number > 0."""
+    from icalign.experiments import precision
+
+    assert (precision.QUICK.loss_margin, precision.QUICK.nmse_margin) == (0.05, 0.02)
+    for field in ("loss_margin", "nmse_margin"):
+        for bad in (0.0, -0.1, float("nan")):
+            with pytest.raises(ValueError, match=f"{field} must be a finite number > 0"):
+                dataclasses.replace(precision.QUICK, **{field: bad})

@@ -128,7 +128,10 @@ def markdown(res: dict) -> str:
 
     cmp, ts = res["comparison"], res["comparison"]["t"]
     m, tr = res["model_config"], res["train_config"]
-    rows = [[_LABELS[k]] + [num(cmp["nmse"][k]["mean"][ts.index(t)]) for t in _TS if t in ts] for k in _LABELS]
+    seeds = res.get("seeds", [])
+    first = {"transformer": f"transformer (seed {seeds[0]}, the first of {len(seeds)})"} if len(seeds) > 1 else {}
+    rows = [[first.get(k, _LABELS[k])] + [num(cmp["nmse"][k]["mean"][ts.index(t)]) for t in _TS if t in ts]
+            for k in _LABELS]
     rows += _reference_rows(res, [t for t in _TS if t in ts])
     # a result with claims stored its gate from every seed's errors; an older one is judged
     # again by the current gate from what it stored
