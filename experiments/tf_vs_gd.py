@@ -1,7 +1,10 @@
-"""`icalign run tf-vs-gd`: a trained transformer against GD learners on the same contexts
-(docs/theory.md section 4): normalised MSE per number of in-context examples t, prediction
-differences and input sensitivities. Wiring only: train (icalign.training), compare
-(icalign.analysis.compare), publish (icalign.experiment), draw (icalign.viz.tf)."""
+"""`icalign run tf-vs-gd`: trained transformers (``seeds`` of them, one vmapped program) against
+GD learners on the same contexts (docs/theory.md section 4): normalised MSE per number of
+in-context examples t of every seed on every context, the claims "the transformer beats GD",
+its training health and the trivial predictors' errors; prediction differences and input
+sensitivities of the first seed. Wiring only: train (icalign.training), compare
+(icalign.analysis.compare), claims and health (icalign.analysis), publish
+(icalign.experiment), draw and print (icalign.viz.tf)."""
 
 from __future__ import annotations
 
@@ -10,13 +13,16 @@ import time
 
 from icalign import model as M
 from icalign import training as T
+from icalign.analysis import claims, health
 from icalign.analysis.compare import compare
-from icalign.analysis.health import WINDOW, variant_gate
+from icalign.analysis.evaluate import transformer_curves
 from icalign.core import keys
+from icalign.core.stats import summarise
 from icalign.core.tasks import sample_contexts
+from icalign.core.validate import check_int
 from icalign.experiment import EvalConfig, check_seed, config_record, publish, result_path, runner, train_or_load
 from icalign.io import hardware
-from icalign.viz.tf import tf_vs_gd
+from icalign.viz.tf import summary, tf_vs_gd
 
 NAME = "tf-vs-gd"
 DESCRIPTION = "trained transformer vs GD learners: normalised MSE per number of in-context examples"
@@ -27,10 +33,12 @@ class Config:
     model: M.ModelConfig = M.BASE
     train: T.TrainConfig = T.TrainConfig()
     eval: EvalConfig = EvalConfig(contexts=256, sensitivity_contexts=32)
-    seed: int = 0
+    seed: int = 0  # the first seed: seed 0 trains and is evaluated as it did when one seed was trained
+    seeds: int = 5  # trained models seed, seed + 1, ...: the unit of replication of the claims
 
     def __post_init__(self):
         check_seed(self.seed)
+        check_seed(self.seed + check_int("seeds", self.seeds, minimum=1) - 1)  # the last seed fits a PRNGKey too
 
 
 # quick: a smaller model, batch and step count for a 2-core CPU, a higher learning rate, and
@@ -51,38 +59,48 @@ def figures(res: dict) -> dict:
 def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = True, run_root=None) -> dict:
     path = result_path(out, "tf_vs_gd", force)
     t0 = time.perf_counter()
-    trained = train_or_load(cfg.model, cfg.train, seeds=(cfg.seed,), run_root=run_root, progress=progress)
+    seeds = tuple(range(cfg.seed, cfg.seed + cfg.seeds))
+    trained = train_or_load(cfg.model, cfg.train, seeds=seeds, run_root=run_root, progress=progress)
     t_train = time.perf_counter() - t0
-    trend = T.loss_trend(trained.losses)  # a short factual note; the health gates are icalign.analysis.health
+    trend = T.loss_trend(trained.losses)  # a short factual note; the health gate is icalign.analysis.health
     if trend["warning"]:
         print(f"[{NAME}] warning: {trend['warning']}")
     k_ctx, k_gd = keys.eval_keys(cfg.seed, 2)
     ctx = sample_contexts(k_ctx, cfg.eval.contexts, cfg.model.d, cfg.model.n, cfg.train.queries,
                           cfg.train.query_corr)
     t1 = time.perf_counter()
+    # the figure's comparison (differences, sensitivities) is the first seed's
     cmp = compare(trained.params_of(0), cfg.model, ctx, k_gd, gd_steps=cfg.eval.gd_steps, loss=cfg.train.loss,
                   n_sensitivity=cfg.eval.sensitivity_contexts, progress=progress)
+    # every seed on every context (clean rewards): what the claims are about
+    tf_RxBxT = transformer_curves(trained.params, cfg.model, ctx, ctx.r_true[:, None, :]).nmse[:, 0]
+    gate = health.run_gate(trained, ctx)
     t_eval = time.perf_counter() - t1
+    nmse = {"transformer": summarise(tf_RxBxT, "seeds", keep=True) if len(seeds) > 1
+            else summarise(tf_RxBxT[0], "contexts", keep=True)}  # one seed: the interval is over contexts only
+    nmse.update({k: summarise(cmp["nmse"][k]["per_context"], "contexts", keep=True) for k in ("adam", "gd")})
+    arms = {k: claims.arm(label, nmse[k], n_contexts=cfg.eval.contexts, health=gate if k == "transformer" else None)
+            for k, label in (("transformer", "transformer"), ("adam", "GD (adam)"), ("gd", "plain GD"))}
+    t_last = int(cmp["t"][-1])
+    claim_list = [claims.claim("the transformer beats GD (adam)", arms["adam"], arms["transformer"], t=t_last),
+                  claims.claim("the transformer beats plain GD", arms["gd"], arms["transformer"], t=t_last)]
     cmp["nmse"] = {k: {kk: vv for kk, vv in v.items() if kk != "per_context"} for k, v in cmp["nmse"].items()}
     res = {
         "experiment": NAME, "name": None if out is None else out.name, **config_record(cfg),
         "model_config": cfg.model.to_dict(), "train_config": cfg.train.to_dict(), "seed": cfg.seed,
-        "n_params": M.param_count(trained.params_of(0)),
+        "seeds": list(seeds), "n_params": M.param_count(trained.params_of(0)),
         # the run folder's name (its settings' hash) under the run root: no machine's paths
         "run_folder": None if trained.run_dir is None else trained.run_dir.name,
-        "first_train_loss": trained.losses[:, :WINDOW].mean(1), "final_train_loss": trained.losses[:, -WINDOW:].mean(1),
-        "training_health": trend,
+        "first_train_loss": trained.losses[:, :health.WINDOW].mean(1),
+        "final_train_loss": trained.losses[:, -health.WINDOW:].mean(1), "training_health": trend,
         "train_loaded": trained.loaded,  # True: training time is a load, not a training run
         "seconds": {"train": t_train, "evaluate": t_eval, "total": time.perf_counter() - t0},
-        "hardware": hardware(), "comparison": cmp,
+        "hardware": hardware(), "comparison": cmp, "nmse": nmse, "claims": claim_list,
+        # the training-health verdict, stored beside the numbers it judges (as every experiment's is)
+        "health": gate,
+        # the trivial predictors on the same contexts and rewards: what "learned nothing" scores
+        "reference": health.reference_nmse(ctx, ctx.r_true[:, None, :], [("replace", 0.0)]),
     }
-    # the training-health verdict, stored beside the numbers it judges (as every experiment's is)
-    res["health"] = variant_gate(res["final_train_loss"], res["train_config"], res["model_config"],
-                                 nmse_mean=cmp["nmse"]["transformer"]["mean"])
     res = publish(path, res, figures=figures)
-    ts, nm = list(cmp["t"]), res["comparison"]["nmse"]
-    for t in (1, 2, 5, 10, 15):
-        if t in ts:
-            i = ts.index(t)
-            print(f"  t={t:2d}  normalised MSE  " + "  ".join(f"{k}={float(v['mean'][i]):.3f}" for k, v in nm.items()))
+    print(summary(res))
     return res

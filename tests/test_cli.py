@@ -19,17 +19,25 @@ from icalign.experiments import ablations, gd_baseline, tf_vs_gd, verify
 
 def test_set_round_trip_changes_the_model(tmp_path, capsys, monkeypatch):
     out = tmp_path / "results"
+    # the sizes of tiny_configs' tf-vs-gd (batch, contexts, seeds; the step count and learning rate
+    # are not compiled): the softmax run's programs are those test_experiments.py compiles, shared
+    # through the persistent compilation cache (tests/conftest.py)
     base = ["run", "tf-vs-gd", "--out", str(out), "--no-progress", "--set", "model.n_layers=1",
-            "--set", "model.d_model=8", "--set", "model.n=4", "--set", "train.steps=2", "--set", "train.batch=4",
-            "--set", "train.chunk=2", "--set", "train.checkpoint_every=2", "--set", "eval.contexts=4",
-            "--set", "eval.sensitivity_contexts=0", "--run-root", str(tmp_path / "runs")]
+            "--set", "model.d_model=8", "--set", "model.n=4", "--set", "train.steps=2", "--set", "train.batch=8",
+            "--set", "train.chunk=2", "--set", "train.checkpoint_every=2", "--set", "eval.contexts=8",
+            "--set", "eval.sensitivity_contexts=0", "--set", "seeds=2", "--run-root", str(tmp_path / "runs")]
     checks = []  # the memory preflight runs once per command: in resolve, not again in the runner
     for mod in (cli, icalign.experiment):
         monkeypatch.setattr(mod, "preflight", lambda cfg, real=mod.preflight: checks.append(cfg) or real(cfg))
     assert cli.main(base + ["--set", "model.attention=linear"]) == 0
     assert len(checks) == 1
     # with --no-progress too, the run ends naming its trained model and the line that loads it
-    last = capsys.readouterr().out.strip().splitlines()[-1]
+    printed = capsys.readouterr().out.strip().splitlines()
+    # the health verdict and both trivial predictors' errors are printed beside the learners'
+    health = [line for line in printed if line.startswith("[tf-vs-gd] training health: ")]
+    assert len(health) == 1 and "(" in health[0]  # 2 steps: not trained, with the reason
+    assert any("mean of candidates (reference)=" in x and "best shown candidate (reference)=" in x for x in printed)
+    last = printed[-1]
     assert last.startswith("[tf-vs-gd] trained model: ") and "icalign.train.load_run(" in last
     folder = last.split("icalign.train.load_run(")[1].rstrip(")").strip("'")
     assert T.load_run(folder).model_config.attention == "linear"
@@ -107,6 +115,7 @@ def test_help_describes_every_command_and_every_key(capsys):
     ("eval.contexts=0", "EvalConfig.contexts must be >= 2"),
     ("model.ffn=maybe", "expected true or false"),
     ("seed=-1", "seed must be >= 0"),
+    ("seeds=0", "seeds must be >= 1"),
 ])
 def test_bad_overrides_are_one_line_errors_naming_the_key(flag, match):
     with pytest.raises(ValueError, match=match):

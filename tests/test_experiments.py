@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 from tiny_configs import MODULES, TINY_CONFIGS
 
@@ -50,6 +51,18 @@ def test_every_experiment_runs_in_memory_and_writes_nothing(name, tmp_path, monk
         assert all(c["verdict"] != "not trained" for c in gd_only) and (gd_only or name == "ablations")
     if name == "tf-vs-gd":
         assert res["comparison"]["t"] == [1, 2, 3] and "sensitivity" in res["comparison"]
+        # every seed on every context is stored (seeds x contexts x t), the GD learners per context
+        assert res["seeds"] == [0, 1] and len(kept[0].runs) == 2
+        tf = res["nmse"]["transformer"]
+        assert (tf["unit"], tf["n"]) == ("seeds", 2) and np.shape(tf["per_seed"]) == (2, 3)
+        assert all((res["nmse"][k]["unit"], len(res["nmse"][k]["last"])) == ("contexts", 8) for k in ("adam", "gd"))
+        # the first seed's comparison is the first row of the stored per-seed errors
+        np.testing.assert_allclose(tf["per_seed"][0], res["comparison"]["nmse"]["transformer"]["mean"], atol=1e-5)
+        assert [c["claim"] for c in res["claims"]] == ["the transformer beats GD (adam)", "the transformer beats plain GD"]
+        assert all(c["verdict"] == "not trained" for c in res["claims"])  # 4 steps: no evidence
+        assert res["health"]["status"] in ("not trained", "failed") and res["health"]["reason"]  # old, new gate
+        assert set(res["reference"]) == {"mean of candidates", "best shown candidate"}
+        assert all(len(v["replace"]["0.0"]) == 3 for v in res["reference"].values())
     if name == "mechanism":
         assert res["shared"]["t"] == [1, 2, 3, 4] and res["triplet"]["weights"] and res["claims"]
         for study in ("shared", "triplet"):  # the halves, the fitting half's choices, each model's health
@@ -62,6 +75,8 @@ def test_every_experiment_runs_in_memory_and_writes_nothing(name, tmp_path, monk
         # failed by the gate, or unknown where the study gives the gate no model (health.variant_gate)
         assert all(res[p]["health"]["status"] in ("failed", "unknown") for p in ("float32", "bfloat16"))
         assert [c["verdict"] for c in res["claims"]] == ["not trained"] * 2
+        cfg = TINY_CONFIGS[name]  # the margins are the config's, fixed before the data
+        assert [c["margin"] for c in res["claims"]] == [cfg.loss_margin, cfg.nmse_margin]
         assert res["float32"]["final_nmse"] != res["bfloat16"]["final_nmse"]  # the precision changed the model
     if name != "verify":
         assert res.get("figures"), "figures are returned in memory"
@@ -102,3 +117,15 @@ def test_ablations_resume_after_a_kill(tmp_path, monkeypatch):
     assert not list(out.glob(".ablations.*.partial.json"))
     for name in ("ablations.md", "ablations.png", "ablations.pdf", "ablations_bars.png"):
         assert (out / name).stat().st_size > 0
+
+
+def test_precision_margins_are_fixed_in_the_config_and_validated():
+    """The agreement claims' margins are config fields fixed before the data (with their reason
+    in the source), not the seed spread of the run they judge; a margin must be a number > 0."""
+    from icalign.experiments import precision
+
+    assert (precision.QUICK.loss_margin, precision.QUICK.nmse_margin) == (0.05, 0.02)
+    for field in ("loss_margin", "nmse_margin"):
+        for bad in (0.0, -0.1, float("nan")):
+            with pytest.raises(ValueError, match=f"{field} must be a finite number > 0"):
+                dataclasses.replace(precision.QUICK, **{field: bad})

@@ -195,7 +195,10 @@ EIGHT_DEVICES = textwrap.dedent(r"""
 
 
 def test_eight_cpu_devices_match_one():
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8",
+    # the suite's XLA flags (tests/conftest.py: the cheapest LLVM level, a third less compile time)
+    # kept, the device count added
+    flags = " ".join(filter(None, [os.environ.get("XLA_FLAGS"), "--xla_force_host_platform_device_count=8"]))
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags,
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     proc = subprocess.run([sys.executable, "-c", EIGHT_DEVICES], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=600)

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # as printed, and checked below
 TINY = ["model.d_model=8", "model.n=4", "train.steps=2", "train.batch=4", "train.chunk=2", "train.checkpoint_every=2",
         "eval.contexts=4", "eval.gd_steps=2"]
-TINY_BY_EXPERIMENT = {"tf-vs-gd": TINY + ["eval.sensitivity_contexts=0"]}
+TINY_BY_EXPERIMENT = {"tf-vs-gd": TINY + ["eval.sensitivity_contexts=0", "seeds=2"]}
 
 
 def tour() -> list[tuple[str, str]]:
@@ -109,9 +109,9 @@ def test_compare_two_variants_resolves_to_the_factor_the_experiment_tests_run(wa
 
 def test_load_run_gives_back_the_cli_variant(walked):
     out, _ = walked
-    run = out[4]["run"]
+    run, res = out[4]["run"], out[4]["res"]
     assert (run.model_config.n_layers, run.model_config.attention) == (3, "linear")
-    assert run.finished and run.losses.shape == (1, run.train_config.steps)
+    assert run.finished and run.losses.shape == (len(res["seeds"]), run.train_config.steps) == (2, 2)
 
 
 def test_tutorial_command_is_the_file_test_tutorial_runs(walked):

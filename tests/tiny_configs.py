@@ -15,7 +15,8 @@ TINY = M.ModelConfig(n_layers=1, n_heads=2, d_model=8, token_layout="stacked", n
 TINY_TRAIN = T.TrainConfig(lr=3e-3, batch=8, steps=4, chunk=2, checkpoint_every=2)
 TINY_CONFIGS = {
     "gd-baseline": gd_baseline.Config(eval=EvalConfig(contexts=8), t_max=4),
-    "tf-vs-gd": tf_vs_gd.Config(model=TINY, train=TINY_TRAIN, eval=EvalConfig(contexts=8, sensitivity_contexts=2)),
+    "tf-vs-gd": tf_vs_gd.Config(model=TINY, train=TINY_TRAIN, eval=EvalConfig(contexts=8, sensitivity_contexts=2),
+                                seeds=2),
     "reward-noise": reward_noise.Config(model=TINY, train=TINY_TRAIN, eval=EvalConfig(contexts=8), seeds=2,
                                         train_levels=(0.0, 0.5)),
     "ablations": ablations.Config(model=TINY, train=TINY_TRAIN, eval=EvalConfig(contexts=8), factors=("ffn",),

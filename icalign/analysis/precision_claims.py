@@ -1,10 +1,9 @@
 """Verdicts of the precision experiment: bfloat16 against float32 matmuls, two agreement claims
 of the claim engine (:func:`icalign.analysis.claims.agreement`), paired by seed: the final
-training loss and the final held-out error agree within the float32 seed spread."""
+training loss and the final held-out error agree within equivalence margins fixed in the
+config before the data (``loss_margin``, ``nmse_margin``, with their reason beside them)."""
 
 from __future__ import annotations
-
-import numpy as np
 
 from icalign.analysis import claims as CL
 
@@ -12,14 +11,14 @@ __all__ = ["claims"]
 
 
 def claims(res: dict) -> list[dict]:
-    """Agreement claims, bfloat16 against float32, paired by seed; margin: the float32 seed sd."""
-    n_ctx = res["eval_contexts"]
-    out = []
-    for key, what in (("final_train_loss", f"training loss (mean of the last {res['window']} steps)"),
-                      ("final_nmse", "held-out normalised MSE at the largest t")):
-        a, b = (CL.sample(p, res[p][key], "seeds", n_contexts=n_ctx, health=res[p]["health"])
-                for p in ("bfloat16", "float32"))
-        margin = float(np.std(res["float32"][key], ddof=1))
-        out.append(CL.agreement(f"bfloat16 and float32 reach the same {what}", a, b, margin,
-                                margin_text="the float32 seed sd"))
-    return out
+    """Agreement claims, bfloat16 against float32, paired by seed, within the config's
+    pre-registered margins: the training loss per seed, and the held-out normalised MSE at
+    the largest t from every seed on every context (the stored summary)."""
+    n_ctx, cfg = res["eval_contexts"], res["config"]
+    loss = [CL.sample(p, res[p]["final_train_loss"], "seeds", n_contexts=n_ctx, health=res[p]["health"])
+            for p in ("bfloat16", "float32")]
+    nmse = [CL.arm(p, res[p]["nmse"], n_contexts=n_ctx, health=res[p]["health"]) for p in ("bfloat16", "float32")]
+    return [CL.agreement(f"bfloat16 and float32 reach the same training loss (mean of the last {res['window']} steps)",
+                         *loss, float(cfg["loss_margin"]), margin_text="the pre-registered loss margin"),
+            CL.agreement("bfloat16 and float32 reach the same held-out normalised MSE at the largest t",
+                         *nmse, float(cfg["nmse_margin"]), margin_text="the pre-registered error margin")]

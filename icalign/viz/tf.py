@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from icalign.analysis import claims as CL
 from icalign.viz.md import label, loaded, machine, num, table
 from icalign.viz.style import (NMSE_LABEL, RANDOM_LABEL, T_LABEL, band, band_note, clip_ylim, floats, hardware_note,
                                integer_ticks, new_figure, random_direction_line)
 
-__all__ = ["tf_vs_gd", "STYLE", "markdown", "verdict"]
+__all__ = ["tf_vs_gd", "STYLE", "markdown", "verdict", "summary", "health_line"]
 
 STYLE = {
     "transformer": dict(color="C0", marker="o", label="trained transformer"),
@@ -31,7 +32,7 @@ def _interval(stats: dict, n: int) -> dict:
 
 def tf_vs_gd(res: dict):
     """Left: normalised MSE 1 - cos(y_hat, y*) against t, 95% interval over contexts, for the
-    transformer and the GD learners. Middle: transformer minus each learner, paired per
+    transformer (its first seed, when the result trained several) and the GD learners. Middle: transformer minus each learner, paired per
     context, with its 95% interval over contexts (one trained model: the interval says
     nothing about other seeds). Right: how GD-like the transformer is: cosine between its
     predicted direction and each learner's, and between their sensitivities d u / d
@@ -54,9 +55,11 @@ def tf_vs_gd(res: dict):
     clip_ylim(ax, means + [1.0])
     ax.legend(fontsize=7)
     m, tr = res["model_config"], res["train_config"]
+    seeds = res.get("seeds", [])
+    first = f"; seed {seeds[0]}, the first of {len(seeds)}" if len(seeds) > 1 else ""
     ax.set_title(f"{res.get('name') or res.get('size') or 'in memory'}: {m['n_layers']} layers, {m['n_heads']} heads, "
-                 f"width {m['d_model']}, {m['token_layout']}; {tr['steps']} steps\nbands: {band_note('contexts', n)}",
-                 fontsize=8)
+                 f"width {m['d_model']}, {m['token_layout']}; {tr['steps']} steps{first}\n"
+                 f"bands: {band_note('contexts', n)}", fontsize=8)
 
     diffs = cmp.get("nmse_diff")
     k = 1 if t[0] == 1 else 0  # t = 1 (nothing to rank yet) would dwarf the differences that matter
@@ -125,13 +128,23 @@ def markdown(res: dict) -> str:
 
     cmp, ts = res["comparison"], res["comparison"]["t"]
     m, tr = res["model_config"], res["train_config"]
-    rows = [[_LABELS[k]] + [num(cmp["nmse"][k]["mean"][ts.index(t)]) for t in _TS if t in ts] for k in _LABELS]
-    g = health.variant_gate(health.final_train_loss(res), tr, m, nmse_mean=cmp["nmse"]["transformer"]["mean"])
+    seeds = res.get("seeds", [])
+    first = {"transformer": f"transformer (seed {seeds[0]}, the first of {len(seeds)})"} if len(seeds) > 1 else {}
+    rows = [[first.get(k, _LABELS[k])] + [num(cmp["nmse"][k]["mean"][ts.index(t)]) for t in _TS if t in ts]
+            for k in _LABELS]
+    rows += _reference_rows(res, [t for t in _TS if t in ts])
+    # a result with claims stored its gate from every seed's errors; an older one is judged
+    # again by the current gate from what it stored
+    g = res["health"] if "claims" in res else health.variant_gate(
+        health.final_train_loss(res), tr, m, nmse_mean=cmp["nmse"]["transformer"]["mean"])
     parts = [f"**{label(res)}** ({m['n_layers']} layers, {m['n_heads']} heads, width "
              f"{m['d_model']}, {m['token_layout']} tokens, batch {tr['batch']}, {tr['steps']} steps, lr {tr['lr']:g}; "
              f"{machine(res)}, {num(res['seconds']['total'], 0)} s including the evaluation{loaded(res)}), "
              "normalised MSE:\n\n" + table(["t"] + [str(t) for t in _TS if t in ts], rows),
              _diff(res) + f" Training health: **{g['status']}**" + (f" ({g['reason']})." if g["reason"] else ".")]
+    if res.get("claims"):
+        parts.append(f"Claims at t = {ts[-1]}, every one of the {len(res['seeds'])} seeds on every context "
+                     f"(the table above and the figure show the first seed):\n\n{CL.table(res['claims'])}")
     sens = cmp.get("sensitivity", {}).get("adam")
     if sens and 2 in ts and 4 in ts:
         late = [c for t, c in zip(ts, cmp["pred_diff"]["adam"]["cos"]["mean"]) if t >= 4]
@@ -140,6 +153,37 @@ def markdown(res: dict) -> str:
                      f"Adam learner's; the cosine between their sensitivities to the candidates goes from "
                      f"{num(s[ts.index(2)], 2)} at t = 2 to {num(s[-1], 2)} at t = {ts[-1]}.")
     return "\n\n".join(parts)
+
+
+def _reference_rows(res: dict, ts: list) -> list:
+    """Table rows of the trivial predictors (what a model that learned nothing scores), when stored."""
+    ref, t_all = res.get("reference"), res["comparison"]["t"]
+    if not ref:
+        return []
+    return [[p] + [num(ref[p]["replace"]["0.0"][t_all.index(t)]) for t in ts] for p in ref]
+
+
+def health_line(res: dict) -> str:
+    """``training health: <status> (<reason>)``: the stored gate's verdict on the trained models."""
+    g = res.get("health") or {"status": "unknown", "reason": "not stored in this result"}
+    return f"training health: {g['status']}" + (f" ({g['reason']})" if g.get("reason") else "")
+
+
+def summary(res: dict) -> str:
+    """What `icalign run tf-vs-gd` prints: the health line, the normalised MSE of every learner
+    (the transformer: mean over its seeds) beside both trivial predictors at t = 1, 2, 5, 10, 15,
+    and the claims."""
+    ts, nm = res["comparison"]["t"], res.get("nmse") or res["comparison"]["nmse"]
+    ref = {p: v["replace"]["0.0"] for p, v in res.get("reference", {}).items()}
+    lines = [f"[{res['experiment']}] {health_line(res)}"]
+    for t in _TS:
+        if t in ts:
+            i = ts.index(t)
+            lines.append(f"  t={t:2d}  normalised MSE  " + "  ".join(
+                [f"{k}={float(v['mean'][i]):.3f}" for k, v in nm.items()]
+                + [f"{p} (reference)={float(c[i]):.3f}" for p, c in ref.items()]))
+    lines += [f"  {CL.line(c)}" for c in res.get("claims", [])]
+    return "\n".join(lines)
 
 
 def verdict(*results: dict) -> str:
