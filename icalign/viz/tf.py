@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from icalign.analysis import claims as CL
-from icalign.viz.md import label, loaded, machine, num, table
+from icalign.viz.md import brief, find, label, loaded, machine, num, table
 from icalign.viz.style import (NMSE_LABEL, RANDOM_LABEL, T_LABEL, band, band_note, clip_ylim, floats, hardware_note,
                                integer_ticks, new_figure, random_direction_line)
 
@@ -133,10 +133,8 @@ def markdown(res: dict) -> str:
     rows = [[first.get(k, _LABELS[k])] + [num(cmp["nmse"][k]["mean"][ts.index(t)]) for t in _TS if t in ts]
             for k in _LABELS]
     rows += _reference_rows(res, [t for t in _TS if t in ts])
-    # a result with claims stored its gate from every seed's errors; an older one is judged
-    # again by the current gate from what it stored
-    g = res["health"] if "claims" in res else health.variant_gate(
-        health.final_train_loss(res), tr, m, nmse_mean=cmp["nmse"]["transformer"]["mean"])
+    # a result with claims stored the gate's verdict; an older one stored no model to measure
+    g = res["health"] if "claims" in res else health.legacy(res.get("health"))
     parts = [f"**{label(res)}** ({m['n_layers']} layers, {m['n_heads']} heads, width "
              f"{m['d_model']}, {m['token_layout']} tokens, batch {tr['batch']}, {tr['steps']} steps, lr {tr['lr']:g}; "
              f"{machine(res)}, {num(res['seconds']['total'], 0)} s including the evaluation{loaded(res)}), "
@@ -187,15 +185,22 @@ def summary(res: dict) -> str:
 
 
 def verdict(*results: dict) -> str:
-    """Two lines for the README: each result's error against Adam's at t = 15 (the table's last)."""
+    """Two lines for the README: each result's claim "the transformer beats GD (adam)" at the
+    largest t with its training health, or, for a file written before tf-vs-gd made claims,
+    its one model's error against Adam's at t = 15 (the table's last)."""
     parts = []
     for res in results:
         cmp = res["comparison"]
+        if res.get("claims"):
+            c = find(res["claims"], "GD (adam)")
+            parts.append(f"{label(res)} ({res['model_config']['n_layers']} layers) at t = {c['t']}, the transformer "
+                         f"beats GD (Adam): {brief(c)}; training health {res['health']['status']}")
+            continue
         t = 15 if 15 in cmp["t"] else cmp["t"][-1]
         i = cmp["t"].index(t)
         nm, d = cmp["nmse"], cmp.get("nmse_diff", {}).get("adam")
-        parts.append(f"{label(res)} ({res['model_config']['n_layers']} layers) at t = {t}: "
+        parts.append(f"{label(res)} ({res['model_config']['n_layers']} layers, one trained model) at t = {t}: "
                      f"{num(nm['transformer']['mean'][i])} against {num(nm['adam']['mean'][i])} for GD (Adam)"
                      + (f", transformer - Adam {num(d['mean'][i])} [{num(d['low'][i])}, {num(d['high'][i])}] paired "
-                        f"over {cmp['n_contexts']} contexts" if d else ""))
+                        f"over {cmp['n_contexts']} contexts (about new contexts, for this one model)" if d else ""))
     return "Normalised MSE of the trained transformer against GD: " + "; ".join(parts) + "."
