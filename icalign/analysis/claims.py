@@ -326,7 +326,8 @@ def table(claims: Sequence[dict]) -> str:
     rows = ["| claim | worse - better [95% interval] | units (interval about) | detectable (80%), range | verdict |",
             "|---|---|---|---|---|"]
     for c in claims:
-        v = c["verdict"] + (" (under-converged)" if "under-converged" in c.get("health", "") else "")
+        v = c["verdict"] + (" (under-converged)" if "under-converged" in c.get("health", "")
+                            and c["verdict"] != "not trained" else "")
         rows.append(f"| {c['claim']} | {_f(c['effect'])} [{_f(c['low'])}, {_f(c['high'])}] | {_units_text(c)} "
                     f"({_about(c)}) | {_mde(c)} | **{v}** |")
     return "\n".join(rows)
