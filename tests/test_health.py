@@ -141,3 +141,16 @@ def test_results_stored_before_the_gate_read_as_unknown():
     assert H.legacy(None)["status"] == "unknown" and H.variant_gate([1.0], {}, {})["status"] == "unknown"
     new = {"status": "failed", "reason": "x"}
     assert H.legacy(new) is new and H.describe(new) == "failed (x)"
+
+
+def test_an_old_file_is_unknown_unless_its_stored_errors_show_a_failure():
+    """Files stored before the gate: a seed whose error at the largest t is not below the
+    reward-blind predictor's on the task is failed (its claims are withheld); otherwise the
+    answer is unknown, and a seed mean alone never decides."""
+    blind = H.blind_error(3, 6)
+    assert 0.0 < blind < 2.0
+    cfg = {"d": 3, "n": 6}
+    good = H.variant_gate(None, {}, cfg, nmse_per_seed=[[0.5, blind - 0.1]] * 3)
+    bad = H.variant_gate(None, {}, cfg, nmse_per_seed=[[0.5, blind - 0.1], [0.5, blind + 0.2], [0.5, 0.1]])
+    assert good["status"] == "unknown" and bad["status"] == "failed" and "run 1:" in bad["reason"]
+    assert H.variant_gate(None, {}, cfg, nmse_mean=[0.5, 1.9])["status"] == "unknown"

@@ -47,7 +47,7 @@ import numpy as np
 from icalign.core import stats
 
 __all__ = ["arm", "sample", "cells", "effect", "claim", "agreement", "unresolvable", "verdict", "VERDICTS", "line",
-           "table", "short", "blocks", "health_note", "POPULATIONS"]
+           "table", "short", "blocks", "health_note", "withheld", "POPULATIONS"]
 
 VERDICTS = ("supported", "contradicted", "not resolved", "not trained")
 _UNITS = ("seeds", "contexts")
@@ -58,7 +58,7 @@ POPULATIONS = {"seeds x contexts": "new seeds and new contexts",
                "contexts": "new contexts"}
 
 
-def _failed(h: Optional[dict]) -> bool:
+def withheld(h: Optional[dict]) -> bool:
     """Withhold: the gate failed the model, or the old gate said it did not train (a file
     judged only by the old gate, read as "unknown" by ``health.legacy``): it may have failed."""
     return bool(h) and (h["status"] in ("failed", "not trained") or (h.get("old") or {}).get("status") == "not trained")
@@ -227,13 +227,13 @@ def health_note(arms: Sequence[dict]) -> str:
     an old file's "trained"), as one phrase ("" when every model converged); the reasons are
     in each result's health table."""
     notes = [f"{a['label']}: {a['health']['status']}" for a in arms if a.get("health")
-             and not _failed(a["health"]) and a["health"]["status"] != "converged"]
+             and not withheld(a["health"]) and a["health"]["status"] != "converged"]
     return "; ".join(dict.fromkeys(notes))  # a learner on both sides (two noise levels) once
 
 
 def verdict(eff: dict, arms: Sequence[dict] = ()) -> tuple[str, str]:
     """(verdict, reason) of a claim with effect ``eff`` whose trained models are ``arms``."""
-    sick = [a for a in arms if _failed(a.get("health"))]
+    sick = [a for a in arms if withheld(a.get("health"))]
     if sick:
         return "not trained", "; ".join(dict.fromkeys(  # the first reason; the rest are in its health table
             f"{a['label']} failed its training-health gate ({a['health']['reason'].split('; ')[0]})" for a in sick))

@@ -43,6 +43,7 @@ training loss) read as "unknown" (:func:`legacy`), with what the old gate said.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Sequence
 
 import jax
@@ -55,7 +56,8 @@ from icalign.core.metrics import normalised_mse
 from icalign.core.tasks import Context
 
 __all__ = ["PREDICTORS", "STATUSES", "WINDOW", "MIN_STEPS", "PLATEAU_FRACTION", "predictions", "reference_nmse",
-           "judge", "plateau", "run_gate", "runs_slice", "legacy", "stored", "variant_gate", "describe", "final_train_loss"]
+           "judge", "plateau", "run_gate", "runs_slice", "legacy", "stored", "variant_gate", "blind_error", "describe",
+           "final_train_loss"]
 
 PREDICTORS = ("mean of candidates", "best shown candidate")
 STATUSES = ("converged", "under-converged", "failed", "unknown")
@@ -64,6 +66,7 @@ MIN_STEPS = 20  #: a shorter training curve cannot show a plateau (its last quar
 PLATEAU_FRACTION = 0.05  #: the most of the whole training drop the last quarter may still hold
 LEVEL = 0.95
 _OLD = "stored before the gate measured training"
+_BLIND_SEED = 17  #: fold_in index of blind_error's contexts (an evaluation-only stream)
 
 
 def reference_nmse(ctx: Context, rewards_BxLxN, columns: Sequence[tuple[str, float]]) -> dict:
@@ -217,10 +220,30 @@ def stored(record: dict, key: str = "health") -> dict:
 
 def variant_gate(train_loss, train_config: dict, model_config: dict, level=None, nmse_per_seed=None,
                  nmse_mean=None) -> dict:
-    """The answer for a run known only by its stored training loss and errors (no training
-    curve, no parameters): "unknown". The old gate judged such runs on the noisy training loss;
-    the current one needs the model (:func:`run_gate`)."""
-    return {"status": "unknown", "reason": f"{_OLD}: no per-run training curve or parameters were stored"}
+    """The answer for a run known only by what an old file stored (no training curve, no
+    parameters): "unknown", except that a seed whose stored error at the largest t is not
+    below the reward-blind predictor's on the same task (:func:`blind_error`) is "failed": it
+    does not use what it reads. A seed mean is never judged for its seeds."""
+    unknown = {"status": "unknown", "reason": f"{_OLD}: no per-run training curve or parameters were stored"}
+    if nmse_per_seed is None or not model_config:
+        return unknown
+    last = np.asarray(nmse_per_seed, float)[:, -1]
+    blind = blind_error(int(model_config["d"]), int(model_config["n"]), train_config.get("queries", "shared"),
+                        float(train_config.get("query_corr", 0.0)))
+    bad = [f"run {i}: error at the largest t {x:.3f} is not below the reward-blind predictor's {blind:.3f}"
+           for i, x in enumerate(last) if not x < blind]
+    return {"status": "failed", "reason": f"{_OLD}; " + "; ".join(bad)} if bad else unknown
+
+
+@functools.lru_cache(maxsize=16)
+def blind_error(d: int, n: int, queries: str = "shared", query_corr: float = 0.0) -> float:
+    """The reward-blind predictor's (mean of the seen candidates) normalised MSE at the largest
+    t on 2048 fresh contexts of the task (a fixed evaluation-only key)."""
+    from icalign.core.tasks import sample_contexts
+
+    ctx = sample_contexts(jax.random.fold_in(jax.random.PRNGKey(0), _BLIND_SEED), 2048, d, n, queries, query_corr)
+    y = predictions(ctx)["mean of candidates"][:, -1]
+    return float(np.mean(np.asarray(normalised_mse(y, ctx.y_star))))
 
 
 def describe(health: dict) -> str:

@@ -72,7 +72,8 @@ def arch_summary(arch: dict) -> dict:
 def ablation_health(res: dict) -> dict:
     """{architecture hash: health} of every architecture that finished training, as stored
     (old files: "unknown", see :func:`noise_health`)."""
-    return {key: H.legacy(a["health"]) if a.get("health") else H.variant_gate(None, {}, {})
+    return {key: H.legacy(a["health"]) if a.get("health") else H.variant_gate(
+        None, a.get("train_config", res["train_config"]), a["config"], nmse_per_seed=a.get("nmse_per_seed"))
             for key, a in res["architectures"].items() if a.get("status") == "ok"}
 
 

@@ -103,7 +103,7 @@ def noise_summary(res: dict):
             means += [c["mean"][-1] for c in cells]
             for lv in lvs:
                 e = CL.effect(_arm(res, who or lv, kind, lv, health), _arm(res, "gd", kind, lv, health))
-                sick = health.get(who or lv, {}).get("status") == "failed"
+                sick = CL.withheld(health.get(who or lv))
                 effects(dax, floats([lv]) + dx, [e], color, hollow=sick,
                         label=f"{label}: failed training (hollow)" if sick and label not in hollow else None)
                 hollow |= {label} if sick else set()
@@ -127,7 +127,9 @@ def noise_summary(res: dict):
     h2, l2 = axes[1][0].get_legend_handles_labels()
     fig.legend(handles + h2, labels + l2, loc="lower center", ncol=3, fontsize=8, frameon=False)
     fig.suptitle(f"Error at the largest t against the corruption level. Top bands: {band_note('seeds')} "
-                 f"(transformers), over contexts (GD). Bottom whiskers: the\n{PAIRED_NOTE}\n{size_title(res)}",
+                 f"(transformers), over contexts (GD). Bottom whiskers: the\n"
+                 f"{PAIRED_NOTE if _cells(res) else 'paired 95% interval of the claims (over seeds, on these contexts only)'}"
+                 f"\n{size_title(res)}",
                  fontsize=9)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     return fig
@@ -156,6 +158,11 @@ def markdown(res: dict) -> str:
             + "\n\n" + health_note(report.noise_health(res), lambda k: f"TF trained at p = {k}")
             + f"\n\nClaims (normalised MSE at t = {ts[-1]}; effect = worse - better, 95% interval):\n\n"
             + CL.table(report.noise_claims(res)))
+
+
+def _cells(res: dict) -> bool:
+    """Whether the result kept every seed's value on every context (the claims' blocks)."""
+    return "cells" in res["transformer"][str(res["train_levels"][0])]["replace"]["0.0"]["nmse"]
 
 
 def verdict(res: dict) -> str:
