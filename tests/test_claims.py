@@ -124,6 +124,17 @@ def test_model_against_reference_and_the_conservative_bound_for_old_files():
     assert paired["low"] > 0 and bound["low"] < 0  # pairing detects the small shift; the bound cannot
 
 
+def test_seeds_over_contexts_of_their_own_cover_both():
+    """A per-seed value over the seed's own contexts (its training stream) is a draw of
+    (model, contexts): the claim says so, and seed means on shared contexts do not."""
+    v = RNG.normal(0.1, 0.05, 4)
+    own = CL.claim("x", CL.sample("a", v, "seeds", n_contexts=8, own_contexts=True),
+                   CL.sample("b", v * 0, "seeds", n_contexts=8, own_contexts=True))
+    shared = CL.claim("x", CL.sample("a", v, "seeds", n_contexts=8), CL.sample("b", v * 0, "seeds", n_contexts=8))
+    assert own["population"] == "seeds x contexts" and "each on contexts of its own" in CL.short(own)
+    assert shared["population"] == "seeds, these contexts" and own["low"] == shared["low"]
+
+
 def test_claims_refuse_different_context_sets():
     s = stats.summarise(np.zeros((3, 4, 1)) + np.arange(3)[:, None, None], "seeds", keep=True)
     with pytest.raises(ValueError, match="stored cells have shape"):

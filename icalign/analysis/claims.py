@@ -33,8 +33,7 @@ Power is a range, not a number: the smallest effect detected with 80% power
 interval (:func:`icalign.core.stats.sd_range`): three seeds know their sd to a factor of six.
 
 Files that stored only means and intervals are re-analysed exactly where possible (a model
-against a fixed reference: its seed sd, recovered from its interval); elsewhere the sd of d
-is bounded by sd_worse + sd_better (never below the truth), and the claim says so.
+against a fixed reference); elsewhere the sd of d is bounded by sd_worse + sd_better.
 """
 
 from __future__ import annotations
@@ -49,8 +48,7 @@ from icalign.core import stats
 __all__ = ["arm", "sample", "cells", "effect", "claim", "agreement", "unresolvable", "verdict", "VERDICTS", "line",
            "table", "short", "blocks", "health_note", "withheld", "POPULATIONS"]
 
-VERDICTS = ("supported", "contradicted", "not resolved", "not trained")
-_UNITS = ("seeds", "contexts")
+VERDICTS, _UNITS = ("supported", "contradicted", "not resolved", "not trained"), ("seeds", "contexts")
 #: What an interval is about, by how the claim's units were formed (module docstring).
 POPULATIONS = {"seeds x contexts": "new seeds and new contexts",
                "one seed": "new contexts, for this one trained model",
@@ -96,13 +94,16 @@ def arm(label: str, summary: dict, i: int = -1, *, n_contexts: int, health: Opti
                 n_contexts, health)
 
 
-def sample(label: str, values, unit: str, *, n_contexts: int, health: Optional[dict] = None) -> dict:
-    """One side of a claim from its units' values directly (one per seed or per context)."""
+def sample(label: str, values, unit: str, *, n_contexts: int, health: Optional[dict] = None,
+           own_contexts: bool = False) -> dict:
+    """One side of a claim from its units' values directly (one per seed or per context).
+    ``own_contexts``: each seed's value is over contexts of its own (e.g. its training
+    stream's), so the seeds are draws of (model, contexts) and the claim covers both."""
     if unit not in _UNITS:
         raise ValueError(f"unit must be one of {_UNITS}, got {unit!r}")
     s = stats.t_interval(values)
-    return _arm(label, unit, [float(v) for v in np.ravel(values)], None, s["mean"], s["low"], s["high"], s["n"],
-                n_contexts, health)
+    return {**_arm(label, unit, [float(v) for v in np.ravel(values)], None, s["mean"], s["low"], s["high"], s["n"],
+                   n_contexts, health), "own": bool(own_contexts)}
 
 
 def cells(label: str, values, *, health: Optional[dict] = None) -> dict:
@@ -110,9 +111,8 @@ def cells(label: str, values, *, health: Optional[dict] = None) -> dict:
     model (S seeds, S may be 1, on C contexts) or a 1-D (C,) array for a learner without a
     seed. The arm's own mean and interval are over seed means (or contexts)."""
     v = np.asarray(values, float)
-    if v.ndim not in (1, 2) or v.size == 0 or (v.ndim == 2 and 0 in v.shape):
-        raise ValueError(f"{label}: values must be a non-empty (seeds, contexts) or (contexts,) array, got shape "
-                         f"{v.shape}")
+    if v.ndim not in (1, 2) or v.size == 0:
+        raise ValueError(f"{label}: values must be a non-empty (seeds, contexts) or (contexts,) array, got {v.shape}")
     if not np.all(np.isfinite(v)):
         raise ValueError(f"{label}: values must be finite, got {int(np.sum(~np.isfinite(v)))} NaN or inf entries "
                          "(a diverged learner is reported as such, not averaged)")
@@ -154,11 +154,9 @@ def _interval(mean: float, sd: float, n: int) -> tuple[float, float]:
 
 def _per_context(a: dict) -> Optional[np.ndarray]:
     """(S, C) for a trained arm with cells, (1, C) for a seedless arm with per-context values."""
-    if a["cells"] is not None:
+    if a["cells"] is not None or a["unit"] != "contexts" or a["values"] is None:
         return a["cells"]
-    if a["unit"] == "contexts" and a["values"] is not None:
-        return np.asarray(a["values"], float)[None, :]
-    return None
+    return np.asarray(a["values"], float)[None, :]
 
 
 def _units(worse: dict, better: dict):
@@ -181,7 +179,7 @@ def _units(worse: dict, better: dict):
             return d[0], "contexts", "one seed", "paired by context (one trained model)"
         return (blocks(d), "seeds", "seeds x contexts",
                 f"paired by context; each seed on its own {d.shape[1] // d.shape[0]} of the {d.shape[1]} contexts")
-    pop = "seeds, these contexts"
+    pop = "seeds x contexts" if all(x.get("own") for x in (a, b) if x["unit"] == "seeds") else "seeds, these contexts"
     if len(units) == 2:  # a model against a learner without a seed, treated as a fixed reference
         model, ref = (a, b) if a["unit"] == "seeds" else (b, a)
         sign = 1.0 if model is a else -1.0
@@ -192,7 +190,8 @@ def _units(worse: dict, better: dict):
     if a["values"] is not None and b["values"] is not None:
         if len(a["values"]) != len(b["values"]):
             raise ValueError(f"paired arms need the same number of seeds: {len(a['values'])} vs {len(b['values'])}")
-        return np.asarray(a["values"]) - np.asarray(b["values"]), "seeds", pop, "paired by seed"
+        return (np.asarray(a["values"]) - np.asarray(b["values"]), "seeds", pop,
+                "paired by seed" + ("; each seed over contexts of its own" if pop == "seeds x contexts" else ""))
     return None, "seeds", pop, ("bound: per-seed values not stored, so the sd of the difference is bounded by the "
                                 "sum of the two sds (conservative)")
 
@@ -285,7 +284,8 @@ def _pop(c: dict) -> str:  # records written before populations were named
 def _units_text(c: dict) -> str:
     pop = _pop(c)
     if pop == "seeds x contexts":
-        return f"{c['n']} seeds x {c['n_contexts']} contexts"
+        own = "contexts of its own" in c["pairing"]
+        return f"{c['n']} seeds" + (", each on contexts of its own" if own else f" x {c['n_contexts']} contexts")
     if pop == "one seed":
         return f"1 seed x {c['n']} contexts"
     return f"{c['n']} contexts" if c["unit"] == "contexts" else f"{c['n']} seeds on {c['n_contexts']} shared contexts"

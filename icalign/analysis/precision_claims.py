@@ -15,8 +15,9 @@ def claims(res: dict) -> list[dict]:
     pre-registered margins: the training loss per seed, and the held-out normalised MSE at
     the largest t from every seed on every context (the stored summary)."""
     n_ctx, cfg = res["eval_contexts"], res["config"]
-    loss = [CL.sample(p, res[p]["final_train_loss"], "seeds", n_contexts=n_ctx, health=res[p]["health"])
-            for p in ("bfloat16", "float32")]
+    # each seed's training loss is over its own training stream's contexts: seeds x contexts
+    loss = [CL.sample(p, res[p]["final_train_loss"], "seeds", n_contexts=n_ctx, health=res[p]["health"],
+                      own_contexts=True) for p in ("bfloat16", "float32")]
     nmse = [CL.arm(p, res[p]["nmse"], n_contexts=n_ctx, health=res[p]["health"]) for p in ("bfloat16", "float32")]
     return [CL.agreement(f"bfloat16 and float32 reach the same training loss (mean of the last {res['window']} steps)",
                          *loss, float(cfg["loss_margin"]), margin_text="the pre-registered loss margin"),
