@@ -71,7 +71,17 @@ def markdown(res: dict) -> str:
             + table(["matmuls", f"final training loss (mean of last {res['window']} steps, seed mean)",
                      f"normalised MSE at t = {res['t'][-1]}, per seed", "seed mean", "health",
                      "training s (incl. compile)"], rows)
-            + "\n\n" + "\n".join(line(c) for c in res["claims"]))
+            + _references(res) + "\n\n" + "\n".join(line(c) for c in res["claims"]))
+
+
+def _references(res: dict) -> str:
+    """Both trivial predictors' errors on the same contexts (from the health gate), if stored."""
+    ref = res["float32"]["health"].get("references")
+    if not ref:
+        return ""
+    return (f"\n\nTrivial predictors on the same contexts at t = {ref['t']}: mean of candidates "
+            f"{num(ref['mean of candidates'])}, best shown candidate {num(ref['best shown candidate'])} (the models: "
+            + ", ".join(f"{p} {num(res[p]['health']['references']['model'])}" for p in ("float32", "bfloat16")) + ").")
 
 
 def verdict(res: dict) -> str:
