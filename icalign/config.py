@@ -167,6 +167,13 @@ def _apply(cfg, changes: dict, prefix: str = ""):
             raise ConfigError(f"config key {key!r} is a section; set one of its keys: "
                               f"{', '.join(keys(current, key + '.'))}")
         tp = _hints(type(cfg))[name]
+        sweep = f"{name}_grid"
+        if isinstance(raw, str) and "," in raw and sweep in names and typing.get_origin(_unwrap_optional(tp)[0]) is not tuple:
+            # a list given to a scalar that has a grid (train.lr=1e-3,3e-3,1e-2) sweeps it: the
+            # runs train at every value in one program, the protocol choosing among them
+            if sweep in changes:
+                raise ConfigError(f"config keys {key!r} (a list) and {prefix}{sweep!r} both set the grid; give one")
+            name, key, tp = sweep, f"{prefix}{sweep}", _hints(type(cfg))[sweep]
         try:
             values[name] = parse_value(tp, raw)
         except (ValueError, TypeError):

@@ -51,6 +51,7 @@ def default_name(cfg, presets: dict) -> str:
 
 _CLAIMED: contextvars.ContextVar = contextvars.ContextVar("claimed", default=None)
 _KEPT: contextvars.ContextVar = contextvars.ContextVar("kept", default=None)  # trained models, with keep_params
+_PROTOCOL: contextvars.ContextVar = contextvars.ContextVar("protocol", default=None)  # how each model was trained
 
 
 def result_path(out, stem: str, force: bool) -> Optional[Path]:
@@ -100,7 +101,7 @@ def runner(run):
     def wrapped(*args, keep_params: bool = False, checked: bool = False, **kwargs):
         if not checked:
             preflight(args[0] if args else kwargs.get("cfg"))
-        token, kept = _CLAIMED.set([]), _KEPT.set([] if keep_params else None)
+        token, kept, protocol = _CLAIMED.set([]), _KEPT.set([] if keep_params else None), _PROTOCOL.set([])
         try:
             res = run(*args, **kwargs)
             if keep_params:
@@ -111,21 +112,32 @@ def runner(run):
                 io.release(path)
             _CLAIMED.reset(token)
             _KEPT.reset(kept)
+            _PROTOCOL.reset(protocol)
 
     return wrapped
 
 
 def train_or_load(model_cfg, train_cfg, *, run_root, progress: bool, **runs):
-    """The one way an experiment gets a trained model (``runs``: seeds, lrs, noise_levels):
-    in memory when ``run_root`` is None, else loaded from its run folder under ``run_root`` or
-    trained there (:func:`icalign.training.train_or_load`). Kept for ``keep_params``."""
-    from icalign import training as T
+    """The one way an experiment gets a trained model (``runs``: seeds, noise_levels) under its
+    training protocol (published or fair: :mod:`icalign.training.protocol`): in memory when
+    ``run_root`` is None, else loaded from its run folder under ``run_root`` or trained there.
+    Kept for ``keep_params``; its protocol record goes into the published result."""
+    from icalign.training import protocol
 
-    trained = T.train_or_load(model_cfg, train_cfg, run_root=run_root, progress=progress, **runs)
+    trained = protocol.train_or_load(model_cfg, train_cfg, run_root=run_root, progress=progress, **runs)
+    records = _PROTOCOL.get()
+    if records is not None:
+        records.append({"model": _model_label(model_cfg), **trained.selection})
     kept = _KEPT.get()
     if kept is not None:
         kept.append(trained)
     return trained
+
+
+def _model_label(model_cfg) -> str:
+    c = model_cfg
+    return (f"{c.n_layers} layers x {c.n_heads} heads, d_model {c.d_model}, {c.attention} attention"
+            + ("" if c.ffn else ", no FFN") + ("" if c.layer_norm else ", no LayerNorm"))
 
 
 def run_folders(res) -> list[str]:
@@ -190,6 +202,8 @@ def publish(path: Optional[Path], res: dict, figures: Optional[Callable[[dict], 
     import jax
 
     res = {**res, "identity": io.identity(jax.device_count())}  # what else changes the numbers
+    if _PROTOCOL.get():  # how every model behind the result was trained (published or fair protocol)
+        res.setdefault("protocol", _PROTOCOL.get())
     if path is None:
         loaded = json.loads(json.dumps(io.to_jsonable(res)))
         if figures is not None:

@@ -117,7 +117,7 @@ def test_cli_readme_check_and_rewrite(tmp_path, rendered, monkeypatch, capsys):
 
     monkeypatch.setattr(readme, "render", lambda root: rendered)
     text = RESULTS.read_text()
-    i = text.index("**supported**", text.index("<!-- generated:"))
+    i = text.index("**supported**", text.index("<!-- generated:tf-vs-gd -->"))
     repo = _copy(tmp_path, "docs/results.md", text[:i] + "**contradicted**" + text[i + len("**supported**"):])
     assert cli.main(["readme", "--check", "--repo", str(repo)]) == 1
     assert "docs/results.md:" in capsys.readouterr().err

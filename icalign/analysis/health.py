@@ -54,6 +54,9 @@ from icalign.analysis import objective as O
 from icalign.analysis.objective import predictions
 from icalign.core.metrics import normalised_mse
 from icalign.core.tasks import Context
+# the plateau test lives with training, whose plateau stopping rule (TrainConfig.stop) it also is
+from icalign.training.config import MIN_STEPS, PLATEAU_FRACTION, plateau
+from icalign.training.protocol import run_label
 
 __all__ = ["PREDICTORS", "STATUSES", "WINDOW", "MIN_STEPS", "PLATEAU_FRACTION", "predictions", "reference_nmse",
            "judge", "plateau", "run_gate", "runs_slice", "legacy", "stored", "variant_gate", "blind_error", "describe",
@@ -62,8 +65,6 @@ __all__ = ["PREDICTORS", "STATUSES", "WINDOW", "MIN_STEPS", "PLATEAU_FRACTION", 
 PREDICTORS = ("mean of candidates", "best shown candidate")
 STATUSES = ("converged", "under-converged", "failed", "unknown")
 WINDOW = 50  #: steps averaged into a run's stored training loss (``final_train_loss``)
-MIN_STEPS = 20  #: a shorter training curve cannot show a plateau (its last quarter has < 5 steps)
-PLATEAU_FRACTION = 0.05  #: the most of the whole training drop the last quarter may still hold
 LEVEL = 0.95
 _OLD = "stored before the gate measured training"
 _BLIND_SEED = 17  #: fold_in index of blind_error's contexts (an evaluation-only stream)
@@ -98,22 +99,6 @@ def _gap(model_C, blind_C, opt_C) -> dict:
     return {"mean": float(g), "low": float(g - half), "high": float(g + half)}
 
 
-def plateau(curve) -> dict | None:
-    """The plateau test of one training curve (module docstring); None when unavailable."""
-    y = np.asarray(curve, float)
-    if y.ndim != 1 or len(y) < MIN_STEPS or not np.all(np.isfinite(y)):
-        return None
-    w = len(y) // 4
-    x = np.arange(w, dtype=float)
-    fit = stats.linregress(x, y[-w:])
-    upper = fit.slope + stats.t.ppf(LEVEL, w - 2) * fit.stderr
-    drop = -fit.slope * (w - 1)
-    total = float(y[:max(1, len(y) // 100)].mean() - (fit.intercept + fit.slope * (w - 1)))
-    falling = bool(upper < 0 and drop > PLATEAU_FRACTION * total)
-    return {"window": w, "slope": float(fit.slope), "slope_upper": float(upper), "window_drop": float(drop),
-            "total_drop": total, "falling": falling}
-
-
 def _run(i: int, v: dict, curve, t: int) -> dict:
     obj = {k: float(np.mean(v[k] if k != "model" else v["model"][i])) for k in ("model", "blind", "optimum")}
     ok_obj, m_obj = _below(v["blind"], v["model"][i])
@@ -146,10 +131,12 @@ def _run(i: int, v: dict, curve, t: int) -> dict:
                      "margin": m_use}, "plateau": p}
 
 
-def judge(values: dict, curves_RxS=None) -> dict:
+def judge(values: dict, curves_RxS=None, labels=None) -> dict:
     """The health dict of a variant from :func:`icalign.analysis.objective.measure`'s
-    ``values`` and its runs' training curves (R, steps) (None, or a None row: not stored)."""
+    ``values`` and its runs' training curves (R, steps) (None, or a None row: not stored).
+    ``labels`` name the runs by what was swept ("seed 0, lr 0.001"; default "run i")."""
     R = values["model"].shape[0]
+    labels = [f"run {i}" for i in range(R)] if labels is None else list(labels)
     curves = [None] * R if curves_RxS is None else list(curves_RxS)
     if len(curves) != R:
         raise ValueError(f"curves_RxS has {len(curves)} runs but the values {R}")
@@ -162,7 +149,9 @@ def judge(values: dict, curves_RxS=None) -> dict:
         gap = {"mean": float(gaps.mean()), "low": float(gaps.mean() - half), "high": float(gaps.mean() + half)}
     else:
         gap = runs[0]["gap_closed"] if R == 1 else {"mean": None, "low": None, "high": None}
-    bad = [f"run {i}: {r['reason']}" for i, r in enumerate(runs) if r["status"] == status and r["reason"]]
+    for r, label in zip(runs, labels):
+        r["label"] = label
+    bad = [f"{r['label']}: {r['reason']}" for r in runs if r["status"] == status and r["reason"]]
     closed = ("gap closed (reward-blind -> optimum of the clean objective) "
               + ("not available" if gap["mean"] is None else f"{gap['mean']:.2f} [{gap['low']:.2f}, {gap['high']:.2f}]")
               + f" over {R} run(s)")
@@ -199,7 +188,11 @@ def run_gate(trained, ctx: Context) -> dict:
     values = O.measure(O.model_predictions(trained.params, trained.model_config), ctx, tc.min_seen, tc.loss)
     losses = np.asarray(trained.losses, float)
     R = len(values["finite"])
-    return judge(values, [losses[i] if losses.ndim == 2 and len(losses) == R else None for i in range(R)])
+    runs = list(trained.runs)
+    # each run named by what differs between the runs (a learning-rate sweep's runs are not "seeds")
+    swept = [k for k in ("seed", "lr", "noise") if len({r.get(k) for r in runs}) > 1] or ["seed"]
+    labels = [run_label(r, swept) for r in runs] if len(runs) == R else None
+    return judge(values, [losses[i] if losses.ndim == 2 and len(losses) == R else None for i in range(R)], labels)
 
 
 def legacy(health: dict | None) -> dict:

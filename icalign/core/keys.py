@@ -2,7 +2,8 @@
 
 A run's root key is ``PRNGKey(seed)``. Training folds in 0, 1 and 2 for its init, data and
 reward-corruption streams (:func:`icalign.training.make_runs`); every experiment's
-evaluation contexts and GD inits come from stream 3. Changing one stream never shifts the
+evaluation contexts and GD inits come from stream 3; the fair training protocol's validation
+contexts, on which a learning rate is chosen, from stream 4 (never evaluated on). Changing one stream never shifts the
 others, and an evaluation never reuses a training batch.
 """
 
@@ -12,16 +13,16 @@ import jax
 
 from icalign.core.validate import check_int
 
-__all__ = ["INIT", "DATA", "CORRUPT", "EVAL", "stream", "eval_keys"]
+__all__ = ["INIT", "DATA", "CORRUPT", "EVAL", "VALID", "stream", "eval_keys"]
 
-INIT, DATA, CORRUPT, EVAL = 0, 1, 2, 3
+INIT, DATA, CORRUPT, EVAL, VALID = 0, 1, 2, 3, 4
 
 
 def stream(seed: int, which: int) -> jax.Array:
-    """The key of stream ``which`` (INIT, DATA, CORRUPT or EVAL) of ``seed``."""
+    """The key of stream ``which`` (INIT, DATA, CORRUPT, EVAL or VALID) of ``seed``."""
     seed = check_int("seed", seed)
-    if which not in (INIT, DATA, CORRUPT, EVAL):
-        raise ValueError(f"which must be one of INIT=0, DATA=1, CORRUPT=2, EVAL=3, got {which!r}")
+    if which not in (INIT, DATA, CORRUPT, EVAL, VALID):
+        raise ValueError(f"which must be one of INIT=0, DATA=1, CORRUPT=2, EVAL=3, VALID=4, got {which!r}")
     return jax.random.fold_in(jax.random.PRNGKey(seed), which)
 
 

@@ -103,6 +103,14 @@ def check_same_run(run_dir: Path, old: dict, want: dict) -> None:
             "(--force)")
 
 
+def final_step(meta: Optional[dict], steps: int) -> int:
+    """The step a finished run ended at: ``steps``, or earlier when its stopping rule
+    (``TrainConfig.stop="plateau"``) ended it (its meta records ``stopped`` and ``steps_done``)."""
+    if meta and meta.get("status") == "finished" and meta.get("stopped") and isinstance(meta.get("steps_done"), int):
+        return meta["steps_done"]
+    return steps
+
+
 def finished_run(run_dir: Path, want: dict, steps: int) -> bool:
     """True when ``run_dir`` holds a finished run of ``want``'s settings and identity whose
     final checkpoint (step ``steps``) verifies against its manifest; False when it holds no
@@ -117,7 +125,7 @@ def finished_run(run_dir: Path, want: dict, steps: int) -> bool:
     if old is None:
         return False
     check_same_run(run_dir, old, want)
-    return old.get("status") == "finished" and not verify_step(run_dir, steps)
+    return old.get("status") == "finished" and not verify_step(run_dir, final_step(old, steps))
 
 
 def _manager(run_dir: Path, read_only: bool = False):

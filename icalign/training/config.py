@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
+from scipy import stats
 
 from icalign.core import keys
 from icalign.core.losses import LOSSES
@@ -18,7 +19,12 @@ from icalign.core.tasks import CORRUPTIONS, QUERIES, check_corruption_levels, ch
 from icalign.core.validate import check_choice, check_distinct, check_int, check_seed, described, python_numbers
 
 __all__ = ["TrainConfig", "RunSpec", "make_runs", "run_settings", "runs_from_keys", "select_run", "check_objective",
-           "loss_trend"]
+           "loss_trend", "plateau", "plateau_stop", "STOPS", "MIN_STEPS", "PLATEAU_FRACTION"]
+
+STOPS = ("budget", "plateau")
+MIN_STEPS = 20  #: a shorter training curve cannot show a plateau (its last quarter has < 5 steps)
+PLATEAU_FRACTION = 0.05  #: the most of the whole training drop the last quarter may still hold
+_LEVEL = 0.95
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +48,17 @@ class TrainConfig:
     scalars (``lr=np.float32(1e-3)``) and store the Python number they hold.
 
     ``loss`` names the ranking loss of the objective (``losses.LOSSES``: "cosine_pl", the
-    published one, "sqdist_pl", "cosine_bt", or one added with ``losses.register_loss``)."""
+    published one, "sqdist_pl", "cosine_bt", or one added with ``losses.register_loss``).
+
+    The protocol (docs/theory.md, "Training protocol"). ``lr_grid=()`` and ``stop="budget"``
+    are the published one: one learning rate ``lr``, exactly ``steps`` steps. A non-empty
+    ``lr_grid`` is the fair protocol: every seed trains at every learning rate of the grid in
+    one vmapped program, and each architecture (and training-noise level) keeps the learning
+    rate whose models have the lowest clean objective on ``valid_contexts`` validation
+    contexts of each seed's own validation stream (``keys.VALID``, never evaluated on);
+    ``lr`` is then unused (:mod:`icalign.training.protocol`). ``stop="plateau"`` ends training
+    at the first checkpoint where every run's loss fell and is on a plateau
+    (:func:`plateau_stop`), ``steps`` being the budget."""
 
     lr: float = 1e-4
     batch: int = 256
@@ -61,11 +77,16 @@ class TrainConfig:
     microbatches: int = described(1, "equal slices of each batch whose gradients are averaged")
     loss: str = described("cosine_pl", "the ranking loss of the objective (losses.register_loss adds one)",
                           choices=lambda: sorted(LOSSES))
+    lr_grid: tuple[float, ...] = described(
+        (), "learning rates tried per architecture, the best on validation contexts kept (empty: train.lr only)")
+    stop: str = described("budget", "budget: exactly train.steps; plateau: stop once every run's loss is flat "
+                          "(train.steps the budget)", choices=STOPS)
+    valid_contexts: int = described(256, "validation contexts per seed that choose the learning rate of lr_grid")
 
     def __post_init__(self):
         python_numbers(self)
         for name, minimum in (("batch", 1), ("steps", 1), ("min_seen", 1), ("chunk", 1),
-                              ("checkpoint_every", 1), ("microbatches", 1)):
+                              ("checkpoint_every", 1), ("microbatches", 1), ("valid_contexts", 2)):
             try:
                 check_int(name, getattr(self, name), minimum)
             except ValueError as e:
@@ -84,6 +105,20 @@ class TrainConfig:
         for name in ("b1", "b2"):
             if getattr(self, name) >= 1:
                 raise ValueError(f"TrainConfig.{name} must be < 1, got {getattr(self, name)!r}")
+        check_choice("TrainConfig.stop", self.stop, STOPS)
+        if isinstance(self.lr_grid, list):  # as JSON stores it: kept hashable (the config is a static argument)
+            object.__setattr__(self, "lr_grid", tuple(self.lr_grid))
+        if not isinstance(self.lr_grid, tuple):
+            raise ValueError(f"TrainConfig.lr_grid must be a tuple of learning rates, got {self.lr_grid!r}")
+        if self.lr_grid:
+            grid = [float(v) if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) else float("nan")
+                    for v in self.lr_grid]
+            if not all(math.isfinite(v) and v > 0 for v in grid):
+                raise ValueError(f"TrainConfig.lr_grid must hold finite numbers > 0, got {self.lr_grid!r}")
+            if len(grid) < 2 or len(set(grid)) != len(grid):
+                raise ValueError(f"TrainConfig.lr_grid needs at least two distinct learning rates to choose from, got "
+                                 f"{self.lr_grid!r} (empty: the published protocol, train.lr only)")
+            object.__setattr__(self, "lr_grid", tuple(grid))
         check_choice("TrainConfig.corruption", self.corruption, CORRUPTIONS)
         check_choice("TrainConfig.loss", self.loss, LOSSES)
         check_choice("TrainConfig.queries", self.queries, QUERIES)
@@ -95,10 +130,22 @@ class TrainConfig:
 
     def notes(self) -> list[str]:
         """What these settings mean where it may surprise (said, not refused)."""
-        if self.chunk <= self.steps:
-            return []
-        return [f"train.chunk={self.chunk} > train.steps={self.steps}: the run is one compiled call of "
-                f"{self.steps} steps, checkpointed at its end"]
+        out = []
+        if self.chunk > self.steps:
+            out.append(f"train.chunk={self.chunk} > train.steps={self.steps}: the run is one compiled call of "
+                       f"{self.steps} steps, checkpointed at its end")
+        if self.lr_grid:
+            out.append(f"train.lr_grid={','.join(f'{v:g}' for v in self.lr_grid)}: every seed trains at each learning "
+                       "rate, and the one with the lowest validation objective is kept (train.lr is not used)")
+        if self.stop == "plateau":
+            out.append(f"train.stop=plateau: training ends at the first checkpoint (every {self.checkpoint_every} "
+                       f"steps) where every run's loss is flat, or at the budget train.steps={self.steps}")
+        return out
+
+    @property
+    def protocol(self) -> str:
+        """"published" (one learning rate, a fixed step count) or "fair" (a grid, or plateau stopping)."""
+        return "fair" if self.lr_grid or self.stop != "budget" else "published"
 
 
 def check_objective(n: int, min_seen: int) -> None:
@@ -113,6 +160,43 @@ def check_objective(n: int, min_seen: int) -> None:
         raise ValueError(f"ModelConfig.n={n} with TrainConfig.min_seen={min_seen} leaves the training loss nothing "
                          f"to rank: it averages the rows of predictions that have seen {min_seen}..{n - 1} candidates, "
                          "only a row with 2 or more ranks anything, so the loss would be 0 at every step; use n >= 3")
+
+
+def plateau(curve) -> dict | None:
+    """The plateau test of one training curve (each step's loss on fresh contexts): None when
+    the curve is shorter than ``MIN_STEPS`` or not finite. On the last quarter of the steps,
+    the OLS slope is significantly below 0 (its one-sided 95% upper bound < 0) AND the fitted
+    drop across that quarter is more than ``PLATEAU_FRACTION`` (5%) of the whole training drop
+    (the mean of the first 1% of steps minus the fitted end): then ``falling`` is True. Why
+    both: with a constant learning rate Adam's loss creeps down for very long, so significance
+    alone would call nearly every long run unfinished. Fixed before looking at any result; the
+    training-health gate (:mod:`icalign.analysis.health`) and the plateau stopping rule
+    (:func:`plateau_stop`) both use it."""
+    y = np.asarray(curve, float)
+    if y.ndim != 1 or len(y) < MIN_STEPS or not np.all(np.isfinite(y)):
+        return None
+    w = len(y) // 4
+    x = np.arange(w, dtype=float)
+    fit = stats.linregress(x, y[-w:])
+    upper = fit.slope + stats.t.ppf(_LEVEL, w - 2) * fit.stderr
+    drop = -fit.slope * (w - 1)
+    total = float(y[:max(1, len(y) // 100)].mean() - (fit.intercept + fit.slope * (w - 1)))
+    falling = bool(upper < 0 and drop > PLATEAU_FRACTION * total)
+    return {"window": w, "slope": float(fit.slope), "slope_upper": float(upper), "window_drop": float(drop),
+            "total_drop": total, "falling": falling}
+
+
+def plateau_stop(losses_RxS) -> str | None:
+    """The stopping rule of ``TrainConfig.stop="plateau"``: the reason to stop after these
+    steps, or None to go on. Stop when every run's loss fell (:func:`loss_trend`) and is on a
+    plateau (:func:`plateau`). A run that has not fallen yet keeps the whole program going:
+    a loss still on its initial plateau is flat too, and stopping there would call an
+    untrained model finished."""
+    losses_RxS = np.atleast_2d(np.asarray(losses_RxS, float))
+    tests = [plateau(c) for c in losses_RxS]
+    if any(t is None or t["falling"] for t in tests) or not all(loss_trend(losses_RxS)["fell"]):
+        return None
+    return f"plateau at step {losses_RxS.shape[1]}: every run's loss fell and its last quarter is flat"
 
 
 def loss_trend(losses_RxS, window: int = 50) -> dict:

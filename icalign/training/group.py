@@ -24,7 +24,8 @@ from icalign.core.losses import DEFAULT_LOSS
 from icalign.core.validate import available_memory
 from icalign.model import gates as G
 from icalign.training.config import TrainConfig, make_runs, run_settings, select_run
-from icalign.training.ica import ICAObjective, TrainResult, _check_configs, identity_parts, training_bytes
+from icalign.training.ica import (PROTOCOL_DEFAULTS, ICAObjective, TrainResult, _check_configs, identity_parts,
+                                  stopping_rule, training_bytes)
 from icalign.training.loop import fit, load_finished, run_identity
 
 __all__ = ["groups", "train_group", "max_runs_per_program", "prepare"]
@@ -90,7 +91,8 @@ def _train_chunk(sup, rows, train_cfg, run_root, force, progress):
     objective, runs_R, initial = prepare(sup, rows, train_cfg)
     described = [{**r, "variant": v.to_dict()} for v, r in rows]
     run_dir = None
-    parts = identity_parts(train_cfg, {"loss": DEFAULT_LOSS})  # the published loss: the name groups had before
+    # the published loss and protocol: the names groups had before those fields existed
+    parts = identity_parts(train_cfg, {"loss": DEFAULT_LOSS, **PROTOCOL_DEFAULTS})
     if run_root is not None:
         run_dir = Path(run_root) / f"group-{M.config_hash(sup, *parts, described, run_identity(len(rows)))}"
     meta = {"super_config": sup.to_dict(), "train_config": train_cfg.to_dict(), "grouped": True}
@@ -100,5 +102,6 @@ def _train_chunk(sup, rows, train_cfg, run_root, force, progress):
         return done.state.params, done.losses, run_dir
     res = fit(objective, runs_R, described, steps=train_cfg.steps,
               chunk=train_cfg.chunk, checkpoint_every=train_cfg.checkpoint_every, run_dir=run_dir, force=force,
-              meta=meta, progress=progress, desc=f"group of {len({v for v, _ in rows})} archs", initial=initial)
+              meta=meta, progress=progress, desc=f"group of {len({v for v, _ in rows})} archs", initial=initial,
+              stop=stopping_rule(train_cfg))
     return res.state.params, res.losses, run_dir

@@ -28,7 +28,8 @@ from icalign.core.losses import DEFAULT_LOSS, LOSSES, online_rows
 from icalign.core.tasks import CORRUPTIONS, Context, corrupt, sample_contexts, scored_candidates
 from icalign.core.validate import check_memory
 from icalign.training import checkpoint as ck
-from icalign.training.config import RunSpec, TrainConfig, check_objective, make_runs, run_settings, select_run
+from icalign.training.config import (RunSpec, TrainConfig, check_objective, make_runs, plateau_stop, run_settings,
+                                     select_run)
 from icalign.training.checkpoint import check_same_run, finished_run
 from icalign.training.loop import Objective, fit, init_states, run_identity
 
@@ -126,6 +127,8 @@ class TrainResult:
     run_dir: Optional[Path]
     finished: bool
     loaded: bool = False        # True when a finished run was loaded instead of trained now
+    stopped: str = "budget"     # why training ended: "budget" or the plateau rule's reason (TrainConfig.stop)
+    selection: Optional[dict] = None  # the protocol's record (icalign.training.protocol), where one chose
 
     def params_of(self, i: int) -> M.Params:
         return select_run(self.params, i)
@@ -149,6 +152,11 @@ def identity_parts(train_cfg: TrainConfig, later: dict) -> list:
     return [train_part] + ([sources] if sources else [])
 
 
+#: the fields of the training protocol at the published protocol's values: a run folder's
+#: hash leaves them out there, so folders written before the fields existed keep their names
+PROTOCOL_DEFAULTS = {"lr_grid": (), "stop": "budget", "valid_contexts": 256}
+
+
 def run_dir_for(model_cfg: M.ModelConfig, train_cfg: TrainConfig, runs: list, run_root="runs",
                 shard: bool = True) -> Path:
     """``run_root/run-<hash>``: the hash covers the model config, the train config (with a
@@ -158,7 +166,8 @@ def run_dir_for(model_cfg: M.ModelConfig, train_cfg: TrainConfig, runs: list, ru
     # Fields added later stay out of the hash at their original behaviour (shared queries,
     # one microbatch, the published loss), so the dict hashes exactly as the dataclass did
     # without them.
-    train_part, *sources = identity_parts(train_cfg, {"queries": "shared", "microbatches": 1, "loss": DEFAULT_LOSS})
+    train_part, *sources = identity_parts(train_cfg, {"queries": "shared", "microbatches": 1, "loss": DEFAULT_LOSS,
+                                                      **PROTOCOL_DEFAULTS})
     identity = run_identity(len(runs), shard)
     return Path(run_root) / f"run-{M.config_hash(model_cfg, train_part, runs, identity, *sources)}"
 
@@ -208,9 +217,14 @@ def train(model_cfg: M.ModelConfig, train_cfg: TrainConfig = TrainConfig(), seed
     run_dir = run_dir_for(model_cfg, train_cfg, runs, run_root, shard) if checkpoint else None
     out = fit(ICAObjective.of(model_cfg, train_cfg), runs_R, runs, steps=train_cfg.steps, chunk=train_cfg.chunk,
               checkpoint_every=train_cfg.checkpoint_every, run_dir=run_dir, force=force, meta=_meta(model_cfg, train_cfg),
-              progress=progress, shard=shard, callback=callback)
+              progress=progress, shard=shard, callback=callback, stop=stopping_rule(train_cfg))
     return TrainResult(params=out.state.params, losses=out.losses, model_config=model_cfg, train_config=train_cfg,
-                       runs=runs, run_dir=run_dir, finished=True)
+                       runs=runs, run_dir=run_dir, finished=True, stopped=out.stopped)
+
+
+def stopping_rule(train_cfg: TrainConfig):
+    """The loop's stopping rule of ``train_cfg.stop`` (None: the budget)."""
+    return plateau_stop if train_cfg.stop == "plateau" else None
 
 
 def load_run(run, run_root="runs") -> TrainResult:
@@ -241,12 +255,14 @@ def load_run(run, run_root="runs") -> TrainResult:
     objective = ICAObjective.of(model_cfg, train_cfg)
     template = jax.eval_shape(lambda: init_states(runs_R, objective))
     template = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), template)
-    restored = ck.load_checkpoint(run_dir, template, train_cfg.steps if finished else None)
+    final = ck.final_step(meta, train_cfg.steps)
+    restored = ck.load_checkpoint(run_dir, template, final if finished else None)
     if restored is None:
         raise FileNotFoundError(f"{run_dir} has no checkpoint yet")
     step, state, losses = restored
     return TrainResult(params=state.params, losses=losses, model_config=model_cfg, train_config=train_cfg,
-                       runs=runs, run_dir=run_dir, finished=finished and step == train_cfg.steps, loaded=True)
+                       runs=runs, run_dir=run_dir, finished=finished and step == final, loaded=True,
+                       stopped=meta.get("stopped") or "budget")
 
 
 def train_or_load(model_cfg: M.ModelConfig, train_cfg: TrainConfig = TrainConfig(), seeds=(0,), lrs=None,

@@ -91,6 +91,7 @@ class LoopResult:
     state: TrainState           # leading run axis R
     losses: np.ndarray          # (R, steps_done)
     run_dir: Optional[Path]
+    stopped: str = "budget"     # why training ended: "budget", or the stopping rule's reason
 
 
 def _init_state(run: RunSpec, objective: Objective) -> TrainState:
@@ -171,15 +172,16 @@ def _open_run_dir(run_dir: Path, force: bool, template: TrainState, meta: dict, 
                                      "told apart from another run's: delete the folder or retrain with force=True (--force)")
         if old is not None:
             check_same_run(run_dir, old, meta)
+        final = ck.final_step(old, steps)
         if old is not None and old.get("status") == "finished":
-            note = ck.verify_step(run_dir, steps)
+            note = ck.verify_step(run_dir, final)
             if not note:
                 raise RunExistsError(
                     f"{run_dir} holds a finished run ({old.get('steps_done')} steps); pass force=True "
                     "(--force) to retrain it, or load it (icalign.train.load_run)")
         found = ck.newest_checkpoint(run_dir, template)
         skipped = found[3] if found else []
-        problems = ([note] if note and steps not in [s for s, _ in skipped] else []) + [p for _, p in skipped]
+        problems = ([note] if note and final not in [s for s, _ in skipped] else []) + [p for _, p in skipped]
         if note and problems:
             problems[0] = f"the run was marked finished, but {problems[0]}: it is not finished"
         if not writable:
@@ -205,7 +207,8 @@ def _open_run_dir(run_dir: Path, force: bool, template: TrainState, meta: dict, 
 def fit(objective: Objective, runs_R: RunSpec, runs: list, *, steps: int, chunk: int,
         checkpoint_every: Optional[int] = None, run_dir: Optional[Path] = None, force: bool = False,
         meta: Optional[dict] = None, progress: bool = True, desc: str = "train", shard: bool = True,
-        callback: Optional[Callable[[int, np.ndarray], None]] = None, initial=None) -> LoopResult:
+        callback: Optional[Callable[[int, np.ndarray], None]] = None, initial=None,
+        stop: Optional[Callable[[np.ndarray], Optional[str]]] = None) -> LoopResult:
     """Train every run of ``runs_R`` (leading axis R; ``runs`` describes each, JSON-able)
     for ``steps`` steps of ``objective``.
 
@@ -225,7 +228,7 @@ def fit(objective: Objective, runs_R: RunSpec, runs: list, *, steps: int, chunk:
     mesh = sweep_mesh(R) if shard else None
     if run_dir is None:
         return _fit(objective, runs_R, runs, state, start, losses, mesh, steps, chunk, checkpoint_every, None, meta,
-                    progress, desc, callback)
+                    progress, desc, callback, stop)
     run_dir = Path(run_dir)
     meta = {**(meta or {}), "runs": runs, "identity": run_identity(R, shard)}
     io.lock_folder(run_dir)  # one training run per folder: a second is refused with this one's pid
@@ -237,7 +240,7 @@ def fit(objective: Objective, runs_R: RunSpec, runs: list, *, steps: int, chunk:
             # jit compiles the chunk anew for committed inputs (10 s of a tiny run's resume)
             state = jax.device_get(state)
         return _fit(objective, runs_R, runs, state, start, losses, mesh, steps, chunk, checkpoint_every, run_dir,
-                    meta, progress, desc, callback)
+                    meta, progress, desc, callback, stop)
     finally:
         io.release(run_dir)
 
@@ -253,12 +256,20 @@ def load_finished(objective: Objective, runs_R: RunSpec, runs: list, *, steps: i
     if not ck.finished_run(Path(run_dir), want, steps):
         return None
     template = init_states(runs_R, objective) if initial is None else states_from(initial, runs_R, objective)
-    _, state, losses = ck.load_checkpoint(Path(run_dir), template, steps)
-    return LoopResult(state=state, losses=losses, run_dir=Path(run_dir))
+    old = ck.read_meta(Path(run_dir))
+    _, state, losses = ck.load_checkpoint(Path(run_dir), template, ck.final_step(old, steps))
+    return LoopResult(state=state, losses=losses, run_dir=Path(run_dir), stopped=old.get("stopped") or "budget")
+
+
+def _stop_at(stop, e: int, steps: int, checkpoint_every: int, history) -> Optional[str]:
+    """The stopping rule's reason to end after step ``e`` (asked at checkpoint steps only)."""
+    if stop is None or e >= steps or e % checkpoint_every:
+        return None
+    return stop(np.concatenate(history, axis=1)) or None
 
 
 def _fit(objective, runs_R, runs, state, start, losses, mesh, steps, chunk, checkpoint_every, run_dir, meta, progress,
-         desc, callback) -> LoopResult:
+         desc, callback, stop=None) -> LoopResult:
     R = len(runs)
     if mesh is not None:
         if mesh.size > 1:
@@ -272,8 +283,10 @@ def _fit(objective, runs_R, runs, state, start, losses, mesh, steps, chunk, chec
                desc=f"{desc}{'' if run_dir is None else ' ' + run_dir.name} x{R}")
     history = [losses]
     last_ck = start if start > 0 else None
+    # a run killed between its last checkpoint and recording that its rule stopped it
+    stopped = _stop_at(stop, start, steps, checkpoint_every, history) if start > 0 else None
     try:
-        for s, e in ck.chunk_bounds(start, steps, chunk):
+        for s, e in ([] if stopped else ck.chunk_bounds(start, steps, chunk)):
             t0 = time.perf_counter()
             state, chunk_losses, finite = run_chunk(state, runs_R, jnp.asarray(s, jnp.int32), objective, e - s)
             chunk_losses, finite = to_host((chunk_losses, finite))
@@ -299,6 +312,13 @@ def _fit(objective, runs_R, runs, state, start, losses, mesh, steps, chunk, chec
                     ck.write_meta(run_dir, meta)
             if callback is not None:
                 callback(e, chunk_losses)
+            stopped = _stop_at(stop, e, steps, checkpoint_every, history)
+            if stopped:
+                break
+        if stopped and run_dir is not None:
+            done = int(sum(h.shape[1] for h in history))  # its checkpoint was saved at this step
+            meta = {**meta, "steps_done": done, "status": "finished", "stopped": stopped}
+            ck.write_meta(run_dir, meta)
         if run_dir is not None and meta.get("status") != "finished":
             # Reached when a run killed after its last checkpoint (before its status was
             # written) is opened again: its checkpoint holds every step, so it is finished.
@@ -306,7 +326,8 @@ def _fit(objective, runs_R, runs, state, start, losses, mesh, steps, chunk, chec
             ck.write_meta(run_dir, meta)
     finally:
         bar.close()
-    return LoopResult(state=state, losses=np.concatenate(history, axis=1), run_dir=run_dir)
+    return LoopResult(state=state, losses=np.concatenate(history, axis=1), run_dir=run_dir,
+                      stopped=stopped or "budget")
 
 
 def run_identity(n_runs: int, shard: bool = True) -> dict:

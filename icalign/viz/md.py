@@ -6,7 +6,8 @@ from __future__ import annotations
 from icalign.analysis import claims as CL
 from icalign.analysis import health as H
 
-__all__ = ["machine", "num", "table", "ci", "loaded", "health_text", "health_note", "find", "brief", "label"]
+__all__ = ["machine", "num", "table", "ci", "loaded", "health_text", "health_note", "find", "brief", "label",
+           "protocol_row"]
 
 
 def num(x, nd=3) -> str:
@@ -77,3 +78,30 @@ def label(res: dict) -> str:
     """The result's size or run name (quick, full, ...); files written before results stored
     their name carry it as the first word of ``size``."""
     return res.get("name") or (res.get("size") or "in memory").split()[0]
+
+
+def _seed_count(res: dict, cfg: dict) -> str:
+    seeds = res.get("seeds")
+    return str(len(seeds) if isinstance(seeds, list) else cfg.get("seeds", 1))
+
+
+def protocol_row(name: str, size: str, res: dict) -> list:
+    """[experiment, size, protocol, learning rate, steps, seeds] of a result: its stored
+    ``protocol`` records (one per trained model), or, for files written before they were
+    stored, the published protocol read from its stored training config."""
+    cfg = res.get("config") or {}
+    train = cfg.get("train") or res.get("train_config") or {}
+    records = res.get("protocol") or []
+    fair = [r for r in records if r.get("protocol") == "fair"]
+    if not fair:
+        lr = train.get("lr", "?")
+        stopped = sorted({r.get("stopped", "budget").split(":")[0] for r in records}) or ["budget"]
+        steps = f"{train.get('steps', '?')} ({', '.join(stopped)})"
+        return [name, size, "published", f"{lr:g}" if isinstance(lr, (int, float)) else lr, steps, _seed_count(res, cfg)]
+    chosen = sorted({f"{lr:g}" for r in fair for lr in r["chosen"].values() if lr is not None})
+    grid = ",".join(f"{v:g}" for v in fair[0]["grid"])
+    done = sorted({r["steps_done"] for r in fair})
+    stopped = sorted({r["stopped"].split(":")[0] for r in fair})
+    return [name, size, f"fair (grid {grid}, chosen on validation contexts)", ", ".join(chosen) + " chosen",
+            f"{'-'.join(map(str, [done[0], done[-1]] if len(done) > 1 else done))} of {fair[0]['budget']} "
+            f"({', '.join(stopped)})", _seed_count(res, cfg)]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from icalign.io import read_json, write_text
-from icalign.viz import ablations, bench, gd, mechanism, necessity, precision, selfcorrect, sweeps, tf, verify
+from icalign.viz import ablations, bench, gd, md, mechanism, necessity, precision, selfcorrect, sweeps, tf, verify
 
 __all__ = ["DOCUMENTS", "render", "update", "check"]
 
@@ -47,8 +47,21 @@ def _verify(root: Path) -> list:
 
 _join = "\n\n".join
 
+#: the results behind trained models, for the table of training protocols
+_TRAINED = [("tf-vs-gd", "tf_vs_gd", ("quick", "full")), ("precision", "precision", ("quick",)),
+            ("reward-noise", "reward_noise", ("quick", "full")), ("ablations", "ablations", ("quick", "full")),
+            ("self-correction", "self_correction", ("quick",)), ("mechanism", "mechanism", ("quick",))]
+
+
+def _protocols(root: Path) -> str:
+    rows = [md.protocol_row(name, size, _r(root, f"{name}/{size}/{stem}.json"))
+            for name, stem, sizes in _TRAINED for size in sizes]
+    return md.table(["experiment", "size", "protocol", "learning rate", "steps (why it stopped)", "seeds"], rows)
+
+
 #: docs/results.md: every experiment's tables and claims, and the benchmarks.
 RESULTS: dict[str, Callable[[Path], str]] = {
+    "protocols": _protocols,
     "gd-baseline": lambda root: gd.markdown(_r(root, "gd-baseline/quick/gd_baseline.json")),
     "gd-sweep-bench": lambda root: bench.gd_sweep(_r(root, "bench/gd_sweep_cpu.json"),
                                                   _r(root, "bench/gd_sweep_cpu2.json")),
