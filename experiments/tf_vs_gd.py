@@ -46,8 +46,12 @@ class Config:
 # the initial loss plateau for the whole CPU budget (2 layers x 600 steps, 4 x 1000 and
 # 3 x 2000 steps, lr 1e-3 to 1e-2), as they must first learn to route each reward to its
 # response by position alone. full: the published base config and training protocol.
+# The quick preset trains under the fair protocol (docs/theory.md, "Training protocol"): three
+# learning rates a factor of 3 apart around the 1e-3 that trained this model before, chosen on
+# validation contexts, and plateau stopping within a budget of 1000 steps.
 QUICK = Config(model=M.ModelConfig(n_layers=2, n_heads=2, d_model=32, token_layout="stacked"),
-               train=T.TrainConfig(lr=1e-3, batch=64, steps=1000, chunk=50, checkpoint_every=250))
+               train=T.TrainConfig(lr=1e-3, batch=64, steps=1000, chunk=50, checkpoint_every=250,
+                                   lr_grid=(3e-4, 1e-3, 3e-3), stop="plateau"))
 FULL = Config()
 
 

@@ -105,7 +105,10 @@ def test_a_list_given_to_train_lr_is_the_grid():
     cfg = C.override(tf_vs_gd.QUICK, ["train.lr=1e-3,3e-3,1e-2"])
     assert cfg.train.lr_grid == (1e-3, 3e-3, 1e-2) and cfg.train.protocol == "fair"
     assert C.override(tf_vs_gd.QUICK, ["train.lr=1e-3"]).train.lr_grid == ()
-    with pytest.raises(C.ConfigError, match="both set the grid"):
+    # one learning rate given to a config with a grid means that rate (the grid is dropped, not kept silently)
+    fair = C.override(tf_vs_gd.QUICK, ["train.lr=1e-3,3e-3"])
+    assert C.override(fair, ["train.lr=3e-4"]).train.lr_grid == () and C.override(fair, ["train.lr=3e-4"]).train.lr == 3e-4
+    with pytest.raises(C.ConfigError, match="both set the learning rate"):
         C.override(tf_vs_gd.QUICK, ["train.lr=1e-3,3e-3", "train.lr_grid=1e-3,1e-2"])
     with pytest.raises(C.ConfigError, match="lr_grid must hold finite numbers"):
         C.override(tf_vs_gd.QUICK, ["train.lr=1e-3,-1"])
