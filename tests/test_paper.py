@@ -122,6 +122,12 @@ def test_published_json_names_its_source_and_holds_one_curve_per_level():
     assert all(len(pub["nmse"][str(p)]) == len(pub["ts"]) for p in pub["levels"])
 
 
+def test_a_results_root_without_the_published_curves_is_named(tmp_path):
+    (tmp_path / "figures").mkdir()
+    with pytest.raises(ValueError, match="no published curves; they are read from docs/published"):
+        V.published(tmp_path / "figures")
+
+
 def _extractor():
     spec = importlib.util.spec_from_file_location("extract", ROOT / "docs/published/extract_self_correction.py")
     mod = importlib.util.module_from_spec(spec)

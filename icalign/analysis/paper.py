@@ -22,7 +22,8 @@ A source with no comparison for a claim, or whose result file is missing, is **a
 Training-health labels that do not withhold a verdict (under-converged, unknown) do not change
 the status (the claim engine's rule); they are shown beside it.
 
-THE RULE, fixed before looking at the table: over the comparisons that **count**,
+THE RULE, one function of the statuses alone (:func:`rule`), the same for every row: over the
+comparisons that **count**,
 
 * **not reproduced** when at least one is contradicted (whatever else supports it: the sources
   disagree). A contradicted status always comes from trained models, since a failed model

@@ -49,6 +49,9 @@ def published(root: Path) -> dict:
     """The published curves (``PUBLISHED`` next to the results root), checked for the fields
     this module reads."""
     path = Path(root).resolve().parent / PUBLISHED
+    if not path.is_file():
+        raise ValueError(f"{path}: no published curves; they are read from {PUBLISHED} next to the results root "
+                         f"{root} (the repository's figures/)")
     pub = read_json(path)
     missing = [k for k in _KEYS if k not in pub]
     if missing:
