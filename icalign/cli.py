@@ -35,7 +35,7 @@ COMMANDS = """commands:
   redraw FILE   redraw a result's markdown and figures from its JSON, without rerunning
                   e.g. icalign redraw figures/tf-vs-gd/quick/tf_vs_gd.json
   readme        rewrite (or --check) the result sections of README.md and docs/results.md
-                  e.g. icalign readme --check
+                  e.g. icalign readme --check  (--figures: also redraw figures/paper/paper_claims.png)
 """
 
 
@@ -210,7 +210,11 @@ def _readme(rest: list[str]) -> int:
     p.add_argument("--check", action="store_true", help="exit 1, naming the sections, if a document is stale")
     p.add_argument("--repo", type=Path, default=Path("."), help="folder holding README.md and docs/results.md")
     p.add_argument("--results", type=Path, default=Path("figures"), help="committed results root (default figures/)")
+    p.add_argument("--figures", action="store_true",
+                   help="also redraw the figures drawn from several committed results (RESULTS/paper/paper_claims.png)")
     args = p.parse_args(rest)
+    if args.figures and args.check:
+        raise ValueError("icalign readme: --figures writes figures and --check only reads; give one of them")
     if not args.results.is_dir():
         raise ValueError(f"icalign readme: --results {args.results}: not a folder of results")
     for doc in readme.DOCUMENTS:
@@ -228,6 +232,10 @@ def _readme_run(readme, args) -> int:
         if stale:
             print(f"icalign readme: stale sections {stale}: run `icalign readme`", file=sys.stderr)
         return int(bool(stale))
+    if args.figures:  # before the documents, which link to them
+        from icalign.viz import paper
+
+        print(f"drew {', '.join(map(str, paper.save(args.results)))}")
     readme.update(args.repo, args.results)
     print(f"rewrote the generated sections of {', '.join(readme.DOCUMENTS)} from {args.results}/")
     return 0

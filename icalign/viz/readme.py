@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Callable
 
 from icalign.io import read_json, write_text
-from icalign.viz import ablations, bench, gd, md, mechanism, necessity, precision, selfcorrect, sweeps, tf, verify
+from icalign.viz import (ablations, bench, gd, md, mechanism, necessity, paper, precision, selfcorrect, sweeps, tf,
+                         verify)
 
 __all__ = ["DOCUMENTS", "render", "update", "check"]
 
@@ -62,6 +63,7 @@ def _protocols(root: Path) -> str:
 #: docs/results.md: every experiment's tables and claims, and the benchmarks.
 RESULTS: dict[str, Callable[[Path], str]] = {
     "protocols": _protocols,
+    "paper-claims": paper.markdown,
     "gd-baseline": lambda root: gd.markdown(_r(root, "gd-baseline/quick/gd_baseline.json")),
     "gd-sweep-bench": lambda root: bench.gd_sweep(_r(root, "bench/gd_sweep_cpu.json"),
                                                   _r(root, "bench/gd_sweep_cpu2.json")),
