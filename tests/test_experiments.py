@@ -39,6 +39,9 @@ def test_every_experiment_runs_in_memory_and_writes_nothing(name, tmp_path, monk
     assert len(kept) == n_trained.get(name, 0) and all(t.run_dir is None and t.params_of(0) for t in kept)
     assert C.from_dict(MODULES[name].Config, res["config"]) == TINY_CONFIGS[name]  # enough to rerun it
     assert list(tmp_path.iterdir()) == []
+    # every model trained through experiment.train_or_load is recorded with its protocol
+    assert len(res.get("protocol", [])) == len(kept)
+    assert all(r["protocol"] == "published" and r["stopped"] == "budget" for r in res.get("protocol", []))
     if name == "reward-noise":
         assert set(res["corruptions"]) == set(CORRUPTIONS)
         for kind in CORRUPTIONS:  # level 0 of every corruption model is the same clean evaluation
