@@ -12,11 +12,12 @@ command would put it.
   smallest to the largest question, so the early results are readable while the long ones run.
   A new experiment must be placed here (tests/test_reproduce.py refuses an experiment missing
   from the order).
-* **Estimate**, printed before anything runs: each step's wall time as recorded in the
-  committed result under the repository's ``figures/`` (``seconds``: a number or a dict with
-  ``total``; self-correction's ``wall_seconds``), labelled with the machine it was measured on.
-  A committed result of the same config is preferred; one of an older config of the same preset
-  is used but flagged; none, or one that records no wall time, reads "no estimate".
+* **Estimate**, printed before anything runs: each step's wall time as recorded under the
+  repository's ``figures/``: by a committed ``reproduce.json`` (the whole command), else by the
+  committed result itself (``seconds``: a number or a dict with ``total``; self-correction's
+  ``wall_seconds``), labelled with the machine it was measured on. A timing of the same config
+  is preferred; one of an older config of the same preset is used but flagged; none, or a
+  result that records no wall time, reads "no estimate".
 * **Resume**: a step whose result JSON is already in its folder is "done" and skipped (a
   finished result is never overwritten: ``icalign run`` refuses to, and so does this). A
   killed step resumes on the next call: its trained models are loaded from their run folders
@@ -122,37 +123,41 @@ def _machine(hw: dict) -> str:
     return machine({"hardware": hw})
 
 
-def estimate(name: str, preset: str, cfg, figures: Path = FIGURES) -> dict:
-    """The estimate of one step from the committed results under ``figures``: {"seconds",
-    "hardware" (its words), "source" (the file), "note"}; ``seconds`` None means no estimate,
-    and ``note`` says why. A committed result of the very config is preferred (gd-baseline and
-    verify have quick == full); else the preset's own folder, flagged when its config differs."""
-    want = C.short_hash(cfg)
-    candidates = []
+def _timings(name: str, figures: Path):
+    """Every committed wall time of experiment ``name`` under ``figures``: (config hash, run
+    name, seconds or None, machine, source, whole command?) from each result's own record and
+    from the steps of a committed reproduce.json (the whole command's time, imports and all)."""
     for path in sorted(Path(figures).glob(f"{name}/*/*.json")):
-        if path.name.startswith("."):
-            continue
         try:
-            res = io.read_json(path)
+            res = io.read_json(path) if not path.name.startswith(".") else None
         except (OSError, ValueError):
-            continue
-        if not isinstance(res, dict):
-            continue
-        same = res.get("config_hash") == want
-        if same or path.parent.name == preset:
-            candidates.append((not same, path.parent.name != preset, path, res))
-    if not candidates:
-        return {"seconds": None, "hardware": None, "source": None,
-                "note": f"no estimate: no committed {name} result of this config or preset under {figures}"}
-    differs, _, path, res = min(candidates, key=lambda c: c[:3])
-    seconds = _wall(res)
-    note = "" if not differs else (
-        "from a result of another config (the preset changed since)" if res.get("config_hash")
-        else "from a result that does not record its config")
-    if seconds is None:
-        note = f"no estimate: {path.name} records no wall time"
-    return {"seconds": seconds, "hardware": _machine(res.get("hardware") or {}) if seconds is not None else None,
-            "source": str(path), "note": note}
+            res = None
+        if isinstance(res, dict):
+            yield res.get("config_hash"), path.parent.name, _wall(res), _machine(res.get("hardware") or {}), str(path), False
+    record = _earlier(Path(figures) / "reproduce.json")
+    for folder, row in record.items():
+        if row.get("step") == name and isinstance(row.get("seconds"), (int, float)) and row.get("ran_hardware"):
+            yield (row.get("config_hash"), Path(folder).name, float(row["seconds"]), row["ran_hardware"],
+                   f"{Path(figures) / 'reproduce.json'} ({folder})", True)
+
+
+def estimate(name: str, preset: str, cfg, figures: Path = FIGURES) -> dict:
+    """The estimate of one step from the committed timings under ``figures``: {"seconds",
+    "hardware" (its words), "source", "note"}; ``seconds`` None means no estimate, and ``note``
+    says why. A timing of the very config is preferred (gd-baseline and verify have quick ==
+    full), else one of the preset's own folder, flagged when its config differs or is not
+    recorded; a whole reproduce step's time before a result's own (which omits start-up)."""
+    want = C.short_hash(cfg)
+    found = [t for t in _timings(name, figures) if t[0] == want or t[1] == preset]
+    timed = [t for t in found if t[2] is not None]
+    if not timed:
+        why = (f"{', '.join(Path(t[4]).name for t in found)} records no wall time" if found
+               else f"no committed {name} result of this config or preset under {figures}")
+        return {"seconds": None, "hardware": None, "source": None, "note": f"no estimate: {why}"}
+    h, _, seconds, machine, source, _ = min(timed, key=lambda t: (t[0] != want, t[1] != preset, not t[5], t[4]))
+    note = "" if h == want else ("from a result of another config (the preset changed since)" if h
+                                 else "from a result that does not record its config")
+    return {"seconds": seconds, "hardware": machine, "source": source, "note": note}
 
 
 def _duration(s: Optional[float]) -> str:
@@ -193,7 +198,8 @@ def _models(res: dict) -> dict:
 
 def _print_plan(rows: list[dict], preset: str, out: Path, run_root: Path, figures: Path, here: str) -> None:
     print(f"icalign reproduce --{preset}: {len(rows)} steps into {out}/ (trained models under {run_root}/), on a {here}")
-    print(f"estimates: each step's wall time as recorded in the committed result under {figures}/")
+    print(f"estimates: each step's wall time as recorded under {figures}/ (by its reproduce.json, else by the "
+          "result itself)")
     todo = [r for r in rows if r["status"] != "done"]
     for i, r in enumerate(rows, 1):
         e = r["estimate"]
@@ -235,7 +241,8 @@ def reproduce(steps: list[Step], preset: str = "quick", out: Path = Path("result
                      "status": "done" if done else "pending",
                      "argv": _argv(step, preset, out, run_root, progress),
                      "estimate": estimate(step.name, preset, cfg, figures)})
-        rows[-1]["command"] = shlex.join(["icalign", "run", step.name, *rows[-1]["argv"]])
+        rows[-1].update(command=shlex.join(["icalign", "run", step.name, *rows[-1]["argv"]]),
+                        config_hash=C.short_hash(cfg))
     _print_plan(rows, preset, out, run_root, figures, here)
     if dry_run:
         return 0
@@ -277,6 +284,10 @@ def _earlier(path: Path) -> dict:
         return {}
 
 
+def _same_file(recorded, path: Path) -> bool:
+    return isinstance(recorded, str) and Path(recorded).resolve() == path.resolve()
+
+
 def _step(row: dict, mod, cfg, folder: Path, preset: str, cli, before: Optional[dict], record_path: Path,
           record: dict) -> None:
     """Run (or skip) one step and record it in ``row``; the record is rewritten after it."""
@@ -286,7 +297,7 @@ def _step(row: dict, mod, cfg, folder: Path, preset: str, cli, before: Optional[
         if path is not None:
             res = _check_result(row["step"], cfg, path)
             # the call that ran it, if an earlier record holds it for this very file (a skip keeps it)
-            ran = before if before and before.get("seconds") is not None and before.get("result") == str(path) else None
+            ran = before if before and before.get("seconds") is not None and _same_file(before.get("result"), path) else None
             # the time of the call that ran it; else the result's own record of it
             row.update(status="skipped", result_seconds=_wall(res), **_models(res),
                        **{k: (ran or {}).get(k) for k in ("seconds", "ran_at", "ran_hardware")})

@@ -49,6 +49,14 @@ def test_estimate_reads_each_kind_of_wall_time_and_says_when_there_is_none(tmp_p
     io.write_json(tmp_path / "gd-baseline" / "quick" / "gd_baseline.json", {"config_hash": "o", "hardware": cpu})
     e = R.estimate("gd-baseline", "quick", cfg, tmp_path)
     assert e["seconds"] is None and "records no wall time" in e["note"]
+    # a committed reproduce record times the whole step; of this config, it is the estimate
+    step = {"step": "gd-baseline", "folder": "gd-baseline/quick", "seconds": 50.0, "ran_hardware": "a machine"}
+    io.write_json(tmp_path / "reproduce.json", {"steps": [{**step, "config_hash": "old"}]})
+    e = R.estimate("gd-baseline", "quick", cfg, tmp_path)
+    assert (e["seconds"], e["hardware"]) == (50.0, "a machine") and "another config" in e["note"]
+    io.write_json(tmp_path / "reproduce.json", {"steps": [{**step, "config_hash": C.short_hash(cfg)},
+                                                          {**step, "step": "verify", "folder": "verify/quick", "seconds": 9.0}]})
+    assert R.estimate("gd-baseline", "quick", cfg, tmp_path)["note"] == ""
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
