@@ -326,6 +326,15 @@ def _step(row: dict, mod, cfg, folder: Path, preset: str, cli, before: Optional[
     except Exception as err:  # a failed step is recorded and the next one runs (they are independent)
         row.update(status="failed", error=f"{type(err).__name__}: {err}")
         print(f"[reproduce] {row['step']} failed: {row['error']}", file=sys.stderr, flush=True)
+    finally:
+        # the next step starts as a separate `icalign run` would: no compiled programs or buffers
+        # held over from this one (nine steps in one process would otherwise accumulate them)
+        import gc
+
+        import jax
+
+        jax.clear_caches()
+        gc.collect()
     io.write_json(record_path, record)
 
 

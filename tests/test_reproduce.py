@@ -90,6 +90,19 @@ def test_bad_flags_exit_2_naming_the_flag(flags, named, capsys, tmp_path):
     assert e.value.code == 2 and named in capsys.readouterr().err
 
 
+def test_results_document_points_to_icalign_readme_only_for_the_repository_figures(tmp_path):
+    record = {"preset": "quick", "command": "icalign reproduce", "started": "s", "finished": "f",
+              "hardware": {"backend": "cpu", "cpu_count": 2, "jax": "x"},
+              "steps": [{"step": "verify", "folder": "verify/quick", "status": "failed", "error": "boom",
+                         "estimate": {"seconds": 60.0, "hardware": "h"}, "seconds": 5.0}]}
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "results.md").write_text("")
+    doc = R.document(record, tmp_path / "figures")
+    assert "`icalign readme` regenerates README.md" in doc and "Not reproduced: boom" in doc
+    assert "| verify | verify/quick | failed | 5 s | - | 60 s | h |" in doc
+    assert "icalign readme" not in R.document(record, tmp_path / "elsewhere")
+
+
 # A stand-in experiment that fails while FAIL is set: a failed step must be recorded, named and
 # not stop the next one; once it passes, the rerun runs it and skips the finished steps.
 FAIL = {"now": True}
