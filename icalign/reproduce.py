@@ -249,14 +249,18 @@ def reproduce(steps: list[Step], preset: str = "quick", out: Path = Path("result
     record_path = io.claim_output(out / "reproduce.json", force=True)  # one reproduce per DIR at a time
     try:
         earlier = _earlier(record_path)
-        record = {"command": shlex.join(["icalign", "reproduce", *(argv if argv is not None else [f"--{preset}"])]), "preset": preset,
-                  "out": str(out), "run_root": str(run_root), "estimates_from": str(figures),
-                  "started": _now(), "finished": None, "hardware": io.hardware(), "identity": io.identity(),
-                  "steps": rows}
+        # steps of an earlier call outside this plan (an --only run) stay in the record and the document
+        kept = [r for f, r in earlier.items() if f not in {row["folder"] for row in rows} and r.get("preset") == preset]
+        place = {s.name: i for i, s in enumerate(plan(preset))}
+        command = shlex.join(["icalign", "reproduce", *(argv if argv is not None else [f"--{preset}"])])
+        record = {"command": command, "preset": preset, "out": str(out), "run_root": str(run_root),
+                  "estimates_from": str(figures), "started": _now(), "finished": None, "hardware": io.hardware(),
+                  "identity": io.identity(),
+                  "steps": sorted(rows + kept, key=lambda r: place.get(r.get("step"), len(place)))}
         io.write_json(record_path, record)
         for row in rows:
             mod, cfg, folder = mods[row["step"]]
-            _step(row, mod, cfg, folder, preset, cli, earlier.get(row["folder"]), record_path, record)
+            _step(row, mod, cfg, folder, cli, earlier.get(row["folder"]), record_path, record)
         record["finished"] = _now()
         io.write_json(record_path, record)
         io.write_text(out / "results.md", document(record, out))
@@ -288,7 +292,7 @@ def _same_file(recorded, path: Path) -> bool:
     return isinstance(recorded, str) and Path(recorded).resolve() == path.resolve()
 
 
-def _step(row: dict, mod, cfg, folder: Path, preset: str, cli, before: Optional[dict], record_path: Path,
+def _step(row: dict, mod, cfg, folder: Path, cli, before: Optional[dict], record_path: Path,
           record: dict) -> None:
     """Run (or skip) one step and record it in ``row``; the record is rewritten after it."""
     row.update(hardware=record["hardware"], identity=record["identity"])

@@ -179,5 +179,11 @@ def test_a_run_records_every_step_and_a_rerun_skips_the_finished_ones(tmp_path, 
         assert cli.main(argv) == 0
         rec = json.loads((out / "reproduce.json").read_text())
         assert rec["steps"][1]["status"] == "skipped" and rec["steps"][1]["seconds"] == g["seconds"]
+        # a call for one step keeps the others in the record and the document
+        monkeypatch.setattr(R, "plan", lambda preset: [R.Step("fake-step"), tiny])
+        assert cli.main(argv + ["--only", "fake-step"]) == 0
+        rec = json.loads((out / "reproduce.json").read_text())
+        assert [s["step"] for s in rec["steps"]] == ["fake-step", "gd-baseline"]
+        assert "## gd-baseline" in (out / "results.md").read_text()
     finally:
         sys.modules.pop("icalign.experiments.fake_step", None)
