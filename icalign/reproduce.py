@@ -84,7 +84,8 @@ def plan(preset: str) -> list[Step]:
 def _argv(step: Step, preset: str, out: Path, run_root: Path, progress: bool) -> list[str]:
     """The flags of ``icalign run step.name`` for this step (also its recorded command line)."""
     sets = [a for s in step.sets for a in ("--set", s)]
-    return [f"--{preset}", "--out", str(out), "--run-root", str(run_root), *sets] + ([] if progress else ["--no-progress"])
+    return ([f"--{preset}", "--out", str(out), "--run-root", str(run_root), *sets]
+            + ([] if progress else ["--no-progress"]))
 
 
 def _resolve(step: Step, preset: str, out: Path, run_root: Path, progress: bool):
@@ -133,7 +134,8 @@ def _timings(name: str, figures: Path):
         except (OSError, ValueError):
             res = None
         if isinstance(res, dict):
-            yield res.get("config_hash"), path.parent.name, _wall(res), _machine(res.get("hardware") or {}), str(path), False
+            yield (res.get("config_hash"), path.parent.name, _wall(res), _machine(res.get("hardware") or {}),
+                   str(path), False)
     record = _earlier(Path(figures) / "reproduce.json")
     for folder, row in record.items():
         if row.get("step") == name and isinstance(row.get("seconds"), (int, float)) and row.get("ran_hardware"):
@@ -197,7 +199,8 @@ def _models(res: dict) -> dict:
 
 
 def _print_plan(rows: list[dict], preset: str, out: Path, run_root: Path, figures: Path, here: str) -> None:
-    print(f"icalign reproduce --{preset}: {len(rows)} steps into {out}/ (trained models under {run_root}/), on a {here}")
+    print(f"icalign reproduce --{preset}: {len(rows)} steps into {out}/ (trained models under {run_root}/), "
+          f"this machine: {here}")
     print(f"estimates: each step's wall time as recorded under {figures}/ (by its reproduce.json, else by the "
           "result itself)")
     todo = [r for r in rows if r["status"] != "done"]
@@ -301,7 +304,8 @@ def _step(row: dict, mod, cfg, folder: Path, cli, before: Optional[dict], record
         if path is not None:
             res = _check_result(row["step"], cfg, path)
             # the call that ran it, if an earlier record holds it for this very file (a skip keeps it)
-            ran = before if before and before.get("seconds") is not None and _same_file(before.get("result"), path) else None
+            ran = (before if before and before.get("seconds") is not None and _same_file(before.get("result"), path)
+                   else None)
             # the time of the call that ran it; else the result's own record of it
             row.update(status="skipped", result_seconds=_wall(res), **_models(res),
                        **{k: (ran or {}).get(k) for k in ("seconds", "ran_at", "ran_hardware")})
@@ -361,7 +365,7 @@ def markdown(record: dict) -> str:
     known = [r["estimate"]["seconds"] for r in record["steps"] if r["estimate"]["seconds"] is not None]
     return (table(["step", "folder", "status", "wall time", "result's own time", "estimate", "estimate measured on"],
                   rows)
-            + f"\n\nTotal wall time {_duration(sum(ran))} over {len(ran)} timed step(s) on a "
+            + f"\n\nTotal wall time {_duration(sum(ran))} over {len(ran)} timed step(s); this machine: "
               f"{_machine(record['hardware'])}; estimated {_duration(sum(known))} over {len(known)} step(s). "
               "Wall time is that of the call that ran the step (a step skipped as done keeps it; '-' when it "
               "finished outside `icalign reproduce`); a result's own time excludes start-up and imports.")
@@ -419,7 +423,8 @@ def document(record: dict, out: Path) -> str:
 
 
 def main(argv: list[str]) -> int:
-    """``icalign reproduce [--quick | --full] [--out DIR] [--run-root DIR] [--dry-run] [--only a,b] [--no-progress]``."""
+    """``icalign reproduce [--quick | --full] [--out DIR] [--run-root DIR] [--dry-run] [--only a,b]
+    [--no-progress]``: the command line (argv without ``reproduce``); returns the exit code."""
     p = argparse.ArgumentParser(prog="icalign reproduce", description="run every experiment in order into one folder "
                                 "(resumable), with an estimate of each step first, and write DIR/results.md",
                                 epilog=f"order: {', '.join(ORDER)}")
