@@ -180,7 +180,10 @@ def _walk(x, key: str) -> list:
 def _check_result(name: str, cfg, path: Path) -> dict:
     """A finished result read back, refused (ValueError) when it is not this step's: another
     experiment, or another config (its folder name is the preset's, but the preset changed)."""
-    res = io.read_json(path)
+    try:
+        res = io.read_json(path)
+    except ValueError as err:
+        raise ValueError(f"{path} is not a readable result ({err}); move it away to rerun the step") from None
     exp = res.get("experiment") if isinstance(res, dict) else None
     if not isinstance(exp, str) or exp.replace("_", "-") != name:
         raise ValueError(f"{path} is not a {name} result (its 'experiment' is {exp!r})")

@@ -105,7 +105,7 @@ def test_results_document_points_to_icalign_readme_only_for_the_repository_figur
 
 # A stand-in experiment that fails while FAIL is set: a failed step must be recorded, named and
 # not stop the next one; once it passes, the rerun runs it and skips the finished steps.
-FAIL = {"now": True}
+FAIL = {"now": True, "claims": False}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,11 +121,12 @@ def _fake_module():
         path = result_path(out, "fake_step", force)
         if FAIL["now"]:
             raise RuntimeError("fake failure")
-        return publish(path, {"experiment": "fake-step", **config_record(cfg), "seconds": 1.5, "all_pass": True},
+        return publish(path, {"experiment": "fake-step", **config_record(cfg), "seconds": 1.5,
+                                "all_pass": not FAIL["claims"]},
                        markdown=lambda r: "fake section text")
 
     mod.__dict__.update(NAME="fake-step", DESCRIPTION="a stand-in", Config=_Config, QUICK=_Config(),
-                        FULL=_Config(), run=run)
+                        FULL=_Config(), run=run, exit_code=lambda r: 0 if r["all_pass"] else 1)
     return mod
 
 
@@ -185,5 +186,12 @@ def test_a_run_records_every_step_and_a_rerun_skips_the_finished_ones(tmp_path, 
         rec = json.loads((out / "reproduce.json").read_text())
         assert [s["step"] for s in rec["steps"]] == ["fake-step", "gd-baseline"]
         assert "## gd-baseline" in (out / "results.md").read_text()
+        # a result that reports a failure (verify's failed claim) fails the command, on a rerun too
+        (out / "fake-step" / "quick" / "fake_step.json").unlink()
+        FAIL["claims"] = True
+        for _ in range(2):
+            assert cli.main(argv) == 1
+            assert "step fake-step failed: its result reports a failure (exit code 1)" in capsys.readouterr().err
     finally:
+        FAIL.update(now=True, claims=False)
         sys.modules.pop("icalign.experiments.fake_step", None)
