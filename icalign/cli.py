@@ -34,6 +34,8 @@ COMMANDS = """commands:
                   e.g. icalign bench train-step
   redraw FILE   redraw a result's markdown and figures from its JSON, without rerunning
                   e.g. icalign redraw figures/tf-vs-gd/quick/tf_vs_gd.json
+  reproduce     run every experiment in order into one folder (resumable; prints estimates first)
+                  e.g. icalign reproduce --quick --out results --dry-run
   readme        rewrite (or --check) the result sections of README.md and docs/results.md
                   e.g. icalign readme --check  (--figures: also redraw figures/paper/paper_claims.png)
 """
@@ -127,9 +129,15 @@ def _check_folder(flag: str, folder: Path) -> None:
         raise ValueError(f"{flag} {folder}: cannot write there (no permission, or a system folder)")
 
 
-def _run(name: str, rest: list[str]) -> int:
+def parse_run(name: str, rest: list[str]) -> tuple:
+    """(experiment module, parsed flags) of ``icalign run NAME *rest`` (icalign reproduce plans with it)."""
     mod = _sub("run", name, experiments())
-    args = _run_parser(name, mod).parse_args(rest)
+    return mod, _run_parser(name, mod).parse_args(rest)
+
+
+def run_experiment(name: str, rest: list[str]) -> int:
+    """``icalign run NAME *rest``: resolve, run, print where the results and models went; the exit code."""
+    mod, args = parse_run(name, rest)
     cfg, out = resolve(name, mod, args)
     if args.show_config:
         print(C.to_toml(cfg, comments=True), end="")
@@ -248,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     top = argparse.ArgumentParser(prog="icalign", description=DESCRIPTION, epilog=COMMANDS, add_help=False,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     top.add_argument("-h", "--help", action="store_true", help="show this help (after a NAME: its flags)")
-    top.add_argument("command", nargs="?", choices=["run", "bench", "list", "verify", "readme", "redraw"])
+    top.add_argument("command", nargs="?", choices=["run", "bench", "list", "verify", "readme", "redraw", "reproduce"])
     top.add_argument("name", nargs="?")
     ns, rest = top.parse_known_args(argv)
     if ns.command == "verify":  # `icalign verify ...` is `icalign run verify ...`
@@ -256,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
         ns.command, ns.name = "run", "verify"
     if ns.command == "readme":  # the top parser took -h: hand it on, or help would rewrite README.md
         return _readme(([ns.name] if ns.name else []) + rest + (["--help"] if ns.help else []))
+    if ns.command == "reproduce":  # its own parser gets every flag as given (the top one would take
+        from icalign import reproduce  # the value of `--out DIR` for a NAME)
+
+        return reproduce.main(argv[:argv.index("reproduce")] + argv[argv.index("reproduce") + 1:])
     if ns.command == "redraw" and ns.help:
         print("usage: icalign redraw RESULT.json ...  (redraw a result's markdown and figures from its JSON)")
         return 0
@@ -279,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         table = experiments() if ns.command == "run" else benchmarks()
         raise SystemExit(f"icalign {ns.command}: give a name, one of {sorted(table)}")
     if ns.command == "run":
-        return _run(ns.name, rest)
+        return run_experiment(ns.name, rest)
     mod = _sub("bench", ns.name, benchmarks())
     p = argparse.ArgumentParser(prog=f"icalign bench {ns.name}", description=mod.DESCRIPTION)
     if hasattr(mod, "add_arguments"):

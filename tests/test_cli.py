@@ -90,7 +90,7 @@ def test_show_config_round_trips_through_a_toml_file(tmp_path, capsys):
 def test_help_describes_every_command_and_every_key(capsys):
     assert cli.main(["--help"]) == 0
     top = capsys.readouterr().out
-    for command in ("run", "verify", "list", "bench", "redraw", "readme"):
+    for command in ("run", "verify", "list", "bench", "redraw", "readme", "reproduce"):
         assert f"e.g. icalign {command}" in top, command
     assert "``" not in top and "no logic" not in top
     with pytest.raises(SystemExit):
