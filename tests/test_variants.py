@@ -3,8 +3,10 @@ populations and health, the engine's direction and ties, refusals before any tra
 
 from __future__ import annotations
 
+import ast
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -163,10 +165,23 @@ def test_cli_and_saved_results(compared, runs, tmp_path, capsys):
     icalign.io.write_json(tmp_path / "other.json", other)
     with pytest.raises(ValueError, match=r"not evaluated on the same contexts and seeds: eval.contexts is 16 vs 8"):
         V.compare_results([a_json, tmp_path / "other.json"])
+    with pytest.raises(ValueError, match="is given twice"):
+        V.compare_results([a_json, tmp_path / "." / "a.json"])
     del tf["nmse"]["transformer"]["cells"]
     icalign.io.write_json(tmp_path / "old.json", tf)
     with pytest.raises(ValueError, match="stores no per-context values"):
         V.compare_results([a_json, tmp_path / "old.json"])
+
+
+def test_importing_icalign_stays_light():
+    """icalign.compare is a lazy wrapper: the package's own imports load no experiment (checked
+    on its source: a fresh interpreter to watch sys.modules costs seconds of jax import)."""
+    tree = ast.parse(Path(icalign.__file__).read_text())
+    top = [n.module if isinstance(n, ast.ImportFrom) else a.name for n in tree.body
+           if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names]
+    assert top and not [m for m in top if m.startswith(("icalign.comparison", "icalign.experiments",
+                                                         "icalign.analysis"))]
+    assert callable(icalign.compare) and "compare" in icalign.__all__
 
 
 def test_help(capsys):

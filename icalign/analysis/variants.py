@@ -161,6 +161,9 @@ def compare_results(paths: Sequence, reference: Optional[str] = None) -> dict:
     paths = [Path(p) for p in paths]
     if len(paths) < 2:
         raise ValueError(f"icalign compare --results: give two or more result files, got {len(paths)}")
+    twice = [str(p) for i, p in enumerate(paths) if p.resolve() in [q.resolve() for q in paths[:i]]]
+    if twice:
+        raise ValueError(f"icalign compare --results: {twice[0]} is given twice (a file compared with itself)")
     files = [_read(p) for p in paths]
     ids = [identity(res.get("experiment", "?"), res["config"]) for res in files]
     for p, other in zip(paths[1:], ids[1:]):  # first: the reason a user must read when files differ
@@ -186,6 +189,9 @@ def compare_results(paths: Sequence, reference: Optional[str] = None) -> dict:
             variants.append(v)
     ref_id = ids[0]
     names = [v["name"] for v in variants]
+    dup = [n for n in names if names.count(n) > 1]
+    if dup:  # claims and arms are keyed by name
+        raise ValueError(f"icalign compare --results: two variants are both named {dup[0]!r}; rename a file")
     reference = names[0] if reference is None else reference
     if reference not in names:
         raise ValueError(f"reference {reference!r} is not one of the variants {names}")
@@ -200,8 +206,9 @@ def report(res: dict) -> str:
     """The claims table and one health line per variant (with its learning-rate selection)."""
     lines = [claims.table(res["claims"]), "", "training health (the verdict is withheld for a failed model):"]
     for v in res["variants"]:
-        h = v["health"]
-        sel = v.get("selection")
+        h, sel = v["health"], v.get("selection")
+        runs = (h.get("reason") or "").split("; run ")  # one line: the first run's reasons, the rest in the JSON
+        why = runs[0] + (f"; and {len(runs) - 1} more run(s), in its health record" if len(runs) > 1 else "")
         chosen = f"; lr chosen {sel.get('chosen')} ({sel.get('stopped', '')})" if isinstance(sel, dict) else ""
-        lines.append(f"  {v['name']}: {h['status']}" + (f" ({h['reason']})" if h.get("reason") else "") + chosen)
+        lines.append(f"  {v['name']}: {h['status']}" + (f" ({why})" if why else "") + chosen)
     return "\n".join(lines)
