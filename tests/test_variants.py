@@ -4,6 +4,7 @@ populations and health, the engine's direction and ties, refusals before any tra
 from __future__ import annotations
 
 import ast
+import copy
 import json
 import sys
 from pathlib import Path
@@ -154,8 +155,8 @@ def test_cli_and_saved_results(compared, runs, tmp_path, capsys):
     assert cli.main(["compare", "--results", str(a_json), str(b_json), "--reference", "b/a"]) == 0
     assert "| a/a has lower error than b/a | +0.000" in capsys.readouterr().out
     # a tf-vs-gd result holds one variant's cells too
-    tf = {"experiment": "tf-vs-gd", "config": C.to_dict(A), "health": compared["variants"][2]["health"],
-          "nmse": {"transformer": compared["variants"][2]["nmse"]}}
+    tf = copy.deepcopy({"experiment": "tf-vs-gd", "config": C.to_dict(A), "health": compared["variants"][2]["health"],
+                        "nmse": {"transformer": compared["variants"][2]["nmse"]}})  # edited below
     icalign.io.write_json(tmp_path / "tf.json", tf)
     assert V.compare_results([a_json, tmp_path / "tf.json"])["claims"][-1]["claim"] == "tf has lower error than a/a"
     # refused: other evaluation contexts, or no per-context values
@@ -191,3 +192,26 @@ def test_help(capsys):
     text = capsys.readouterr().out
     assert e.value.code == 0 and "usage: icalign compare" in text and "--results FILE.json" in text
     assert "one of ['ablations', 'reward-noise', 'tf-vs-gd']" in " ".join(text.split())
+
+
+def test_saved_results_refuse_what_they_cannot_pair(compared, tmp_path):
+    a_json = tmp_path / "a.json"
+    icalign.io.write_json(a_json, compared)
+    rn = {**compared, "kind": None, "experiment": "reward-noise"}  # its own identity: compared with itself
+    icalign.io.write_json(tmp_path / "rn0.json", rn)
+    for name, res, message in (
+            ("rn", rn, "neither an `icalign compare` output"),
+            ("cut", {**compared, "variants": [{"name": "x", "nmse": None}]}, "a variant lacks a field"),
+            ("list", [1, 2], "not a result file")):
+        icalign.io.write_json(tmp_path / f"{name}.json", res)
+        with pytest.raises(ValueError, match=message):
+            V.compare_results([tmp_path / "rn0.json" if name == "rn" else a_json, tmp_path / f"{name}.json"])
+    with pytest.raises(ValueError, match="give two or more"):
+        V.compare_results([a_json])
+    # a comparison of saved results is itself a saved comparison
+    b_json = tmp_path / "b.json"
+    b_json.write_text(a_json.read_text())
+    icalign.io.write_json(tmp_path / "ab.json", V.compare_results([a_json, b_json]))
+    again = V.compare_results([a_json, tmp_path / "ab.json"])
+    assert [c["claim"] for c in again["claims"]][2] == "ab/a/a has lower error than a/a"
+    assert [c["effect"] for c in again["claims"]][:2] == [c["effect"] for c in compared["claims"]]

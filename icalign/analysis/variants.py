@@ -140,17 +140,13 @@ def _read(path) -> dict:
     return res
 
 
-def _variants_of(path, res: dict, label: str) -> list:
-    """The variants a saved file holds, each with its stored health and summary."""
+def _variants_of(res: dict, label: str) -> list:
+    """The variants a compare output or a tf-vs-gd result holds, with their stored health and summary."""
     if res.get("kind") == "compare":
         return [{**v, "name": f"{label}/{v['name']}", "health": health.legacy(v.get("health"))}
                 for v in res["variants"]]
-    if res.get("experiment") == "tf-vs-gd":
-        return [{"name": label, "config": res["config"], "health": health.stored(res),
-                 "nmse": (res.get("nmse") or {}).get("transformer"), "overrides": {}}]
-    raise ValueError(f"icalign compare --results {path}: experiment {res.get('experiment')!r} is neither an "
-                     "`icalign compare` output nor a tf-vs-gd result (the files holding per-context values of "
-                     "whole trained models)")
+    return [{"name": label, "config": res["config"], "health": health.stored(res),
+             "nmse": (res.get("nmse") or {}).get("transformer"), "overrides": {}}]
 
 
 def compare_results(paths: Sequence, reference: Optional[str] = None) -> dict:
@@ -174,15 +170,23 @@ def compare_results(paths: Sequence, reference: Optional[str] = None) -> dict:
     stems = [p.stem for p in paths]
     variants = []
     for p, stem, res in zip(paths, stems, files):
-        for v in _variants_of(p, res, stem if stems.count(stem) == 1 else str(p)):
+        if res.get("kind") != "compare" and res.get("experiment") != "tf-vs-gd":
+            raise ValueError(f"icalign compare --results {p}: experiment {res.get('experiment')!r} is neither an "
+                             "`icalign compare` output nor a tf-vs-gd result (the files holding per-context values "
+                             "of whole trained models)")
+        try:
+            found = [(v, _cells(v["nmse"]), (int(v["config"]["seeds"]), int(v["config"]["eval"]["contexts"])))
+                     for v in _variants_of(res, stem if stems.count(stem) == 1 else str(p))]
+        except (KeyError, TypeError, ValueError) as err:  # a hand-made or truncated file: name it, not a traceback
+            raise ValueError(f"icalign compare --results {p}: a variant lacks a field or has one of the wrong "
+                             f"shape ({err!r}); is it a complete compare output or tf-vs-gd result?") from None
+        for v, cells, want in found:
             if identity(res.get("experiment", "?"), v["config"]) != ids[0]:
                 raise ValueError(f"icalign compare --results {p}: variant {v['name']} has another context identity "
                                  "than its file's config")
-            cells = _cells(v["nmse"])
             if cells is None and not (v["nmse"] is None and v["health"]["status"] == "failed"):  # diverged: no values
                 raise ValueError(f"icalign compare --results {p}: {v['name']} stores no per-context values (nmse "
                                  "cells; files written before they were stored cannot be paired)")
-            want = (int(v["config"]["seeds"]), int(v["config"]["eval"]["contexts"]))
             if cells is not None and cells.shape != want:
                 raise ValueError(f"icalign compare --results {p}: {v['name']} cells have shape {cells.shape}, "
                                  f"expected (seeds, contexts) {want}")
@@ -196,9 +200,9 @@ def compare_results(paths: Sequence, reference: Optional[str] = None) -> dict:
     if reference not in names:
         raise ValueError(f"reference {reference!r} is not one of the variants {names}")
     t = int(ref_id["model.n"]) - 1
-    return {"experiment": ref_id["experiment"], "kind": "compare", "files": [str(p) for p in paths],
-            "reference": reference, "t": t, "contexts": ref_id,
-            "variants": [{k: v.get(k) for k in ("name", "overrides", "health", "nmse", "selection")}
+    return {"experiment": ref_id["experiment"], "kind": "compare", "config": files[0]["config"],
+            "files": [str(p) for p in paths], "reference": reference, "t": t, "contexts": ref_id,
+            "variants": [{k: v.get(k) for k in ("name", "overrides", "config", "health", "nmse", "selection")}
                          for v in variants], "claims": judge(variants, reference, t)}
 
 
