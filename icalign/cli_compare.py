@@ -10,9 +10,10 @@ from pathlib import Path
 from icalign import config as C
 
 EXAMPLE = """examples:
-  icalign compare tf-vs-gd --variant a:model.attention=linear --variant b:model.n_layers=1 --set seeds=5
-  icalign compare ablations --variant base --variant noffn:model.ffn=false --out cmp.json
-  icalign compare --results cmp.json figures/tf-vs-gd/quick/tf_vs_gd.json
+  icalign compare tf-vs-gd --variant a:model.attention=linear --variant b:model.n_layers=1 --set seeds=5 \
+      --out cmp.json
+  icalign compare --results cmp.json figures/tf-vs-gd/quick/tf_vs_gd.json   (the same contexts and seeds)
+  icalign compare ablations --variant base --variant noffn:model.ffn=false --reference noffn
 
 Each variant is the preset (--quick or --full) with --set applied to all, then its own
 KEY=VALUE (which wins). Keys: those of `icalign run EXPERIMENT --help`; per variant only model.*
@@ -40,7 +41,7 @@ def parser(names) -> argparse.ArgumentParser:
     p.add_argument("--results", nargs="+", type=Path, metavar="FILE.json",
                    help="compare saved results instead (compare outputs, tf-vs-gd results) on their shared contexts")
     p.add_argument("--run-root", type=Path, default=Path("runs"), help="where trained models are kept (default runs/)")
-    p.add_argument("--out", type=Path, help="write the comparison as JSON to this file")
+    p.add_argument("--out", type=Path, metavar="FILE.json", help="write the comparison as JSON to this file")
     p.add_argument("--force", action="store_true", help="overwrite a finished --out file instead of refusing")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
@@ -95,7 +96,7 @@ def main(argv: list) -> int:
         raise ValueError("--results compares saved files: give no EXPERIMENT, --variant or --set with it")
     if not args.results:
         if args.experiment not in table:
-            raise ValueError(f"icalign compare: EXPERIMENT must be one of {sorted(table)}, got {args.experiment!r} "
+            raise ValueError(f"EXPERIMENT must be one of {sorted(table)}, got {args.experiment!r} "
                              "(or give --results FILE.json FILE.json ...)")
         cfgs = variants(table[args.experiment], args.variants, args.sets, args.preset)
         if args.reference is not None and args.reference not in cfgs:

@@ -104,8 +104,11 @@ def _named(cfgs, mod, experiment: str) -> dict:
     for name, cfg in items:
         check_name(name)
         if not isinstance(cfg, mod.Config):
-            raise ValueError(f"variant {name!r} is a {type(cfg).__module__}.{type(cfg).__qualname__}, not a "
-                             f"{experiment} config ({mod.__name__}.Config)")
+            where = type(cfg).__module__
+            hint = (f"; pass experiment={where.rsplit('.', 1)[1].replace('_', '-')!r}"
+                    if where.startswith("icalign.experiments.") else "")
+            raise ValueError(f"variant {name!r} is a {where}.{type(cfg).__qualname__}, not a {experiment} config "
+                             f"({mod.__name__}.Config){hint}")
     return dict(items)
 
 

@@ -65,14 +65,10 @@ def _used(key: str) -> bool:
     return any(key.startswith(u) if u.endswith(".") else key == u for u in USED)
 
 
-def _differs(name: str, a, b, ref: str, what: str) -> str:
-    return f"{name!r} and {ref!r} {what}: {a!r} vs {b!r}"
-
-
 def check_shared(experiment: str, configs: dict) -> None:
     """Refuse (ValueError) variants ({name: config dict}, the reference first) that do not share
-    the context identity, or that differ from the reference only in keys a comparison does not
-    use (they would be the same model compared with itself under two names)."""
+    the context identity, or that differ from the reference in a key a comparison does not use
+    (a variant that differed only there would be the reference's model under another name)."""
     names = list(configs)
     ref, base = names[0], flat(configs[names[0]])
     ref_id = identity(experiment, configs[ref])
@@ -80,8 +76,8 @@ def check_shared(experiment: str, configs: dict) -> None:
         other = identity(experiment, configs[name])
         for key in IDENTITY:
             if other[key] != ref_id[key]:
-                raise ValueError("variants must share the evaluation contexts and seeds: " + _differs(
-                    name, other[key], ref_id[key], ref, f"differ in {key}"))
+                raise ValueError(f"variants must share the evaluation contexts and seeds: {name!r} and {ref!r} "
+                                 f"differ in {key}: {other[key]!r} vs {ref_id[key]!r}")
         unused = [k for k, v in flat(configs[name]).items() if v != base.get(k) and not _used(k)]
         if unused:
             raise ValueError(f"variant {name!r} differs from {ref!r} in {', '.join(unused)}, which a comparison "
@@ -112,7 +108,7 @@ def record(name: str, config: dict, nmse: Optional[dict], gate: dict, reference_
 def judge(variants: Sequence[dict], reference: str, t: int) -> list:
     """One claim per variant against ``reference`` ("V has lower error than REF": the engine's
     verdict of REF minus V on the variants' paired (seeds, contexts) values at t)."""
-    arms = {}
+    by_name, arms = {v["name"]: v for v in variants}, {}
     for v in variants:
         cells = _cells(v["nmse"])
         arms[v["name"]] = None if cells is None else claims.cells(v["name"], cells, health=v["health"])
@@ -123,7 +119,7 @@ def judge(variants: Sequence[dict], reference: str, t: int) -> list:
         text = f"{v['name']} has lower error than {reference}"
         lost = [n for n in (reference, v["name"]) if arms[n] is None]
         if lost:  # a diverged model has no values: no evidence either way
-            why = "; ".join(f"{n}: {next(x for x in variants if x['name'] == n)['health']['reason']}" for n in lost)
+            why = "; ".join(f"{n}: {by_name[n]['health']['reason']}" for n in lost)
             out.append(claims.unresolvable(text, reference, v["name"], "not trained", why, t=t))
         else:
             out.append(claims.claim(text, arms[reference], arms[v["name"]], t=t))
