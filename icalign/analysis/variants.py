@@ -141,8 +141,9 @@ def _variants_of(res: dict, label: str) -> list:
     if res.get("kind") == "compare":
         return [{**v, "name": f"{label}/{v['name']}", "health": health.legacy(v.get("health"))}
                 for v in res["variants"]]
+    protocol = res.get("protocol") or [None]  # the learning-rate selection of its one trained model, if any
     return [{"name": label, "config": res["config"], "health": health.stored(res),
-             "nmse": (res.get("nmse") or {}).get("transformer"), "overrides": {}}]
+             "nmse": (res.get("nmse") or {}).get("transformer"), "overrides": {}, "selection": protocol[0]}]
 
 
 def compare_results(paths: Sequence, reference: Optional[str] = None) -> dict:
