@@ -23,10 +23,19 @@ from icalign.core import losses, tasks
 from icalign.theory import construct, gd
 
 __version__ = "0.1.0"
-__all__ = ["tasks", "losses", "gd", "model", "train", "construct"]
+__all__ = ["tasks", "losses", "gd", "model", "train", "construct", "compare"]
 
 for _name, _module in {"tasks": tasks, "losses": losses, "gd": gd, "train": train,
                        "construct": construct}.items():
     # ``import icalign.tasks`` finds the layer's module itself (no copy, no shim).
     _sys.modules[f"{__name__}.{_name}"] = _module
 del _name, _module
+
+
+def compare(cfgs, experiment: str = "tf-vs-gd", **kwargs) -> dict:
+    """Train, evaluate and judge variants of one experiment's model on the same contexts and
+    seeds: :func:`icalign.comparison.compare` (imported on first use: it loads the experiments,
+    which ``import icalign`` should not)."""
+    from icalign.comparison import compare as run
+
+    return run(cfgs, experiment, **kwargs)

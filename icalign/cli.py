@@ -38,6 +38,9 @@ COMMANDS = """commands:
                   e.g. icalign reproduce --quick --out results --dry-run
   readme        rewrite (or --check) the result sections of README.md and docs/results.md
                   e.g. icalign readme --check  (--figures: also redraw figures/paper/paper_claims.png)
+  compare NAME  is variant B of NAME's model better than variant A? (same contexts and seeds; verdicts)
+                  e.g. icalign compare tf-vs-gd --variant a:model.attention=linear --variant b:model.n_layers=1
+                  (icalign compare --help; icalign compare --results A.json B.json compares saved results)
 """
 
 
@@ -256,9 +259,15 @@ def main(argv: list[str] | None = None) -> int:
     top = argparse.ArgumentParser(prog="icalign", description=DESCRIPTION, epilog=COMMANDS, add_help=False,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     top.add_argument("-h", "--help", action="store_true", help="show this help (after a NAME: its flags)")
-    top.add_argument("command", nargs="?", choices=["run", "bench", "list", "verify", "readme", "redraw", "reproduce"])
+    top.add_argument("command", nargs="?", choices=["run", "bench", "list", "verify", "readme", "redraw", "reproduce",
+                                                    "compare"])
     top.add_argument("name", nargs="?")
     ns, rest = top.parse_known_args(argv)
+    if ns.command == "compare":  # its own flags, as given (the top parser would take a --results file as NAME)
+        from icalign.cli_compare import main as compare
+
+        argv.remove("compare")
+        return compare(argv)
     if ns.command == "verify":  # `icalign verify ...` is `icalign run verify ...`
         rest = ([ns.name] if ns.name else []) + rest
         ns.command, ns.name = "run", "verify"

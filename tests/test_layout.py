@@ -105,8 +105,9 @@ def test_pyproject_ships_every_package():
 # never one above. Data moves key -> core -> model | theory -> training -> analysis -> io -> viz;
 # as code, io (the one writer) and config (overrides) import nothing of icalign, so every layer
 # may call them. selfcorrect builds on training (its concept transformer trains through the one
-# loop) and is read by analysis. The package root (icalign/__init__.py) is the public facade that
-# names the notebook modules, and is not a layer.
+# loop) and is read by analysis. comparison trains the variants of any experiment (it reads their
+# configs), so it sits beside the experiments; its verdicts are analysis'. The package root
+# (icalign/__init__.py) is the public facade that names the notebook modules, and is not a layer.
 LAYERS = (
     ("icalign.core", "icalign.io", "icalign.config"),
     ("icalign.model",),
@@ -116,8 +117,8 @@ LAYERS = (
     ("icalign.analysis",),
     ("icalign.viz",),
     ("icalign.experiment",),
-    ("icalign.experiments", "icalign.benchmarks"),
-    ("icalign.cli",),
+    ("icalign.experiments", "icalign.benchmarks", "icalign.comparison"),
+    ("icalign.cli", "icalign.cli_compare"),
 )
 
 
