@@ -5,11 +5,10 @@ N0 clean candidates, T rounds; each round the learner answers, a critic scores t
 it is appended. Learners: the published Adam baseline, plain GD, and a small transformer
 trained here on the published task (``seeds`` seeds, the unit of its claims, after the
 training-health gate). Critics: the null critic (random scores), exact, Gaussian noise, flips,
-bias. Claims (icalign.analysis.selfcorrect_claims): a critic's gain minus the null critic's,
-and the choice entropy at ``entropy_beta``, where it is not saturated.
-Part 2, latent concept (icalign.selfcorrect.concept_study): a transformer trained on the
-right-vs-wrong family mixture, per-layer probes, and the loop against the exact Bayes
-posterior, with and without contrary instructions.
+bias. Claims (icalign.analysis.selfcorrect_claims): a critic's gain minus the null critic's, and the
+choice entropy at ``entropy_beta``.
+Part 2, latent concept (icalign.selfcorrect.concept_study): a transformer trained on the family
+mixture, per-layer probes, the loop against the exact Bayes posterior, with contrary instructions.
 """
 
 from __future__ import annotations
@@ -70,11 +69,8 @@ class Config:
                 raise ValueError(f"injections must lie in [0, concept.rounds = {self.concept.rounds}], got {t}")
 
 
-# quick: the transformer learner (5 seeds) under the fair protocol (docs/theory.md, "Training
-# protocol"): learning rates a factor of 3 apart around the 1e-3 it trained at before, chosen on
-# validation contexts, with plateau stopping within the 500-step budget.
-QUICK = Config(seeds=5, train=T.TrainConfig(lr=1e-3, batch=64, steps=500, chunk=50, checkpoint_every=250,
-                                            lr_grid=(3e-4, 1e-3, 3e-3), stop="plateau"))
+# quick: 5 seeds under the fair protocol (docs/theory.md, "Training protocol"), rates around the former 1e-3
+QUICK = Config(seeds=5, train=dataclasses.replace(Config.train, checkpoint_every=250, lr_grid=(3e-4, 1e-3, 3e-3), stop="plateau"))
 FULL = Config(contexts=256, draws=8, model=M.ModelConfig(n_layers=8, n_heads=4, d_model=64, n=20, token_layout="stacked"),
               train=T.TrainConfig(lr=3e-4, batch=256, steps=3000, chunk=50, checkpoint_every=3000),
               concept=ConceptConfig(n_layers=6, n_heads=4, d_model=64, steps=4000, batch=128, lr=5e-4,

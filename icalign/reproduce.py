@@ -1,10 +1,8 @@
 """`icalign reproduce`: every experiment, in a fixed order, into one output folder, resumable.
 
-One job: plan the steps, estimate each step's wall time, run them in order and record what
-happened. Each step is exactly ``icalign run NAME --quick|--full --out DIR --run-root ROOT``
-(the same parser, :func:`icalign.cli.resolve` and module ``run`` through
-:func:`icalign.cli.run_experiment`), so its result lands in ``DIR/NAME/<preset>/`` as the hand
-command would put it.
+One job: plan, estimate, run in order, record. Each step is exactly ``icalign run NAME
+--quick|--full --out DIR --run-root ROOT`` (the same parser and :func:`icalign.cli.resolve`),
+its result in ``DIR/NAME/<preset>/`` as the hand command would put it.
 
 * **Order** (:data:`ORDER`): verify, gd-baseline, tf-vs-gd, precision, reward-noise, ablations,
   necessity, self-correction, mechanism: the checks that need no training first (a broken
@@ -31,15 +29,13 @@ command would put it.
   so a killed run shows where it stopped): per step its status, wall seconds, estimate,
   hardware, preset, command line and package identity. A step's wall time is kept from the call
   that ran it, so a resumed run still reports every step's time.
-* **Results document**: ``DIR/results.md`` at the end: the wall-time table (:func:`markdown`)
+* **Results document**: ``DIR/results.md`` at the end (:mod:`icalign.viz.reproduce`): the wall-time table
   and one section per experiment: the markdown the run wrote beside its JSON (``NAME.md``),
   else the experiment's renderer of :mod:`icalign.viz` applied to the JSON.
 
-Trained models go to ``runs/`` by default, the default of ``icalign run``: the reproduction is
-then exactly the nine hand commands (a model trained by one is loaded by the other), and no
-checkpoints land inside DIR, which is often the committed ``figures/`` folder. Each step's
-record says how many of its models were loaded rather than trained (a loaded model's time is
-no training time).
+Trained models go to ``runs/`` by default, as for ``icalign run`` (no checkpoints land inside
+DIR, often the committed ``figures/``); each step's record counts the models it loaded rather
+than trained (a load is no training time).
 """
 
 from __future__ import annotations
@@ -47,7 +43,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import importlib
 import shlex
 import sys
 import time
@@ -56,6 +51,7 @@ from typing import Optional
 
 from icalign import config as C
 from icalign import io
+from icalign.viz.reproduce import document, duration as _duration, machine as _machine, markdown
 
 __all__ = ["ORDER", "Step", "plan", "estimate", "reproduce", "markdown", "document", "main"]
 
@@ -69,8 +65,7 @@ FIGURES = Path(__file__).resolve().parents[1] / "figures"
 
 @dataclasses.dataclass(frozen=True)
 class Step:
-    """One experiment of the plan: ``icalign run name --<preset> *sets`` (``sets``: extra
-    ``KEY=VALUE`` overrides; the plan has none, tests use them for tiny sizes)."""
+    """``icalign run name --<preset> *sets`` (``sets``: KEY=VALUE overrides; tests' tiny sizes)."""
 
     name: str
     sets: tuple[str, ...] = ()
@@ -89,8 +84,7 @@ def _argv(step: Step, preset: str, out: Path, run_root: Path, progress: bool) ->
 
 
 def _resolve(step: Step, preset: str, out: Path, run_root: Path, progress: bool):
-    """(module, config, result folder) of a step, through icalign run's own parser and resolve:
-    every value is validated here, before any step runs."""
+    """(module, config, result folder) of a step, validated by icalign run's own parser and resolve."""
     from icalign import cli
 
     mod, args = cli.parse_run(step.name, _argv(step, preset, out, run_root, progress))
@@ -99,9 +93,8 @@ def _resolve(step: Step, preset: str, out: Path, run_root: Path, progress: bool)
 
 
 def _finished(folder: Path) -> Optional[Path]:
-    """The finished result JSON in a result folder, or None. Only a result is a visible JSON
-    there (a sweep's progress and a claim are hidden files), and it is written atomically, so
-    its presence means the run finished."""
+    """The finished result JSON in a result folder, or None: the one visible JSON there (progress
+    and claims are hidden files), written atomically, so its presence means the run finished."""
     found = sorted(p for p in folder.glob("*.json") if not p.name.startswith(".")) if folder.is_dir() else []
     if len(found) > 1:
         raise ValueError(f"{folder} holds several result files ({', '.join(p.name for p in found)}); "
@@ -110,24 +103,16 @@ def _finished(folder: Path) -> Optional[Path]:
 
 
 def _wall(res: dict) -> Optional[float]:
-    """A result's own wall time in seconds (``seconds`` as a number or {"total": ...};
-    self-correction stores ``wall_seconds``), or None when it records none."""
+    """A result's own wall time (``seconds``, ``{"total": ...}`` or ``wall_seconds``), or None."""
     s = res.get("seconds", res.get("wall_seconds"))
     if isinstance(s, dict):
         s = s.get("total")
     return float(s) if isinstance(s, (int, float)) and not isinstance(s, bool) else None
 
 
-def _machine(hw: dict) -> str:
-    from icalign.viz.md import machine
-
-    return machine({"hardware": hw})
-
-
 def _timings(name: str, figures: Path):
-    """Every committed wall time of experiment ``name`` under ``figures``: (config hash, run
-    name, seconds or None, machine, source, whole command?) from each result's own record and
-    from the steps of a committed reproduce.json (the whole command's time, imports and all)."""
+    """Every committed wall time of ``name`` under ``figures`` (config hash, run name, seconds or None,
+    machine, source, whole command?): each result's own, and a committed reproduce.json's steps."""
     for path in sorted(Path(figures).glob(f"{name}/*/*.json")):
         try:
             res = io.read_json(path) if not path.name.startswith(".") else None
@@ -160,12 +145,6 @@ def estimate(name: str, preset: str, cfg, figures: Path = FIGURES) -> dict:
     note = "" if h == want else ("from a result of another config (the preset changed since)" if h
                                  else "from a result that does not record its config")
     return {"seconds": seconds, "hardware": machine, "source": source, "note": note}
-
-
-def _duration(s: Optional[float]) -> str:
-    if s is None:
-        return "-"
-    return f"{s:.0f} s" if s < 90 else f"{s / 60:.1f} min"
 
 
 def _walk(x, key: str) -> list:
@@ -269,7 +248,7 @@ def reproduce(steps: list[Step], preset: str = "quick", out: Path = Path("result
             _step(row, mod, cfg, folder, cli, earlier.get(row["folder"]), record_path, record)
         record["finished"] = _now()
         io.write_json(record_path, record)
-        io.write_text(out / "results.md", document(record, out))
+        io.write_text(out / "results.md", document(record, out, figures))
         print(f"wrote {record_path} and {out / 'results.md'}")
     finally:
         io.release(record_path)
@@ -347,82 +326,6 @@ def _step(row: dict, mod, cfg, folder: Path, cli, before: Optional[dict], record
         jax.clear_caches()
         gc.collect()
     io.write_json(record_path, record)
-
-
-def markdown(record: dict) -> str:
-    """The wall-time table of a reproduce record: per step its status, wall time (from the call
-    that ran it), the result's own timing, the estimate and the machine it was measured on."""
-    from icalign.viz.md import table
-
-    rows = []
-    for r in record["steps"]:
-        e = r["estimate"]
-        status = r["status"] + (f" (exit code {r['exit_code']})" if r.get("exit_code") else "") + (
-            f" ({r['models_loaded']} model(s) loaded, not trained)" if r.get("models_loaded") else "")
-        on = r.get("ran_hardware")
-        wall = _duration(r.get("seconds")) + (f" ({on})" if on and on != _machine(record["hardware"]) else "")
-        rows.append([r["step"], r["folder"], status, wall, _duration(r.get("result_seconds")),
-                     _duration(e["seconds"]) if e["seconds"] is not None else "no estimate",
-                     e["hardware"] or "-"])
-    ran = [r["seconds"] for r in record["steps"] if r.get("seconds") is not None]
-    known = [r["estimate"]["seconds"] for r in record["steps"] if r["estimate"]["seconds"] is not None]
-    return (table(["step", "folder", "status", "wall time", "result's own time", "estimate", "estimate measured on"],
-                  rows)
-            + f"\n\nTotal wall time {_duration(sum(ran))} over {len(ran)} timed step(s); this machine: "
-              f"{_machine(record['hardware'])}; estimated {_duration(sum(known))} over {len(known)} step(s). "
-              "Wall time is that of the call that ran the step (a step skipped as done keeps it; '-' when it "
-              "finished outside `icalign reproduce`); a result's own time excludes start-up and imports.")
-
-
-def _section(row: dict, out: Path) -> str:
-    """One experiment's section: the markdown its run wrote beside the JSON, else its
-    :mod:`icalign.viz` renderer on the JSON; with its figures linked."""
-    head = f"## {row['step']} ({row['folder']})\n\n"
-    if row["status"] == "failed" or not row.get("result"):
-        return head + f"Not reproduced: {row.get('error', row['status'])}."
-    path = Path(row["result"])
-    md_file = path.with_suffix(".md")
-    if md_file.exists():
-        body = md_file.read_text().strip()
-    else:
-        try:
-            body = _RENDER[row["step"]](io.read_json(path))
-        except Exception as err:  # the section says so; the result itself is intact
-            body = f"(its markdown could not be rendered: {type(err).__name__}: {err}; see {path.name})"
-    figs = sorted(p.relative_to(out) for p in path.parent.glob("*.png"))
-    return head + body + ("\n\n" + "\n".join(f"![{p.stem}]({p})" for p in figs) if figs else "")
-
-
-def _verify_md(res: dict) -> str:
-    from icalign.theory import verify as V
-
-    return "```\n" + V.table(res) + "\n```"
-
-
-def _renderer(module: str):
-    return lambda res: importlib.import_module(f"icalign.viz.{module}").markdown(res)
-
-
-#: Each experiment's renderer of one result (used when its run wrote no NAME.md).
-_RENDER = {"verify": _verify_md, "gd-baseline": _renderer("gd"), "tf-vs-gd": _renderer("tf"),
-           "precision": _renderer("precision"), "reward-noise": _renderer("sweeps"),
-           "ablations": _renderer("ablations"), "necessity": _renderer("necessity"),
-           "self-correction": _renderer("selfcorrect"), "mechanism": _renderer("mechanism")}
-
-
-def document(record: dict, out: Path) -> str:
-    """DIR/results.md: the wall-time table, then one section per step."""
-    out = Path(out)
-    repo = out.resolve().parent
-    committed = out.resolve() == FIGURES or (out.name == "figures" and (repo / "docs" / "results.md").exists())
-    return "\n\n".join(
-        [f"# Reproduced results ({record['preset']})",
-         f"Written by `{record['command']}` (started {record['started']}, finished {record['finished']}); "
-         f"the record of every step is reproduce.json beside this file.",
-         "## Wall time per step", markdown(record)]
-        + [_section(r, out) for r in record["steps"]]
-        + (["This folder is the repository's figures/: `icalign readme` regenerates README.md and docs/results.md "
-            "from it."] if committed else [])) + "\n"
 
 
 def main(argv: list[str]) -> int:

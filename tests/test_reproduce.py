@@ -13,6 +13,7 @@ import pytest
 from icalign import cli, io
 from icalign import reproduce as R
 from icalign.experiment import config_record, publish, result_path, runner
+from icalign.viz import reproduce as VR
 from icalign.experiments import gd_baseline
 
 
@@ -20,7 +21,7 @@ def test_the_order_holds_every_experiment_once():
     # a new experiment module must be placed in the order, or `reproduce` would forget it
     assert sorted(R.ORDER) == sorted(cli.experiments()) and len(set(R.ORDER)) == len(R.ORDER)
     assert [s.name for s in R.plan("quick")] == list(R.ORDER) == [s.name for s in R.plan("full")]
-    assert set(R._RENDER) == set(R.ORDER)  # every experiment has a section renderer
+    assert set(VR._RENDER) == set(R.ORDER)  # every experiment has a section renderer
 
 
 def test_estimate_reads_each_kind_of_wall_time_and_says_when_there_is_none(tmp_path):

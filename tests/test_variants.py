@@ -26,8 +26,8 @@ from icalign.io import ResultExistsError
 # tiny: one compiled training program for every variant (train.noise is not part of it)
 SETS = ["model.n_layers=1", "model.n_heads=1", "model.d_model=8", "model.n=4", "model.token_layout=stacked",
         "train.batch=8", "train.steps=20", "train.chunk=10", "train.checkpoint_every=20", "eval.contexts=8",
-        "eval.sensitivity_contexts=0", "seeds=2"]
-A = C.override(tf_vs_gd.QUICK, SETS)
+        "eval.sensitivity_contexts=0", "seeds=2", "train.lr=3e-3", "train.stop=budget"]  # the published protocol (the
+A = C.override(tf_vs_gd.QUICK, SETS)  # quick preset's grid would train three; tests/test_protocol.py tests grids)
 NOISY = C.override(A, ["train.noise=1.0"])  # trained on rewards that say nothing: it cannot learn to use them
 HEALTHY = {"status": "converged", "reason": ""}
 
@@ -98,6 +98,7 @@ def test_compare_trains_evaluates_and_judges(compared, runs):
     cells = {k: np.asarray(v["nmse"]["cells"]) for k, v in by.items()}
     assert cells["a"].shape == (2, 8) and np.array_equal(cells["a"], cells["same"])
     assert not np.allclose(cells["a"], cells["noisy"])  # each variant is its own trained model
+    assert by["a"]["selection"]["protocol"] == "published" and by["a"]["selection"]["lr"] == 3e-3
     # the values are tf-vs-gd's: the trained runs on the seed's evaluation contexts, clean rewards
     trained = T.load_run(runs / by["a"]["run_folder"])
     ctx = sample_contexts(keys.eval_keys(A.seed, 2)[0], 8, A.model.d, A.model.n)

@@ -144,8 +144,9 @@ class TrainConfig:
 
     @property
     def protocol(self) -> str:
-        """"published" (one learning rate, a fixed step count) or "fair" (a grid, or plateau stopping)."""
-        return "fair" if self.lr_grid or self.stop != "budget" else "published"
+        """"fair" (a learning-rate grid), "published" (one learning rate, a fixed step count) or
+        "plateau" (one learning rate, plateau stopping)."""
+        return "fair" if self.lr_grid else "published" if self.stop == "budget" else "plateau"
 
 
 def check_objective(n: int, min_seen: int) -> None:

@@ -97,7 +97,9 @@ def protocol_row(name: str, size: str, res: dict) -> list:
         lr = train.get("lr", "?")
         stopped = sorted({r.get("stopped", "budget").split(":")[0] for r in records}) or ["budget"]
         steps = f"{train.get('steps', '?')} ({', '.join(stopped)})"
-        return [name, size, "published", f"{lr:g}" if isinstance(lr, (int, float)) else lr, steps, _seed_count(res, cfg)]
+        kind = sorted({r.get("protocol", "published") for r in records}) or ["published"]
+        return [name, size, ", ".join(kind), f"{lr:g}" if isinstance(lr, (int, float)) else lr, steps,
+                _seed_count(res, cfg)]
     chosen = sorted({f"{lr:g}" for r in fair for lr in r["chosen"].values() if lr is not None})
     grid = ",".join(f"{v:g}" for v in fair[0]["grid"])
     done = sorted({r["steps_done"] for r in fair})
