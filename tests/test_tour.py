@@ -2,9 +2,9 @@
 two cannot drift) and executed in order in a fresh folder, with tiny sizes appended to each
 command (a later --set of the same key wins) and a tiny base config under the Python code.
 Two commands are only resolved here (flags, keys and values checked, nothing run), to keep the
-suite's budget: `icalign verify` (tests/test_verify.py runs its checks) and the one-factor
-ablation (tests/test_experiments.py runs that same factor at tiny size; here it would add about
-three times the CLI variant's time). The tutorial is run by tests/test_tutorial.py."""
+suite's budget: `icalign verify` (tests/test_verify.py runs its checks) and `icalign compare`
+(tests/test_variants.py runs the command at tiny size; here it would train two more models).
+The tutorial is run by tests/test_tutorial.py."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from icalign import cli, config
+from icalign import cli, comparison, config
+from icalign.analysis import variants
 
 ROOT = Path(__file__).resolve().parents[1]
 # sizes only: the fields the tour's commands set (layers, heads, attention, lr, factors) are left
@@ -60,8 +61,14 @@ def walked(tmp_path_factory):
                 continue
             assert argv[0] == ".venv/bin/icalign", code
             argv = argv[1:]
-            if argv[0] == "verify" or argv[1] == "ablations":  # resolved only (module docstring)
+            if argv[0] == "verify":  # resolved only (module docstring)
                 out[i] = (cli.main(argv + ["--show-config"]), argv)
+                continue
+            if argv[0] == "compare":  # resolved only: tests/test_variants.py runs the command at a tiny size
+                asked = []
+                mp.setattr(comparison, "compare", lambda cfgs, experiment, **kw: asked.append((cfgs, experiment)) or {})
+                mp.setattr(variants, "report", lambda res: "")
+                out[i] = (cli.main(argv), argv, asked)
                 continue
             for s in TINY_BY_EXPERIMENT[argv[1]]:
                 argv += ["--set", s]
@@ -92,19 +99,16 @@ def test_python_variant_runs_in_memory(walked):
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_compare_two_variants_resolves_to_the_factor_the_experiment_tests_run(walked):
-    """The command is valid as printed, and it asks for the one factor that
-    tests/test_experiments.py trains and judges end to end at tiny size."""
-    from icalign.experiments import ablations
-    from tiny_configs import TINY_CONFIGS
-
+def test_compare_resolves_to_two_variants_on_shared_seeds(walked):
+    """The command is valid as printed: two variants of tf-vs-gd's quick model, 5 seeds each,
+    differing from the preset as the tour says (tests/test_variants.py runs it at tiny size)."""
     out, _ = walked
-    rc, argv = out[3]
-    assert rc == 0 and argv[:2] == ["run", "ablations"]
-    sets = [argv[k + 1] for k, a in enumerate(argv) if a == "--set"]
-    cfg = config.override(ablations.QUICK, sets)
-    assert cfg.factors == TINY_CONFIGS["ablations"].factors == ("ffn",)
-    assert cfg.seeds >= 2  # a claim over seeds
+    rc, argv, asked = out[3]
+    assert rc == 0 and argv[:2] == ["compare", "tf-vs-gd"] and len(asked) == 1
+    cfgs, experiment = asked[0]
+    assert experiment == "tf-vs-gd" and sorted(cfgs) == ["a", "b"]
+    assert (cfgs["a"].model.attention, cfgs["b"].model.n_layers) == ("linear", 1)
+    assert cfgs["a"].seeds == cfgs["b"].seeds == 5
 
 
 def test_load_run_gives_back_the_cli_variant(walked):
