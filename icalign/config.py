@@ -169,14 +169,15 @@ def _apply(cfg, changes: dict, prefix: str = ""):
         tp = _hints(type(cfg))[name]
         sweep = f"{name}_grid"
         if sweep in names and typing.get_origin(_unwrap_optional(tp)[0]) is not tuple:
-            if sweep in changes:
-                raise ConfigError(f"config keys {key!r} and {prefix}{sweep!r} both set the learning rate(s); give one")
             if isinstance(raw, str) and "," in raw:
                 # a list given to a scalar that has a grid (train.lr=1e-3,3e-3,1e-2) sweeps it: the
                 # runs train at every value in one program, the protocol choosing among them
+                if sweep in changes:
+                    raise ConfigError(f"config key {key!r} is given a list and {prefix}{sweep} is set too: both set "
+                                      "the grid; give one")
                 name, key, tp = sweep, f"{prefix}{sweep}", _hints(type(cfg))[sweep]
-            else:
-                # one value means that value: a preset's grid must not silently override it
+            elif sweep not in changes:
+                # one value alone means that value: a preset's grid must not silently override it
                 values[sweep] = ()
         try:
             values[name] = parse_value(tp, raw)

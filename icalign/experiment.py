@@ -86,7 +86,8 @@ def preflight(cfg) -> None:
     train = getattr(cfg, "train", None)
     if isinstance(model, M.ModelConfig) and isinstance(train, T.TrainConfig):
         T.check_objective(model.n, train.min_seen)
-        runs = getattr(cfg, "seeds", 1) * len(getattr(cfg, "train_levels", (0,)))
+        # the fair protocol trains every seed (and level) at every learning rate of its grid at once
+        runs = getattr(cfg, "seeds", 1) * len(getattr(cfg, "train_levels", (0,))) * max(1, len(train.lr_grid))
         check_memory(f"training {runs} run(s) of this model", T.training_bytes(model, train.batch, runs, train.microbatches),
                      "train.batch, seeds or the model size")
 

@@ -100,7 +100,7 @@ def test_help_describes_every_command_and_every_key(capsys):
     for key in C.keys(tf_vs_gd.QUICK):  # every key, with its type and the preset's value
         assert key in keys, key
         about = text.split(f"\n  {key}\n", 1)[1].splitlines()[0]
-        assert "default " in about and any(t in about for t in ("integer", "number", "string", "true or false")), key
+        assert "default " in about and any(t in about for t in ("integer", "number", "string", "true or false", "a list of")), key
     assert "a string; default softmax; one of softmax, linear, relu, linear_mean" in text
     assert "train.min_seen\n      an integer; default 2. the loss averages" in text
 

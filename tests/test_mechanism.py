@@ -56,11 +56,12 @@ def test_per_triplet_tokens_carry_each_query_and_bad_settings_fail_early():
 
 
 def test_run_folders_of_shared_runs_keep_their_names():
-    """The folder hash of a shared-query, one-microbatch, cosine-PL run is the one a TrainConfig
-    without the four later fields had (a dataclass of that name and those fields, built here), with the
+    """The folder hash of a shared-query, one-microbatch, cosine-PL, published-protocol run is the
+    one a TrainConfig without the seven later fields had (a dataclass of that name and those fields, built here), with the
     run's identity, so such runs keep their folders."""
     train = T.TrainConfig(lr=1e-3, batch=64, steps=1000)
-    old_fields = [(f.name, f.type, f.default) for f in dataclasses.fields(train) if f.name not in ("queries", "query_corr", "microbatches", "loss")]
+    old_fields = [(f.name, f.type, f.default) for f in dataclasses.fields(train) if f.name not in ("queries", "query_corr", "microbatches", "loss",
+                                                                   "lr_grid", "stop", "valid_contexts")]
     Old = dataclasses.make_dataclass("TrainConfig", old_fields, frozen=True)
     old = Old(**{k: getattr(train, k) for k, _, _ in old_fields})
     model = M.ModelConfig(n_layers=2, n_heads=2, d_model=32, token_layout="stacked")

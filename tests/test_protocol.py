@@ -108,7 +108,9 @@ def test_a_list_given_to_train_lr_is_the_grid():
     # one learning rate given to a config with a grid means that rate (the grid is dropped, not kept silently)
     fair = C.override(tf_vs_gd.QUICK, ["train.lr=1e-3,3e-3"])
     assert C.override(fair, ["train.lr=3e-4"]).train.lr_grid == () and C.override(fair, ["train.lr=3e-4"]).train.lr == 3e-4
-    with pytest.raises(C.ConfigError, match="both set the learning rate"):
+    # a saved config (TOML) holds both keys: the grid as written, the rate kept
+    assert C.override(tf_vs_gd.QUICK, ["train.lr=1e-3", "train.lr_grid=1e-3,1e-2"]).train.lr_grid == (1e-3, 1e-2)
+    with pytest.raises(C.ConfigError, match="both set the grid"):
         C.override(tf_vs_gd.QUICK, ["train.lr=1e-3,3e-3", "train.lr_grid=1e-3,1e-2"])
     with pytest.raises(C.ConfigError, match="lr_grid must hold finite numbers"):
         C.override(tf_vs_gd.QUICK, ["train.lr=1e-3,-1"])

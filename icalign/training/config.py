@@ -126,7 +126,8 @@ class TrainConfig:
         check_corruption_levels(self.corruption, self.noise)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The fields as JSON stores them (the grid a list), so a record read back compares equal."""
+        return {**dataclasses.asdict(self), "lr_grid": list(self.lr_grid)}
 
     def notes(self) -> list[str]:
         """What these settings mean where it may surprise (said, not refused)."""
