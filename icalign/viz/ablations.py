@@ -7,6 +7,8 @@ and labelled "not trained": they are no evidence about the architecture.
 
 from __future__ import annotations
 
+from icalign.viz import md
+
 import numpy as np
 
 from icalign.analysis import claims as CL
@@ -152,7 +154,7 @@ def markdown(res: dict) -> str:
     for k, curve in res.get("reference", {}).items():
         rows.append([f"{k} (trivial predictor)", num(curve[i2]), num(curve[-1]), "reference"])
     names = {v["arch"]: v["name"] for v in res["variants"]}
-    return (f"**{label(res)}** ({res['size_note']}; {len(res['seeds'])} seeds; {machine(res)}, "
+    return (f"**{label(res)}** ({md.size_note(res)}; {len(res['seeds'])} seeds; {machine(res)}, "
             f"{num(res['seconds'] / 60, 1)} min), normalised MSE, mean [95% interval over seeds]:\n\n"
             + table(["variant", "t = 2", f"t = {ts[-1]}", "training health"], rows)
             + "\n\n" + health_note(health, lambda k: names[k])

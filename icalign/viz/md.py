@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import re
+
 from icalign.analysis import claims as CL
 from icalign.analysis import health as H
 
 __all__ = ["machine", "num", "table", "ci", "loaded", "health_text", "health_note", "find", "brief", "label",
-           "protocol_row"]
+           "protocol_row", "training_note", "size_note"]
 
 
 def num(x, nd=3) -> str:
@@ -107,3 +109,25 @@ def protocol_row(name: str, size: str, res: dict) -> list:
     return [name, size, f"fair (grid {grid}, chosen on validation contexts)", ", ".join(chosen) + " chosen",
             f"{'-'.join(map(str, [done[0], done[-1]] if len(done) > 1 else done))} of {fair[0]['budget']} "
             f"({', '.join(stopped)})", _seed_count(res, cfg)]
+
+
+def training_note(res: dict, tr: dict | None = None) -> str:
+    """"400 steps, lr 0.003" (the published protocol, from the stored training config ``tr``), or
+    what the fair protocol did: the grid, the rates chosen and the steps trained of the budget."""
+    fair = [r for r in res.get("protocol") or [] if isinstance(r, dict) and r.get("protocol") == "fair"]
+    if not fair:
+        tr = tr if tr is not None else (res.get("config") or {}).get("train") or res.get("train_config") or {}
+        return f"{tr.get('steps', '?')} steps, lr {tr.get('lr', float('nan')):g}"
+    chosen = sorted({lr for r in fair for lr in r["chosen"].values() if lr is not None})
+    done = sorted({r["steps_done"] for r in fair})
+    steps = f"{done[0]}" if len(done) == 1 else f"{done[0]}-{done[-1]}"
+    return (f"{steps} of {fair[0]['budget']} steps, lr {'/'.join(f'{x:g}' for x in chosen)} chosen from "
+            f"{','.join(f'{x:g}' for x in fair[0]['grid'])} on validation contexts")
+
+
+def size_note(res: dict) -> str:
+    """A sweep's stored ``size_note`` with its "N steps, lr X" read from the protocol records."""
+    note = res["size_note"]
+    if not any(isinstance(r, dict) and r.get("protocol") == "fair" for r in res.get("protocol") or []):
+        return note
+    return re.sub(r"\d+ steps, lr \S+$", lambda _: training_note(res), note)

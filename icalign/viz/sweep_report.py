@@ -9,6 +9,8 @@ the ones its run printed. The results document's sections are :mod:`icalign.viz.
 
 from __future__ import annotations
 
+from icalign.viz import md
+
 from typing import Optional
 
 import numpy as np
@@ -40,7 +42,7 @@ def _hardware(hw: dict) -> str:
 
 
 def _header(title: str, res: dict) -> str:
-    return (f"# {title} ({res.get('name') or res.get('size') or 'in memory'})\n\n{res['size_note']}. Seeds {res['seeds']}; "
+    return (f"# {title} ({res.get('name') or res.get('size') or 'in memory'})\n\n{md.size_note(res)}. Seeds {res['seeds']}; "
             f"{res['n_eval_contexts']} evaluation contexts. {INTERVAL_NOTE}. "
             f"Hardware: {_hardware(res.get('hardware') or {})}.\n")
 

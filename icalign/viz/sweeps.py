@@ -9,6 +9,8 @@ nothing to rank) is left out of the curves.
 
 from __future__ import annotations
 
+from icalign.viz import md
+
 from icalign.analysis import claims as CL
 from icalign.analysis import sweep_claims as report  # the claims and health it shows
 from icalign.viz.md import brief, find, health_note, label, loaded, machine, num, table
@@ -20,7 +22,7 @@ __all__ = ["noise_curves", "noise_summary", "size_title", "markdown", "verdict"]
 
 def size_title(res: dict) -> str:
     hw = res.get("hardware") or {}
-    return f"{res['size_note']}; {len(res['seeds'])} seeds; {hw.get('device', '?')}"
+    return f"{md.size_note(res)}; {len(res['seeds'])} seeds; {hw.get('device', '?')}"
 
 
 def _from_t2(res: dict, summary: dict) -> tuple[list, dict]:
@@ -151,7 +153,7 @@ def markdown(res: dict) -> str:
                      pair(gd["adam"]["replace"][lv]["nmse"]), pair(gd["gd"]["replace"][lv]["nmse"])]
                     + ([num(ref[k]["replace"][lv][-1]) for k in ref] if ref else []))
     extra = [f"{k} t = {ts[-1]}" for k in ref] if ref else []
-    return (f"**{label(res)}** ({res['size_note']}; {len(res['seeds'])} seeds; {machine(res)}, "
+    return (f"**{label(res)}** ({md.size_note(res)}; {len(res['seeds'])} seeds; {machine(res)}, "
             f"{num(res['seconds']['total'] / 60, 1)} min{loaded(res)}), normalised MSE under `replace` at t = 2 / "
             f"t = {ts[-1]}" + ("" if ref else " (this file stores no trivial-predictor reference)") + ":\n\n"
             + table(["p", "TF trained clean", "TF trained at p", "GD (Adam)", "GD (plain)"] + extra, rows)

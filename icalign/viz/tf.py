@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from icalign.analysis import claims as CL
-from icalign.viz.md import brief, find, label, loaded, machine, num, table
+from icalign.viz.md import brief, find, label, loaded, machine, num, table, training_note
 from icalign.viz.style import (NMSE_LABEL, RANDOM_LABEL, T_LABEL, band, band_note, clip_ylim, floats, hardware_note,
                                integer_ticks, new_figure, random_direction_line)
 
@@ -58,7 +58,7 @@ def tf_vs_gd(res: dict):
     seeds = res.get("seeds", [])
     first = f"; seed {seeds[0]}, the first of {len(seeds)}" if len(seeds) > 1 else ""
     ax.set_title(f"{res.get('name') or res.get('size') or 'in memory'}: {m['n_layers']} layers, {m['n_heads']} heads, "
-                 f"width {m['d_model']}, {m['token_layout']}; {tr['steps']} steps{first}\n"
+                 f"width {m['d_model']}, {m['token_layout']}; {training_note(res, tr)}{first}\n"
                  f"bands: {band_note('contexts', n)}", fontsize=8)
 
     diffs = cmp.get("nmse_diff")
@@ -136,7 +136,7 @@ def markdown(res: dict) -> str:
     # a result with claims stored the gate's verdict; an older one stored no model to measure
     g = res["health"] if "claims" in res else health.legacy(res.get("health"))
     parts = [f"**{label(res)}** ({m['n_layers']} layers, {m['n_heads']} heads, width "
-             f"{m['d_model']}, {m['token_layout']} tokens, batch {tr['batch']}, {tr['steps']} steps, lr {tr['lr']:g}; "
+             f"{m['d_model']}, {m['token_layout']} tokens, batch {tr['batch']}, {training_note(res, tr)}; "
              f"{machine(res)}, {num(res['seconds']['total'], 0)} s including the evaluation{loaded(res)}), "
              "normalised MSE:\n\n" + table(["t"] + [str(t) for t in _TS if t in ts], rows),
              _diff(res) + f" Training health: **{g['status']}**" + (f" ({g['reason']})." if g["reason"] else ".")]
