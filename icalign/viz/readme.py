@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Callable
 
 from icalign.io import read_json, write_text
-from icalign.viz import (ablations, bench, gd, md, mechanism, necessity, paper, precision, selfcorrect, sweeps, tf,
-                         verify)
+from icalign.viz import (ablations, bench, gd, md, mechanism, necessity, paper, precision, reproduce, selfcorrect,
+                         sweeps, tf, verify)
 
 __all__ = ["DOCUMENTS", "render", "update", "check"]
 
@@ -73,6 +73,7 @@ RESULTS: dict[str, Callable[[Path], str]] = {
     "reward-noise": lambda root: _join(map(sweeps.markdown, _sizes(root, "reward-noise", "reward_noise"))),
     "ablations": lambda root: _join(map(ablations.markdown, _sizes(root, "ablations", "ablations", ("full", "quick")))),
     "figure1-bench": _figure1,
+    "reproduce": lambda root: reproduce.markdown(_r(root, "reproduce.json")),
     "verify": lambda root: verify.markdown(*_verify(root)),
     "necessity": lambda root: necessity.markdown(_r(root, "necessity/quick/necessity.json")),
     "self-correction": lambda root: selfcorrect.markdown(_r(root, "self-correction/quick/self_correction.json")),
