@@ -4,6 +4,7 @@ learning-rate grid chosen on validation contexts, and the CLI's sweep syntax."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
@@ -99,6 +100,24 @@ def test_the_grid_keeps_the_rate_best_on_validation_contexts():
     assert sel["chosen"] == {"0": best} and all(r["lr"] == best for r in got.runs)
     np.testing.assert_allclose(sel["validation"]["0"]["0.0001"] + sel["validation"]["0"]["0.03"], score, rtol=1e-5)
     assert sel["kept"] == [f"seed {s}, lr {best:g}" for s in (0, 1)]
+
+
+def test_a_diverging_grid_rate_is_dropped_not_fatal(tmp_path):
+    """A grid's too-large rate diverges: it is marked diverged (warning, meta), never chosen, and
+    the other runs' numbers are those of training them alone; every run diverging still stops."""
+    tc = T.TrainConfig(batch=8, steps=20, chunk=10, checkpoint_every=10, lr_grid=(1e-3, 1e38), valid_contexts=16)
+    with pytest.warns(UserWarning, match="marked diverged"):
+        got = protocol.train_or_load(TINY, tc, seeds=(0,), run_root=tmp_path, progress=False)
+    assert got.selection["chosen"] == {"0": 1e-3} and np.all(np.isfinite(got.losses))
+    assert not np.isfinite(got.selection["validation"]["0"]["1e+38"][0])
+    meta = json.loads(next(tmp_path.glob("run-*/meta.json")).read_text())
+    assert meta["status"] == "finished" and len(meta["diverged"]) == 1 and "run 1" in meta["diverged"][0]
+    alone = T.train(TINY, dataclasses.replace(tc, lr_grid=()), seeds=(0,), lrs=(1e-3,), checkpoint=False,
+                    progress=False)
+    np.testing.assert_allclose(got.losses, alone.losses, rtol=1e-5)
+    with pytest.raises(T.NonFiniteLossError):
+        protocol.train_or_load(TINY, dataclasses.replace(tc, lr_grid=(1e37, 1e38)), seeds=(0,), run_root=None,
+                               progress=False)
 
 
 def test_a_list_given_to_train_lr_is_the_grid():

@@ -103,5 +103,5 @@ def _train_chunk(sup, rows, train_cfg, run_root, force, progress):
     res = fit(objective, runs_R, described, steps=train_cfg.steps,
               chunk=train_cfg.chunk, checkpoint_every=train_cfg.checkpoint_every, run_dir=run_dir, force=force,
               meta=meta, progress=progress, desc=f"group of {len({v for v, _ in rows})} archs", initial=initial,
-              stop=stopping_rule(train_cfg))
+              stop=stopping_rule(train_cfg), tolerate_diverged=bool(train_cfg.lr_grid))
     return res.state.params, res.losses, run_dir

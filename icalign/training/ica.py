@@ -217,7 +217,8 @@ def train(model_cfg: M.ModelConfig, train_cfg: TrainConfig = TrainConfig(), seed
     run_dir = run_dir_for(model_cfg, train_cfg, runs, run_root, shard) if checkpoint else None
     out = fit(ICAObjective.of(model_cfg, train_cfg), runs_R, runs, steps=train_cfg.steps, chunk=train_cfg.chunk,
               checkpoint_every=train_cfg.checkpoint_every, run_dir=run_dir, force=force, meta=_meta(model_cfg, train_cfg),
-              progress=progress, shard=shard, callback=callback, stop=stopping_rule(train_cfg))
+              progress=progress, shard=shard, callback=callback, stop=stopping_rule(train_cfg),
+              tolerate_diverged=bool(train_cfg.lr_grid))  # a grid's largest rate may diverge
     return TrainResult(params=out.state.params, losses=out.losses, model_config=model_cfg, train_config=train_cfg,
                        runs=runs, run_dir=run_dir, finished=True, stopped=out.stopped)
 

@@ -208,7 +208,7 @@ def fit(objective: Objective, runs_R: RunSpec, runs: list, *, steps: int, chunk:
         checkpoint_every: Optional[int] = None, run_dir: Optional[Path] = None, force: bool = False,
         meta: Optional[dict] = None, progress: bool = True, desc: str = "train", shard: bool = True,
         callback: Optional[Callable[[int, np.ndarray], None]] = None, initial=None,
-        stop: Optional[Callable[[np.ndarray], Optional[str]]] = None) -> LoopResult:
+        stop: Optional[Callable[[np.ndarray], Optional[str]]] = None, tolerate_diverged: bool = False) -> LoopResult:
     """Train every run of ``runs_R`` (leading axis R; ``runs`` describes each, JSON-able)
     for ``steps`` steps of ``objective``.
 
@@ -220,6 +220,11 @@ def fit(objective: Objective, runs_R: RunSpec, runs: list, *, steps: int, chunk:
     Raises NonFiniteLossError naming the first step whose loss is NaN or inf, or the chunk
     after which a run's parameters are. ``initial`` (params with a leading run axis) replaces
     ``objective.init`` (e.g. each variant's own init, embedded in a gated group's shapes).
+    ``tolerate_diverged`` (a learning-rate grid, where a too-large rate is expected to
+    diverge): a run whose loss or params become non-finite is marked diverged (a warning,
+    ``meta["diverged"]``, its losses NaN from then on) and the others go on; the error is
+    raised only when every run has diverged. Runs are independent under vmap, so a NaN run
+    cannot touch the others' numbers.
     """
     R = len(runs)
     checkpoint_every = checkpoint_every or steps
@@ -228,7 +233,7 @@ def fit(objective: Objective, runs_R: RunSpec, runs: list, *, steps: int, chunk:
     mesh = sweep_mesh(R) if shard else None
     if run_dir is None:
         return _fit(objective, runs_R, runs, state, start, losses, mesh, steps, chunk, checkpoint_every, None, meta,
-                    progress, desc, callback, stop)
+                    progress, desc, callback, stop, tolerate_diverged)
     run_dir = Path(run_dir)
     meta = {**(meta or {}), "runs": runs, "identity": run_identity(R, shard)}
     io.lock_folder(run_dir)  # one training run per folder: a second is refused with this one's pid
@@ -240,7 +245,7 @@ def fit(objective: Objective, runs_R: RunSpec, runs: list, *, steps: int, chunk:
             # jit compiles the chunk anew for committed inputs (10 s of a tiny run's resume)
             state = jax.device_get(state)
         return _fit(objective, runs_R, runs, state, start, losses, mesh, steps, chunk, checkpoint_every, run_dir,
-                    meta, progress, desc, callback, stop)
+                    meta, progress, desc, callback, stop, tolerate_diverged)
     finally:
         io.release(run_dir)
 
@@ -262,15 +267,19 @@ def load_finished(objective: Objective, runs_R: RunSpec, runs: list, *, steps: i
 
 
 def _stop_at(stop, e: int, steps: int, checkpoint_every: int, history) -> Optional[str]:
-    """The stopping rule's reason to end after step ``e`` (asked at checkpoint steps only)."""
+    """The stopping rule's reason to end after step ``e`` (asked at checkpoint steps only),
+    over the runs that have not diverged."""
     if stop is None or e >= steps or e % checkpoint_every:
         return None
-    return stop(np.concatenate(history, axis=1)) or None
+    losses = np.concatenate(history, axis=1)
+    alive = losses[np.all(np.isfinite(losses), axis=1)]
+    return stop(alive) or None if len(alive) else None
 
 
 def _fit(objective, runs_R, runs, state, start, losses, mesh, steps, chunk, checkpoint_every, run_dir, meta, progress,
-         desc, callback, stop=None) -> LoopResult:
+         desc, callback, stop=None, tolerate_diverged=False) -> LoopResult:
     R = len(runs)
+    dead = ~np.all(np.isfinite(losses), axis=1) if losses.shape[1] else np.zeros(R, bool)  # diverged before a resume
     if mesh is not None:
         if mesh.size > 1:
             # (A one-device mesh would change nothing but jit's cache key: the same program
@@ -291,7 +300,15 @@ def _fit(objective, runs_R, runs, state, start, losses, mesh, steps, chunk, chec
             state, chunk_losses, finite = run_chunk(state, runs_R, jnp.asarray(s, jnp.int32), objective, e - s)
             chunk_losses, finite = to_host((chunk_losses, finite))
             dt = time.perf_counter() - t0
-            problem = _nonfinite(chunk_losses, finite, s, e, runs)
+            bad = ~(np.all(np.isfinite(chunk_losses), axis=1) & np.asarray(finite, bool)) & ~dead
+            problem = _nonfinite(np.where(dead[:, None], 0.0, chunk_losses), finite | dead, s, e, runs)
+            if problem and tolerate_diverged and not np.all(dead | bad):
+                dead |= bad
+                warnings.warn(f"{problem}: that run is marked diverged and the others go on", stacklevel=3)
+                meta = {**(meta or {}), "diverged": [*((meta or {}).get("diverged") or []), problem]}
+                problem = ""
+            if dead.any():
+                chunk_losses = np.where(dead[:, None], np.nan, chunk_losses)
             if problem:
                 kept = (f"; the last checkpoint (step {last_ck}) is kept in {run_dir}"
                         if run_dir is not None and last_ck is not None else "")
@@ -300,7 +317,7 @@ def _fit(objective, runs_R, runs, state, start, losses, mesh, steps, chunk, chec
                 raise NonFiniteLossError(f"{problem}: stopping{kept}")
             history.append(chunk_losses)
             bar.update(e - s)
-            bar.set_postfix(loss=f"{chunk_losses[:, -1].mean():.4f}")
+            bar.set_postfix(loss=f"{np.nanmean(chunk_losses[:, -1]) if not dead.all() else np.nan:.4f}")
             if run_dir is not None:
                 io.append_text(run_dir / ck.LOG, json.dumps({
                     "step": e, "loss_mean": chunk_losses.mean(axis=1).tolist(),

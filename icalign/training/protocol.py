@@ -16,8 +16,10 @@
 :func:`train_or_load` is the one way an experiment gets trained models under either protocol;
 the result holds only the chosen runs, and ``TrainResult.selection`` records the protocol: the
 grid, each learning rate's validation objective per seed, the one chosen, the budget and why
-training stopped. A grid learning rate whose loss becomes NaN stops the whole program
-(``NonFiniteLossError`` names the run): choose a grid without it.
+training stopped. A grid learning rate whose loss becomes NaN or inf is marked diverged (a
+warning; the run folder's meta lists it under ``diverged``), is never chosen, and does not stop
+the other runs (vmapped runs are independent); only a grid whose every run diverges stops
+(``NonFiniteLossError``).
 """
 
 from __future__ import annotations
