@@ -196,3 +196,16 @@ def test_a_run_records_every_step_and_a_rerun_skips_the_finished_ones(tmp_path, 
     finally:
         FAIL.update(now=True, claims=False)
         sys.modules.pop("icalign.experiments.fake_step", None)
+
+
+def test_the_total_counts_a_step_timed_only_by_its_result():
+    """A step whose call time was lost (finished outside `icalign reproduce`) is counted by its
+    result's own time, and the total says so; a step with neither is left out."""
+    est = {"seconds": None, "hardware": None}
+    hw = {"backend": "cpu", "cpu_count": 2, "jax": "0.10.2"}
+    steps = [{"step": "a", "folder": "a/quick", "status": "ran", "seconds": 60.0, "result_seconds": 55.0, "estimate": est},
+             {"step": "b", "folder": "b/quick", "status": "skipped", "seconds": None, "result_seconds": 120.0,
+              "estimate": est},
+             {"step": "c", "folder": "c/quick", "status": "skipped", "estimate": est}]
+    text = VR.markdown({"hardware": hw, "steps": steps})
+    assert "Total wall time 3.0 min over 2 timed step(s) (1 of them by the result's own time" in text

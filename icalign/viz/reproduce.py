@@ -39,10 +39,15 @@ def markdown(record: dict) -> str:
                      duration(e["seconds"]) if e["seconds"] is not None else "no estimate",
                      e["hardware"] or "-"])
     ran = [r["seconds"] for r in record["steps"] if r.get("seconds") is not None]
+    # a step whose call time was lost (it finished outside `icalign reproduce`) still has its
+    # result's own time: the total counts it, saying how many such steps it holds
+    own = [r["result_seconds"] for r in record["steps"] if r.get("seconds") is None and r.get("result_seconds")]
     known = [r["estimate"]["seconds"] for r in record["steps"] if r["estimate"]["seconds"] is not None]
+    total = (f"Total wall time {duration(sum(ran) + sum(own))} over {len(ran) + len(own)} timed step(s)"
+             + (f" ({len(own)} of them by the result's own time, their call's time not recorded)" if own else ""))
     return (table(["step", "folder", "status", "wall time", "result's own time", "estimate", "estimate measured on"],
                   rows)
-            + f"\n\nTotal wall time {duration(sum(ran))} over {len(ran)} timed step(s); this machine: "
+            + f"\n\n{total}; this machine: "
               f"{machine(record['hardware'])}; estimated {duration(sum(known))} over {len(known)} step(s). "
               "Wall time is that of the call that ran the step (a step skipped as done keeps it; '-' when it "
               "finished outside `icalign reproduce`); a result's own time excludes start-up and imports.")
