@@ -10,6 +10,7 @@ import math
 import time
 
 import jax
+import numpy as np
 
 from icalign import model as M
 from icalign import training as T
@@ -35,6 +36,9 @@ class Config:
     triplet_train: T.TrainConfig = T.TrainConfig(queries="per_triplet", query_corr=0.7)
     eval: EvalConfig = EvalConfig(contexts=512)
     seed: int = 0
+    seeds: int = 1  # trained models seed, seed + 1, ...: each is studied on the same contexts
+    depths: tuple[int, ...] = ()  # the battery's depth sweep: model.n_layers set to each (() = none)
+    train_noise: tuple[float, ...] = ()  # models trained on a noisy critic (train.corruption at each level)
     triplets: bool = True
     etas: tuple[float, ...] = ETAS
     k_max: int = 32
@@ -43,7 +47,17 @@ class Config:
     implicit_queries: int = 20
 
     def __post_init__(self):
-        check_seed(self.seed)
+        check_seed(self.seed + check_int("Config.seeds", self.seeds, minimum=1) - 1)
+        for L in self.depths:
+            check_int("Config.depths (each)", L, minimum=1)
+        if len(set(self.depths)) != len(self.depths) or list(self.depths) != sorted(self.depths):
+            raise ValueError(f"Config.depths must be distinct and increasing, got {list(self.depths)}")
+        if self.depths and len(self.depths) < 2:
+            raise ValueError(f"Config.depths needs at least two depths to sweep (or none), got {list(self.depths)}")
+        for p in self.train_noise:
+            if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 < p <= 1.0:
+                raise ValueError(f"Config.train_noise must hold corruption levels in (0, 1] (the clean model is "
+                                 f"always trained), got {list(self.train_noise)}")
         for name, low in (("k_max", 1), ("minimiser_steps", 1), ("intervention_contexts", 2),
                           ("implicit_queries", self.model.d + 1)):  # an affine fit in d dimensions
             check_int(f"Config.{name}", getattr(self, name), minimum=low)
@@ -67,11 +81,15 @@ class Config:
 # the test query: with independent ones (0) the quick-size model stayed on the initial loss
 # plateau (1500-3000 steps, lr 3e-4 to 3e-3, 2 or 4 layers), and at 0.5 it reached only
 # 0.78 normalised MSE after 2000 steps (Adam: 0.45).
+# Five seeds, each architecture's rate chosen from the grid on validation contexts, plateau
+# stopping (the fair protocol, docs/theory.md "Training protocol"); the battery's depth sweep
+# trains depths 1, 2, 4 (the base) and 8 the same way, and a noisy-critic model (replace p = 0.5).
+_GRID = dict(lr_grid=(3e-4, 1e-3, 3e-3), stop="plateau")
 QUICK = Config(model=M.ModelConfig(n_layers=4, n_heads=2, d_model=32, token_layout="stacked"),
-               train=T.TrainConfig(lr=1e-3, batch=64, steps=1500, chunk=50, checkpoint_every=250),
-               triplet_train=T.TrainConfig(lr=1e-3, batch=64, steps=2000, chunk=50, checkpoint_every=250,
-                                           queries="per_triplet", query_corr=0.7),
-               eval=EvalConfig(contexts=256), k_max=64)
+               train=T.TrainConfig(batch=64, steps=1500, chunk=50, checkpoint_every=250, **_GRID),
+               triplet_train=T.TrainConfig(batch=64, steps=2000, chunk=50, checkpoint_every=250,
+                                           queries="per_triplet", query_corr=0.7, **_GRID),
+               eval=EvalConfig(contexts=256), k_max=64, seeds=5, depths=(1, 2, 4, 8), train_noise=(0.5,))
 FULL = Config(k_max=64, intervention_contexts=128)
 
 
@@ -91,38 +109,109 @@ def _record(trained, seconds: float, ctx) -> dict:
             "health": run_gate(trained, ctx), "trivial_nmse": {p: v["replace"]["0.0"] for p, v in trivial.items()}}
 
 
+def _per_seed(study: dict) -> dict:
+    """What the claims pair across seeds from one seed's study: its per-context test values
+    (references, layers, interventions) and its fitting half's choices."""
+    out = {"cells": study["cells"], "selection": study["selection"]}
+    if "interventions" in study:  # the shared-query study (the per-triplet one has neither)
+        out["interventions"] = {k: {n: v["values"] for n, v in d.items() if isinstance(v, dict) and "values" in v}
+                                for k, d in study["interventions"].items()}
+        out["layer_nmse"] = {str(r["layer"]): r["own"]["nmse"]["values"] for r in study["layers"]}
+    return out
+
+
+def _studied(trained, rows, study) -> dict:
+    """Seed 0's full study (the figures) with every seed's per-context values (``per_seed``,
+    what the claims pair) for the runs ``rows`` of ``trained``."""
+    runs = [study(trained.params_of(i)) for i in rows]
+    return {**runs[0], "seeds": [trained.runs[i]["seed"] for i in rows], "per_seed": [_per_seed(r) for r in runs]}
+
+
+def trained_models(cfg: Config, run_root, progress: bool = True) -> dict:
+    """Every model the study reads, trained or loaded from ``run_root`` (one call each, in this
+    order, so that a separate call trains them ahead): "shared" (the base model, every seed),
+    "depths" ({depth: models}, the base at its own depth; the others under the same protocol on
+    the same seeds), "noisy" (seeds x ``train_noise`` levels, level-major) and "triplet"."""
+    seeds = tuple(range(cfg.seed, cfg.seed + cfg.seeds))
+    train = lambda model_cfg, tc, **kw: train_or_load(model_cfg, tc, run_root=run_root, progress=progress, **kw)
+    out = {"shared": train(cfg.model, cfg.train, seeds=seeds)}
+    out["depths"] = {L: out["shared"] if L == cfg.model.n_layers else
+                     train(dataclasses.replace(cfg.model, n_layers=L), cfg.train, seeds=seeds) for L in cfg.depths}
+    if cfg.train_noise:
+        levels = list(cfg.train_noise)
+        out["noisy"] = train(cfg.model, cfg.train, seeds=[s for _ in levels for s in seeds],
+                             noise_levels=[p for p in levels for _ in seeds])
+    if cfg.triplets:
+        out["triplet"] = train(cfg.model, cfg.triplet_train, seeds=seeds)
+    return out
+
+
+def _corrupted(key, ctx, corruption: str, p: float):
+    """The contexts with their shown rewards corrupted at level ``p`` (a noisy critic)."""
+    from icalign.analysis.evaluate import corrupted_rewards
+    return ctx.replace(rewards=corrupted_rewards(key, ctx, corruption, [p])[:, 0])
+
+
 @runner
 def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = True, run_root=None) -> dict:
     path = result_path(out, "mechanism", force)
     t0 = time.perf_counter()
-    k_ctx, k_study, k_ctx3, k_study3 = keys.eval_keys(cfg.seed, 4)
+    k_ctx, k_study, k_ctx3, k_study3, k_noise = keys.eval_keys(cfg.seed, 5)
     res = {"experiment": NAME, "name": None if out is None else out.name, **config_record(cfg),
            "model_config": cfg.model.to_dict(), "seed": cfg.seed, "hardware": hardware()}
     m, d, n = cfg.model, cfg.model.d, cfg.model.n
-    trained = train_or_load(m, cfg.train, seeds=(cfg.seed,), run_root=run_root, progress=progress)
+    seeds = tuple(range(cfg.seed, cfg.seed + cfg.seeds))
+    models = trained_models(cfg, run_root, progress)
+    trained = models["shared"]
     res["n_params"] = M.param_count(trained.params_of(0))
     t1 = time.perf_counter()
     ctx = sample_contexts(k_ctx, cfg.eval.contexts, d, n)
-    res["shared"] = {**_record(trained, t1 - t0, ctx), **shared_study(
-        trained.params_of(0), m, ctx, k_study, cfg.etas, cfg.k_max, cfg.minimiser_steps, cfg.intervention_contexts)}
+    # every seed is studied on the same contexts with the same study key (same interventions)
+    study = lambda params, c: shared_study(params, m, c, k_study, cfg.etas, cfg.k_max, cfg.minimiser_steps,
+                                           cfg.intervention_contexts)
+    res["shared"] = {**_record(trained, t1 - t0, ctx),
+                     **_studied(trained, range(len(seeds)), lambda p: study(p, ctx))}
     res["seconds"] = {"shared": time.perf_counter() - t0}
+    if cfg.train_noise:
+        t2, levels = time.perf_counter(), list(cfg.train_noise)
+        noisy = models["noisy"]
+        res["noisy"] = {}
+        for j, p in enumerate(levels):
+            rows = list(range(j * len(seeds), (j + 1) * len(seeds)))
+            c_p = _corrupted(jax.random.fold_in(k_noise, j), ctx, cfg.train.corruption, p)
+            one = dataclasses.replace(noisy, params=jax.tree_util.tree_map(lambda a: a[np.asarray(rows)], noisy.params),
+                                      losses=np.asarray(noisy.losses)[rows], runs=[noisy.runs[i] for i in rows])
+            res["noisy"][f"{p:g}"] = {**_record(one, time.perf_counter() - t2, c_p), "level": p,
+                                      "corruption": cfg.train.corruption,
+                                      **_studied(one, range(len(seeds)), lambda q: study(q, c_p))}
+        res["seconds"]["noisy"] = time.perf_counter() - t2
     if cfg.triplets:
         t2 = time.perf_counter()
         tt = cfg.triplet_train
-        trained = train_or_load(m, tt, seeds=(cfg.seed,), run_root=run_root, progress=progress)
-        ctx = sample_contexts(k_ctx3, cfg.eval.contexts, d, n, tt.queries, tt.query_corr)
-        res["triplet"] = {**_record(trained, time.perf_counter() - t2, ctx), **triplet_study(
-            trained.params_of(0), m, ctx, k_study3, cfg.etas, tt.query_corr, cfg.k_max, cfg.minimiser_steps,
-            cfg.implicit_queries)}
+        trained3 = models["triplet"]
+        ctx3 = sample_contexts(k_ctx3, cfg.eval.contexts, d, n, tt.queries, tt.query_corr)
+        res["triplet"] = {**_record(trained3, time.perf_counter() - t2, ctx3), **_studied(
+            trained3, range(len(seeds)), lambda p: triplet_study(p, m, ctx3, k_study3, cfg.etas, tt.query_corr,
+                                                                cfg.k_max, cfg.minimiser_steps, cfg.implicit_queries))}
         res["seconds"]["triplet"] = time.perf_counter() - t2
     res["seconds"]["total"] = time.perf_counter() - t0
     res["claims"] = claims(res)
     res = publish(path, res, figures=figures)
-    for study in (k for k in ("shared", "triplet") if k in res):
-        h, st = res[study]["health"], res[study]
-        print(f"  {study} model, training health: {h['status']}" + (f" ({h['reason']})" if h["reason"] else "")
-              + f"; error at t = {st['t'][-1]}: transformer {st['nmse']['transformer']['mean'][-1]:.3f}, "
+    for name, st in _models(res):
+        h = st["health"]
+        print(f"  {name} model(s), training health: {h['status']}" + (f" ({h['reason']})" if h["reason"] else "")
+              + f"; error at t = {st['t'][-1]} (seed {st['seeds'][0]}): transformer "
+              + f"{st['nmse']['transformer']['mean'][-1]:.3f}, "
               + ", ".join(f"{p} {v[-1]:.3f}" for p, v in st["trivial_nmse"].items()))
     for c in res["claims"]:
         print(f"  {c['claim']}: {c['verdict']} ({c['values']}; {c['sample']})")
     return res
+
+
+def _models(res: dict):
+    """(name, study) of every trained model family in a result."""
+    yield "shared", res["shared"]
+    for p, st in (res.get("noisy") or {}).items():
+        yield f"noisy-trained (p = {p})", st
+    if "triplet" in res:
+        yield "triplet", res["triplet"]

@@ -33,7 +33,7 @@ def test_every_experiment_runs_in_memory_and_writes_nothing(name, tmp_path, monk
     res = MODULES[name].run(TINY_CONFIGS[name], progress=False, keep_params=True)
     assert res["experiment"] == name
     # keep_params: the trained transformers come back in memory, with params and no run folder
-    n_trained = {"tf-vs-gd": 1, "reward-noise": 1, "self-correction": 1, "mechanism": 2, "precision": 2,
+    n_trained = {"tf-vs-gd": 1, "reward-noise": 1, "self-correction": 1, "mechanism": 4, "precision": 2,
                  "ablations": len([a for a in res.get("architectures", {}).values() if a["status"] == "ok"])}
     kept = res.pop("trained")
     assert len(kept) == n_trained.get(name, 0) and all(t.run_dir is None and t.params_of(0) for t in kept)
@@ -69,8 +69,11 @@ def test_every_experiment_runs_in_memory_and_writes_nothing(name, tmp_path, monk
         assert all(len(v["replace"]["0.0"]) == 3 for v in res["reference"].values())
     if name == "mechanism":
         assert res["shared"]["t"] == [1, 2, 3, 4] and res["triplet"]["weights"] and res["claims"]
+        # base (depth 2), depth 1, the noisy-trained models, per-triplet; two seeds each, on the same contexts
+        assert [len(t.runs) for t in kept] == [2, 2, 2, 2] and res["noisy"]["0.5"]["seeds"] == [0, 1]
         for study in ("shared", "triplet"):  # the halves, the fitting half's choices, each model's health
             assert res[study]["halves"]["fit"] == [0, 4] and res[study]["selection"]["closest"]["2"]["chosen_on"] == "fit"
+            assert len(res[study]["per_seed"]) == 2 and res[study]["seeds"] == [0, 1]
             assert len(res[study]["cells"]["distance"]["exact"][0]) == 4 and res[study]["health"]["status"]
             assert [len(v) for v in res[study]["trivial_nmse"].values()] == [4, 4]  # both trivial predictors, per t
         assert all(c["verdict"] == "not trained" and "test-half contexts" in c["sample"] for c in res["claims"])

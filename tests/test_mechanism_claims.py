@@ -160,3 +160,26 @@ def test_a_result_from_before_the_split_is_refused_by_name():
     for f in (MC.claims, V.markdown, V.verdict):
         with pytest.raises(ValueError, match="rerun `icalign run mechanism`"):
             f(old)
+
+
+def test_seeds_are_pooled_by_blocks_and_the_order_by_their_fitting_halves():
+    """Three seeds studied on the same contexts: the claim's interval is over the seeds' own
+    blocks of contexts (seeds x contexts), and the references compared are those closest on
+    average over the seeds' fitting halves, whatever seed 0 alone chose."""
+    rng = np.random.default_rng(7)
+    C = 60
+    per = []
+    for s in range(3):
+        one = _result({"gd_cosine": rng.uniform(0, 0.1, (2, C)), "minimiser": 0.3 + rng.uniform(0, 0.1, (2, C))})
+        sh = one["shared"]
+        fit = {"gd_cosine": 0.05, "minimiser": 0.35} if s else {"gd_cosine": 0.5, "minimiser": 0.35}
+        for t in ("2", "5"):
+            sh["selection"]["closest"][t]["fit_mean"] = fit
+        per.append({"cells": sh["cells"], "selection": sh["selection"], "layer_nmse": {"1": [0.2] * C, "output": [0.3] * C},
+                    "interventions": {k: {n: v["values"] for n, v in d.items()} for k, d in sh["interventions"].items()}})
+    res = _result({"gd_cosine": np.zeros((2, C)), "minimiser": np.zeros((2, C))})
+    res["shared"].update(per_seed=per, seeds=[0, 1, 2])
+    c = MC.claims(res)[0]
+    assert c["better"] == "gd_cosine" and c["worse"] == "minimiser"  # pooled: (0.5 + 0.05 * 2) / 3 < 0.35
+    assert c["population"] == "seeds x contexts" and c["n"] == 3 and c["verdict"] == "supported"
+    assert "3 trained models (seeds)" in c["sample"]
