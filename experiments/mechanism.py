@@ -103,7 +103,8 @@ def _record(trained, seconds: float, ctx) -> dict:
     lo, hi = halves(ctx.x.shape[0])["test"]
     test = jax.tree_util.tree_map(lambda a: a[lo:hi], ctx)
     trivial = reference_nmse(test, test.rewards[:, None, :], [("replace", 0.0)])
-    return {"train_config": trained.train_config.to_dict(), "train_loaded": trained.loaded, "train_seconds": seconds,
+    return {"train_config": trained.train_config.to_dict(), "protocol": trained.selection,
+            "train_loaded": trained.loaded, "train_seconds": seconds,
             "run_folder": None if trained.run_dir is None else trained.run_dir.name,
             "first_train_loss": trained.losses[:, :WINDOW].mean(1), "final_train_loss": trained.losses[:, -WINDOW:].mean(1),
             "health": run_gate(trained, ctx), "trivial_nmse": {p: v["replace"]["0.0"] for p, v in trivial.items()}}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from icalign.viz import md
 from icalign.viz.md import brief, ci, find, label, machine, num, table
 from icalign.viz.style import NMSE_LABEL, T_LABEL, band, floats, hardware_note, integer_ticks, new_figure
 
@@ -201,17 +202,27 @@ def _current(res: dict) -> dict:
     return res
 
 
+def _trained(study: dict) -> str:
+    """How a study's model was trained: "1500 steps, lr 0.001", or the fair protocol's choice."""
+    sel = study.get("protocol")
+    return md.training_note({"protocol": [sel] if sel else []}, study["train_config"])
+
+
 def markdown(res: dict) -> str:
     """The result as markdown: distances to the reference learners per t, the layer read-outs,
     the probes, the interventions, the per-triplet-query model and every claim."""
     from icalign.analysis import claims as CL
 
     m, sh, tr = _current(res)["model_config"], res["shared"], res["shared"]["train_config"]
+    seeds = sh.get("seeds") or [res["seed"]]
+    models = (f"{len(seeds)} trained models (seeds {seeds[0]}-{seeds[-1]}), the tables show seed {seeds[0]}; the "
+              "claims pair every seed" if len(seeds) > 1 else "one trained model")
     parts = [f"**{label(res)}** ({m['n_layers']} layers, {m['n_heads']} heads, width {m['d_model']}, "
-             f"{m['token_layout']} tokens, batch {tr['batch']}, {tr['steps']} steps, lr {tr['lr']:g}; {machine(res)}, "
+             f"{m['token_layout']} tokens, batch {tr['batch']}, {_trained(sh)}; {machine(res)}, "
              f"{num(res['seconds']['total'] / 60, 1)} min in all). Mean [95% interval over "
-             f"{res['config']['eval']['contexts'] - res['config']['eval']['contexts'] // 2} test-half contexts, one "
-             "trained model]; distance = 1 - cos between the two answers:\n\n"
+             f"{res['config']['eval']['contexts'] - res['config']['eval']['contexts'] // 2} test-half contexts, "
+             f"{models}]; "
+             "distance = 1 - cos between the two answers:\n\n"
              + _distance_table(sh, (1, 2, 5, 10, sh["t"][-1]))]
     rows = [[r["layer"], f"{r['own']['steps']} / {r['own']['eta']:.3g}", ci(r["own"]["distance_to_gd"]),
              ci(r["own"]["distance_to_minimiser"]), ci(r["own"]["nmse"]), ci(r["fitted"]["nmse"])]
@@ -242,7 +253,7 @@ def markdown(res: dict) -> str:
             ("cos_imp_ls", "cos(W_imp, least-squares W*)"), ("cos_gd_ls", "cos(W_GD, least-squares W*)"),
             ("imp_fit_r2", "R^2 of the affine fit"),
             ("imp_query_share", "share of the answer that moves with the query"))]
-        parts.append(f"Per-triplet queries (correlation {tt['query_corr']:g} with the test query; {tt['steps']} steps; "
+        parts.append(f"Per-triplet queries (correlation {tt['query_corr']:g} with the test query; {_trained(pt)}; "
                      "the minimiser here is an oracle: it ranks the unshown candidates at the test query):"
                      "\n\n" + _distance_table(pt, (2, 5, 10, ts[-1])) + "\n\nImplicit weights:\n\n"
                      + table(["", *(f"t = {ts[i]}" for i in idx)], rows))
@@ -251,7 +262,9 @@ def markdown(res: dict) -> str:
                           + (f" ({v['health']['reason']})." if v["health"]["reason"] else ".") for k, v in studies))
     fit = sh["halves"]["fit"][1] - sh["halves"]["fit"][0]
     parts.append(f"Claims (effect = worse - better, paired by context: each claim's two values come from the same "
-                 f"test-half contexts of one trained model, and its 95% interval is over those contexts; what is "
+                 f"test-half contexts; with several seeds each seed is judged on its own block of them and the 95% "
+                 f"interval is over the seeds' blocks (about new seeds and new contexts), with one over the contexts; "
+                 f"what is "
                  f"compared, the closest reference and the best layer, was chosen on the other {fit} contexts, the "
                  "fitting half):\n\n" + CL.table(res["claims"]) + "\n\n" + "\n".join(
                      f"- {c['claim']}: {c['sample']}" + ("" if c["chosen_on"] == "none" else
