@@ -53,3 +53,15 @@ def test_planted_learners_shapes_and_hypotheses():
     np.testing.assert_allclose(B.gd_learner(W0, 0.5, 0)(ctx)[:, 0], ctx.x @ W0.T, rtol=1e-6)
     r = B.random_learner(jax.random.PRNGKey(1))
     assert not np.allclose(r(ctx), r(ctx))
+
+
+def test_combine_stacks_seeds_and_keeps_the_predictions():
+    """Three seeds' records of a learner that sits at GD: "GD" with the seeds x contexts interval."""
+    pred = {"GD": "g", "minimiser": "m", "neither": "n"}
+    per = [{"d_gd": _planted(0.0, s, (30,)).tolist(), "d_min": _planted(1.0, 10 + s, (30,)).tolist(), "margin": 0.4 + 0.1 * s,
+            "margin_rule": "r", "predictions": pred} for s in range(3)]
+    out = B.combine("planted", per)
+    assert out["verdict"] == "GD" and out["seeds"] == 3 and out["predictions"] == pred
+    assert abs(out["margin"] - 0.5) < 1e-12 and out["distance_to_gd"]["population"] == "seeds x contexts"
+    with pytest.raises(ValueError, match="no seed"):
+        B.combine("planted", [])

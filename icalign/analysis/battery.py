@@ -41,7 +41,7 @@ from icalign.analysis import references as R
 from icalign.core.tasks import Context
 from icalign.core.validate import check_int
 
-__all__ = ["VERDICTS", "Learner", "verdict", "half_separation", "transformer_learner", "gd_learner",
+__all__ = ["VERDICTS", "Learner", "verdict", "combine", "half_separation", "transformer_learner", "gd_learner",
            "minimiser_learner", "random_learner", "as_cells"]
 
 VERDICTS = ("GD", "minimiser", "neither", "not resolved", "not trained")
@@ -99,6 +99,21 @@ def verdict(test: str, d_gd, d_min, margin: float, *, health: Optional[dict] = N
         v, why = "not resolved", "an interval reaches the margin"
     return {"test": test, "verdict": v, "reason": why, "margin": float(margin), "margin_rule": margin_rule,
             "units": units, "distance_to_gd": near["GD"], "distance_to_minimiser": near["the minimiser"]}
+
+
+def combine(test: str, per_seed: list, *, health: Optional[dict] = None) -> dict:
+    """One test's verdict over trained models: each seed's record (the test function's dict,
+    run on the same contexts) gives its test-half ``d_gd`` and ``d_min``, stacked to (S, C) so
+    that the engine judges each seed on its own block of contexts; the margin is the mean of
+    the seeds' margins (each fixed from its own fitting half's hypotheses). The record keeps
+    the predictions written before the run and every seed's own record."""
+    if not per_seed:
+        raise ValueError(f"{test}: no seed's record to combine")
+    stack = lambda k: np.asarray([r[k] for r in per_seed], np.float64)
+    first = per_seed[0]
+    out = verdict(test, stack("d_gd"), stack("d_min"), float(np.mean([r["margin"] for r in per_seed])), health=health,
+                  units=first.get("units", ""), margin_rule=first.get("margin_rule", "half the hypotheses' separation"))
+    return {**out, "predictions": first["predictions"], "seeds": len(per_seed), "per_seed": per_seed}
 
 
 # ------------------------------------------------------------------------------------ learners
