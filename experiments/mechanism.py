@@ -95,7 +95,7 @@ QUICK = Config(model=M.ModelConfig(n_layers=4, n_heads=2, d_model=32, token_layo
                triplet_train=T.TrainConfig(batch=64, steps=2000, chunk=50, checkpoint_every=250,
                                            queries="per_triplet", query_corr=0.7, **_GRID),
                eval=EvalConfig(contexts=256), k_max=64, seeds=5, depths=(1, 2, 4), train_noise=(0.5,))
-FULL = Config(k_max=64, intervention_contexts=128)
+FULL = Config(k_max=64, intervention_contexts=128, seeds=5, depths=(1, 2, 4, 8, 20), train_noise=(0.5,))
 
 
 def figures(res: dict) -> dict:
