@@ -286,3 +286,43 @@ def verdict(res: dict) -> str:
             + "; ".join(f"{c['claim'].split(': ', 1)[1]}: {brief(c)}" for c in at)
             + f"; a strictly increasing (affine) reward map, which PL-GD cannot see, moves the transformer more than "
               f"PL-GD: {brief(iv)}.")
+
+
+def _dist(c: dict) -> str:
+    """The mean distance and its interval from one of the verdict's equivalence claims."""
+    return f"{num(c['effect'])} [{num(c['low'])}, {num(c['high'])}]"
+
+
+def battery_table(res: dict) -> str:
+    """The battery's summary: one row per test with what each account predicts (written in the
+    code before any run) and, per trained model family, the verdict with the distances it
+    rests on (mean [95% interval], seeds x contexts) and the margin."""
+    bat = res.get("battery")
+    if not bat:
+        raise ValueError("this mechanism result has no battery; rerun `icalign run mechanism`")
+    families = list(bat)
+    tests = list(dict.fromkeys(t for f in families for t in bat[f]))
+    rows = []
+    for t in tests:
+        first = next(bat[f][t] for f in families if t in bat[f])
+        p = first["predictions"]
+        cells = []
+        for f in families:
+            v = bat[f].get(t)
+            cells.append("-" if v is None else
+                         f"**{v['verdict']}**: to GD {_dist(v['distance_to_gd'])}, to the minimiser "
+                         f"{_dist(v['distance_to_minimiser'])}, margin {num(v['margin'])}"
+                         + (f" ({v['reason']})" if v["verdict"] == "not resolved" else ""))
+        rows.append([t, p["GD"], p["minimiser"], p["neither"], *cells])
+    return table(["test", "runs GD predicts", "computes the minimiser predicts", "neither predicts",
+                  *[f"result: {f}" for f in families]], rows)
+
+
+def battery_counts(res: dict) -> dict:
+    """{family: {verdict: count}} over the battery's tests."""
+    out = {}
+    for f, tests in (res.get("battery") or {}).items():
+        out[f] = {}
+        for v in tests.values():
+            out[f][v["verdict"]] = out[f].get(v["verdict"], 0) + 1
+    return out
