@@ -1,0 +1,29 @@
+"""The battery's internal tests (icalign.analysis.battery_internal) on planted models: the
+hand-built construction (its forward pass is one PL-GD step, docs/theory.md section 3) must
+read as GD under gradient patching and as a selective probe target; a random-init model of the
+same architecture must not. Tiny sizes: n = 4 candidates, D = 3, 16 contexts."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from icalign import construct
+from icalign.analysis import probes as P
+
+def test_residualised_target_is_the_pl_mean_minus_the_plain_mean():
+    assert P.QUANTITIES[:6] == ("top candidate", "PL-weighted mean", "PL gradient (sqdist)", "PL gradient (cosine)",
+                                "mean candidate", "answer y*")  # appended, not reordered
+    rng = np.random.default_rng(0)
+    ys, r, y0 = rng.normal(size=(2, 5, 3)), rng.uniform(size=(2, 5)), rng.normal(size=(2, 3))
+    ctx = construct.separated_contexts(jax.random.PRNGKey(0), 2, 5, 3, dtype=jnp.float32)
+    ctx = ctx.replace(ys=jnp.asarray(ys, jnp.float32), rewards=jnp.asarray(r, jnp.float32))
+    ts = np.array([1, 2, 4])
+    got = np.asarray(P.quantities(ctx, jnp.asarray(y0, jnp.float32), jnp.asarray(ts)))
+    for b in range(2):
+        for j, t in enumerate(ts):
+            s = -0.5 * np.sum((y0[b] - ys[b, :t]) ** 2, axis=1)  # head B's weights at y0 on the shown ones
+            p = np.exp(s - s.max()) / np.exp(s - s.max()).sum()
+            want = p @ ys[b, :t] - ys[b, :t].mean(0)
+            np.testing.assert_allclose(got[b, j, P.QUANTITIES.index("PL-weighted mean minus plain mean")], want,
+                                       atol=2e-5)
+    assert np.allclose(got[:, 0, 6], 0.0, atol=1e-6)  # one shown candidate: its PL mean is its plain mean
