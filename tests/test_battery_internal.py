@@ -3,6 +3,8 @@ hand-built construction (its forward pass is one PL-GD step, docs/theory.md sect
 read as GD under gradient patching and as a selective probe target; a random-init model of the
 same architecture must not. Tiny sizes: n = 4 candidates, D = 3, 16 contexts."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +12,7 @@ import pytest
 
 from icalign import construct
 from icalign import model as M
+from icalign.analysis import battery as BT
 from icalign.analysis import battery_internal as BI
 from icalign.analysis import probes as P
 
@@ -35,6 +38,23 @@ def test_residualised_target_is_the_pl_mean_minus_the_plain_mean():
     assert np.allclose(got[:, 0, 6], 0.0, atol=1e-6)  # one shown candidate: its PL mean is its plain mean
 
 
+def test_resume_runs_the_rest_of_the_model_from_any_layer(key):
+    cfg = M.ModelConfig(n_layers=2, n_heads=2, d_model=8, token_layout="stacked", d=D, n=N)
+    params = M.init(key, cfg)
+    ctx = construct.separated_contexts(key, 3, N, D, dtype=jnp.float32)
+    out, h = jax.jit(M.apply, static_argnums=(2, 3))(params, M.tokenize(ctx, cfg), cfg, True)
+    resume = jax.jit(M.resume, static_argnums=(2, 3))  # compiled: one program instead of many small ones
+    np.testing.assert_allclose(resume(params, h[1], cfg, 1), out, atol=1e-5)  # block 2 and the read-out
+    edit = jnp.arange(8.0) - 3.5  # not a constant shift, which the next LayerNorm would remove
+    edited = resume(params, h[1].at[:, 2].add(edit), cfg, 1)  # causal: positions before 2 cannot see it
+    np.testing.assert_allclose(edited[:, :2], out[:, :2], atol=1e-5)
+    assert np.abs(edited[:, 2] - out[:, 2]).min() > 1e-4
+    with pytest.raises(ValueError, match="layer must be an int in 0..2"):
+        M.resume(params, h[0], cfg, 3)
+    with pytest.raises(ValueError, match="d_model=8"):
+        M.resume(params, h[0][..., :4], cfg, 0)
+
+
 @pytest.fixture(scope="module")
 def planted():
     """The causal construction (one PL-GD step on sqdist, step ETA, best-first contexts), a
@@ -46,6 +66,24 @@ def planted():
         ctx = construct.separated_contexts(jax.random.PRNGKey(1), B, N, D, best_first=True)
         y0 = construct.run(spec, ctx)[:, 0]
     return cfg, params, null, ctx, y0
+
+
+def test_gradient_patch_reads_the_construction_as_gd_and_a_random_init_not(planted, x64):
+    cfg, params, null, ctx, y0 = planted
+    run = lambda p, layer: BI.patch_gradient(jax.random.PRNGKey(3), p, cfg, ctx, y0, [2, 3], HALF, layer,
+                                             quantity="PL gradient (sqdist)", draws=4)
+    gd = run(params, None)
+    assert gd["fit"]["decode_error"] < 1e-8 and len(gd["d_gd"]) == B - HALF
+    # the construction's answer is y0 + ETA * (-grad): a change dG of the decoded gradient moves it by -ETA dG
+    # (to within the ridge probe's spread over collinear slots, which the minimum-norm patch also moves)
+    assert gd["fit"]["layer"] < cfg.n_layers  # chosen on the fitting half; a block runs after the patch
+    np.testing.assert_allclose(gd["per_t"]["gain_gradient_patch"]["mean"], ETA, rtol=0.05)
+    np.testing.assert_allclose(gd["per_t"]["cos_gradient_patch"]["mean"], 1.0, atol=0.01)
+    assert gd["claim"]["verdict"] == "supported"
+    assert BT.verdict("patch", gd["d_gd"], gd["d_min"], gd["margin"])["verdict"] == "GD"
+    rand = run(null, gd["fit"]["layer"])  # the same layer: the same compiled patch
+    assert np.mean(rand["per_t"]["cos_gradient_patch"]["mean"]) < 0.5
+    assert BT.verdict("patch", rand["d_gd"], rand["d_min"], rand["margin"])["verdict"] != "GD"
 
 
 def test_selectivity_counts_the_construction_and_not_a_random_init(planted, x64):
@@ -61,3 +99,20 @@ def test_selectivity_counts_the_construction_and_not_a_random_init(planted, x64)
     g = swapped["PL gradient (sqdist)"]
     assert not g["counts"] and g["claim"]["verdict"] == "contradicted"
     assert g["selectivity"]["high"][g["layer"]["layer"]] < 0
+
+
+def test_bad_input_is_refused_by_name_before_any_compilation(planted):
+    cfg, params, null, ctx, y0 = planted
+    good = dict(key=jax.random.PRNGKey(0), params=params, config=cfg, ctx=ctx, y0=y0, ts=[2, 3], half=HALF)
+    cases = [({"ts": [1, 2]}, "ts must be"), ({"ts": [3, 2]}, "ts must be"), ({"ts": [2, 4]}, "ts must be"),
+             ({"half": 15}, "half must be"), ({"y0": y0[:, :2]}, "y0 must be"), ({"config": "tiny"}, "config must"),
+             ({"ctx": dataclasses.replace(cfg)}, "ctx must be")]
+    for change, msg in cases:
+        for fn, extra in ((BI.patch_gradient, {"layer": 1}), (BI.probe_selectivity, {"params_null": null})):
+            with pytest.raises(ValueError, match=msg):
+                fn(**{**good, **extra, **change})
+    for change, msg in (({"layer": 9}, "layer must be"), ({"scale": 0.0}, "scale must be"),
+                        ({"quantity": "answer y*"}, "quantity must be"), ({"draws": 1}, "draws must be"),
+                        ({"l2": -1.0}, "l2")):
+        with pytest.raises(ValueError, match=msg):
+            BI.patch_gradient(**{**good, "layer": 1, **change})
