@@ -13,7 +13,10 @@ The quantities probed are those the hand-built construction writes into its resi
 the best shown candidate y_tau(1) (head A's selection), the PL-weighted mean ybar_1 (head B),
 the accumulated squared-distance PL gradient sum_i (y_tau(i) - ybar_i) (the G slot), and also
 the cosine-PL gradient (the trained model's loss), the plain mean of the candidates (a
-control that needs no ranking) and the answer y* itself.
+control that needs no ranking) and the answer y* itself. The last, "PL-weighted mean minus
+plain mean", is the PL-weighted mean residualised on that control: the plain mean needs no
+ranking and any learner computes it, so a probe that reads the PL mean only through the plain
+mean scores about 0 on this one (issue 23 item 12).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from icalign.theory import gd
 __all__ = ["Ridge", "fit_ridge", "predict_ridge", "r2_interval", "probe_layers", "QUANTITIES", "quantities"]
 
 QUANTITIES = ("top candidate", "PL-weighted mean", "PL gradient (sqdist)", "PL gradient (cosine)",
-              "mean candidate", "answer y*")
+              "mean candidate", "answer y*", "PL-weighted mean minus plain mean")
 
 
 @struct.dataclass
@@ -99,13 +102,15 @@ def _quantities_one(ys, rewards, y_star, y0, t):
     alive = mask.astype(ys.dtype)
     p = jax.nn.softmax(jnp.where(mask, reward_scores(y0, ys, "sqdist"), -jnp.inf))  # head B at y_hat_0
     grad = lambda reward: gd.pl_gradient(y0[:, None], jnp.ones(1, ys.dtype), ys, rewards, reward, mask=mask)[:, 0]
+    plain = alive @ ys / jnp.sum(alive)
     return jnp.stack([
         ys[order[0]],
         p @ ys,
         -grad("sqdist"),
         -grad("cosine") * smooth_norm(y0),  # the gradient of the direction (scale-free)
-        alive @ ys / jnp.sum(alive),
+        plain,
         y_star,
+        p @ ys - plain,
     ])
 
 

@@ -43,7 +43,7 @@ depth.
 """
 
 from icalign.model.config import ACTIVATIONS, ATTENTIONS, BASE, LAYOUTS, ModelConfig, config_hash
-from icalign.model.forward import LN_EPS, apply, attention_weights, predict, readout
+from icalign.model.forward import LN_EPS, apply, attention_weights, predict, readout, resume
 from icalign.model.params import (FFN, Attention, Block, Dense, LayerNorm, Params, check_params, config_param_count,
                                   init, param_count, stack_blocks, unstack_blocks)
 from icalign.model.tokens import readout_positions, seq_len, token_dim, tokenize
@@ -51,6 +51,6 @@ from icalign.model.tokens import readout_positions, seq_len, token_dim, tokenize
 __all__ = [
     "ModelConfig", "BASE", "ATTENTIONS", "ACTIVATIONS", "LAYOUTS", "LN_EPS", "config_hash",
     "Dense", "LayerNorm", "Attention", "FFN", "Block", "Params", "init", "param_count", "config_param_count", "check_params",
-    "stack_blocks", "unstack_blocks", "apply", "predict", "readout", "attention_weights",
+    "stack_blocks", "unstack_blocks", "apply", "predict", "readout", "resume", "attention_weights",
     "tokenize", "readout_positions", "token_dim", "seq_len",
 ]

@@ -21,7 +21,7 @@ from icalign.model.config import ATTENTIONS, ModelConfig
 from icalign.model.params import FFN, Attention, Block, LayerNorm, Params, check_params
 from icalign.model.tokens import readout_positions, seq_len, token_dim, tokenize
 
-__all__ = ["apply", "predict", "readout", "attention_weights", "LN_EPS"]
+__all__ = ["apply", "predict", "readout", "resume", "attention_weights", "LN_EPS"]
 
 LN_EPS = 1e-5
 
@@ -232,6 +232,28 @@ def readout(params: Params, h: jax.Array, config: ModelConfig) -> jax.Array:
     if jnp.shape(h)[-1:] != (config.d_model,):
         raise ValueError(f"h must have shape (..., d_model={config.d_model}), got {jnp.shape(h)}")
     return _readout2d(params, jnp.reshape(h, (-1, config.d_model))).reshape(*jnp.shape(h)[:-1], config.d)
+
+
+def resume(params: Params, h: jax.Array, config: ModelConfig, layer: int) -> jax.Array:
+    """The output (..., T, d) of the model run on from the residual stream after ``layer``
+    blocks, h (..., T, d_model) (row ``layer`` of ``apply(..., capture=True)``'s residuals):
+    blocks layer+1..n_layers, then the read-out. ``resume(params, residuals[l], config, l)``
+    is ``apply``'s output for every l; an edited h runs the rest of the model on the edit
+    (activation patching). ``layer`` is a static Python int in 0..n_layers."""
+    check_params(params, config)
+    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer <= config.n_layers:
+        raise ValueError(f"layer must be an int in 0..{config.n_layers} (n_layers), got {layer!r}")
+    h = check_real_array("h", h)
+    shape = jnp.shape(h)
+    if len(shape) < 2 or shape[-1] != config.d_model or not 1 <= shape[-2] <= seq_len(config):
+        raise ValueError(f"h must have shape (..., T, d_model={config.d_model}) with 1 <= T <= {seq_len(config)}, "
+                         f"got {shape}")
+    lead, T = shape[:-2], shape[-2]
+    B = int(np.prod(lead)) if lead else 1
+    rest = jax.tree_util.tree_map(lambda a: a[int(layer):], params.blocks)
+    h_MxF, _ = jax.lax.scan(lambda x, blk: (_block(x, blk, B, T, config), None), jnp.reshape(h, (B * T, shape[-1])),
+                            rest)
+    return _readout2d(params, h_MxF).reshape(*lead, T, config.d)
 
 
 def predict(params: Params, ctx: Context, config: ModelConfig, gates=None) -> jax.Array:
