@@ -132,11 +132,14 @@ def test_candidate_key_positions_follow_the_token_layouts():
             np.testing.assert_array_equal(tok[keys[:, 1], 0], r)
 
 
+ONE_HEAD = M.ModelConfig(n_layers=1, n_heads=1, d_model=8, d=3, n=5, layer_norm=False, ffn=False)
+
+
 def test_a_head_planted_to_attend_by_reward_scores_high():
     """Interleaved, one head: the positions mark reward tokens, the key reads the reward and the
     query is a constant, so the logit is 200 r_j on reward tokens and <= -1000 elsewhere: the
     head puts ~all its mass on the best seen candidate's r token."""
-    cfg = M.ModelConfig(n_layers=1, n_heads=1, d_model=8, d=3, n=5, layer_norm=False, ffn=False)
+    cfg = ONE_HEAD
     p = _random_params(cfg)
     T, dh = M.seq_len(cfg), cfg.head_size
     pos = np.zeros((T, 8), np.float32)
@@ -171,7 +174,7 @@ def test_the_constructions_head_A_attends_to_the_best_candidate():
 
 
 def test_a_random_init_model_attends_about_uniformly():
-    cfg = dataclasses.replace(CFG, token_layout="stacked")
+    cfg = ONE_HEAD  # the planted test's architecture (one compiled program for both)
     res = best_candidate_attention(_init(jax.random.PRNGKey(5), cfg), cfg, _separated(8, 5, 3, seed=3))
     lift = np.asarray(res["best"]) - np.asarray(res["uniform"])
     assert np.abs(lift).max() < 0.05
