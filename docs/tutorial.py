@@ -19,14 +19,15 @@
 # learner must output a response close to the hidden answer y* (docs/theory.md). The claim
 # under test: a transformer reading such a context can do what gradient descent (GD) on a
 # ranking loss (Plackett-Luce, PL) does with a linear policy y_hat = W x fitted to the same
-# context. This notebook walks through the five things you will do most:
+# context. This notebook walks through the six things you will do most:
 #
 # 1. vary an architecture and compare it with GD learners on the same contexts;
 # 2. run a hand-built transformer whose forward pass *is* a GD step, and check it against the
 #    closed form and `jax.grad`;
 # 3. sweep a reward-corruption model over its levels, transformer and GD side by side;
 # 4. load a saved training run and plot it inline;
-# 5. add a corruption model and train with another loss.
+# 5. add a corruption model and train with another loss;
+# 6. look at where a trained model's heads attend.
 #
 # It is a jupytext "percent" file: open it as a notebook, or run it as a script
 # (`python docs/tutorial.py`). It writes only under the working folder: `runs/` (the training
@@ -44,6 +45,7 @@ import icalign
 from icalign import config as C
 from icalign import model as M
 from icalign.analysis import evaluate as E
+from icalign.analysis.attention import best_candidate_attention
 from icalign.core import keys
 from icalign.core.metrics import normalised_mse, unit
 from icalign.core.stats import summarise
@@ -401,3 +403,24 @@ print("  p      " + "  ".join(f"{name:>36}" for name in ext_nmse))
 for i, level in enumerate(EXT_LEVELS):
     print(f"  {level:4.2f}   " + "  ".join(f"{float(c.nmse[0, i, :, -1].mean()):>36.3f}" for c in ext_nmse.values()))
 icalign.tasks.unregister_corruption("abstain")  # leave this session's registry as it was
+
+# %% [markdown]
+# ## 6. Where the heads look: attention on the best candidate
+#
+# `model.apply(params, tokens, config, capture="attention")` returns every layer's per-head
+# attention weights, (n_layers, ..., n_heads, T, T), as the forward pass uses them.
+# `best_candidate_attention` reads, for every layer and head, the mass that the read-out row for
+# t seen candidates puts on the best of the first t (by the shown rewards), against the mass a
+# uniform row would put there (lift = best - uniform) and the mass on the worst one
+# (contrast = best - worst). The construction's selection head (section 2) has lift near
+# 1 - uniform and contrast near 1. The head with the largest lift is chosen on the first half of
+# the contexts; every number printed is from the second half (t >= 2).
+
+# %%
+attn = best_candidate_attention(loaded.params_of(0), mc, sweep_ctx)
+print(f"runs/{run_folder}, seed 0: lift and contrast per head, test-half mean over t >= 2")
+for layer in range(mc.n_layers):
+    cells = [attn["heads"][f"layer {layer} head {h}"] for h in range(mc.n_heads)]
+    print(f"  layer {layer}: " + "; ".join(f"head {h} lift {c['lift']:+.3f} contrast {c['contrast']:+.3f}"
+                                          for h, c in enumerate(cells)))
+print(f"  chosen on the fitting half: layer {attn['fit']['layer']} head {attn['fit']['head']}")

@@ -2,7 +2,9 @@
 
 Pure and jit-able. With ``capture=True`` it also returns the residual stream after the
 read-in and after every block, which every per-layer analysis (probes, layer-to-GD-step
-matching) reads; nothing outside this package touches the layer helpers below.
+matching) reads; with ``capture="attention"`` it returns every layer's per-head mixing weights
+instead (icalign.analysis.attention reads them). Nothing outside this package touches the
+layer helpers below.
 """
 
 from __future__ import annotations
@@ -21,9 +23,12 @@ from icalign.model.config import ATTENTIONS, ModelConfig
 from icalign.model.params import FFN, Attention, Block, LayerNorm, Params, check_params
 from icalign.model.tokens import readout_positions, seq_len, token_dim, tokenize
 
-__all__ = ["apply", "predict", "readout", "resume", "attention_weights", "LN_EPS"]
+__all__ = ["apply", "predict", "readout", "resume", "attention_weights", "LN_EPS", "CAPTURES"]
 
 LN_EPS = 1e-5
+#: Values of ``apply``'s ``capture``: nothing extra, the residual stream (True is its alias, kept
+#: for the callers that predate the string form), or the attention weights.
+CAPTURES = (False, True, "residual", "attention")
 
 
 def _layer_norm(h_MxF, p: Optional[LayerNorm]):
@@ -99,6 +104,10 @@ def attention_weights(logits_BxHxTxS, visible_TxS, kind: str):
 
 
 def _attention(h_MxF, p: Attention, B: int, T: int, config: ModelConfig, gates=None):
+    """(output (B*T, d_model), mixing weights (B, H, T, T)): the weights are the very array the
+    values are multiplied by, returned so that ``capture="attention"`` costs nothing extra:
+    without capture the scan drops it, and the compiled forward pass, gradient and gated
+    gradient were checked to be the same HLO as before this output existed."""
     H, dh = config.n_heads, config.head_size
     # Heads move next to the batch axis before the T x T products: XLA's CPU batched matmul
     # ran them about twice as fast on (B, H, T, dh) operands as on (B, T, H, dh) ones. At the
@@ -122,7 +131,7 @@ def _attention(h_MxF, p: Attention, B: int, T: int, config: ModelConfig, gates=N
         w_BxHxTxS = jnp.where((jnp.arange(H) < gates.heads)[None, :, None, None], w_BxHxTxS, 0.0)
     mixed_BxHxTxK = _product("bhts,bhsk->bhtk", w_BxHxTxS, v_BxHxSxK, prec)
     mixed_MxHK = mixed_BxHxTxK.transpose(0, 2, 1, 3).reshape(B * T, H * dh)
-    return _dense2d(mixed_MxHK, p.wo, p.bo, in_axes=2, precision=prec)
+    return _dense2d(mixed_MxHK, p.wo, p.bo, in_axes=2, precision=prec), w_BxHxTxS
 
 
 def _ffn(h_MxF, p: FFN, config: ModelConfig):
@@ -132,10 +141,12 @@ def _ffn(h_MxF, p: FFN, config: ModelConfig):
 
 
 def _block(h_MxF, blk: Block, B: int, T: int, config: ModelConfig):
-    h_MxF = h_MxF + _attention(_layer_norm(h_MxF, blk.ln1), blk.attn, B, T, config)
+    """(residual after the block, its attention weights (B, H, T, T))."""
+    att_MxF, w_BxHxTxS = _attention(_layer_norm(h_MxF, blk.ln1), blk.attn, B, T, config)
+    h_MxF = h_MxF + att_MxF
     if config.ffn:
         h_MxF = h_MxF + _ffn(_layer_norm(h_MxF, blk.ln2), blk.ffn, config)
-    return h_MxF
+    return h_MxF, w_BxHxTxS
 
 
 def _gated_norm(h_MxF, p, gates):
@@ -144,11 +155,15 @@ def _gated_norm(h_MxF, p, gates):
 
 def _gated_block(h_MxF, blk: Block, layer, B: int, T: int, config: ModelConfig, gates):
     """:func:`_block` of a gated variant (icalign.model.gates): where-selects, not products with
-    0/1, so an inactive part passes its input through exactly and gets a zero gradient."""
-    out = h_MxF + _attention(_gated_norm(h_MxF, blk.ln1, gates), blk.attn, B, T, config, gates)
+    0/1, so an inactive part passes its input through exactly and gets a zero gradient.
+    Returns (residual, attention weights); a layer beyond the gated depth reports weights 0, as
+    it mixes nothing."""
+    att_MxF, w_BxHxTxS = _attention(_gated_norm(h_MxF, blk.ln1, gates), blk.attn, B, T, config, gates)
+    out = h_MxF + att_MxF
     if config.ffn:
         out = jnp.where(gates.ffn, out + _ffn(_gated_norm(out, blk.ln2, gates), blk.ffn, config), out)
-    return jnp.where(layer < gates.depth, out, h_MxF)
+    active = layer < gates.depth
+    return jnp.where(active, out, h_MxF), jnp.where(active, w_BxHxTxS, 0.0)
 
 
 def _check_inputs(params: Params, tokens, config: ModelConfig):
@@ -171,21 +186,42 @@ def _check_inputs(params: Params, tokens, config: ModelConfig):
     return tokens, shape[:-2], T
 
 
-def apply(params: Params, tokens: jax.Array, config: ModelConfig, capture: bool = False, gates=None):
+def _capture_mode(capture) -> Optional[str]:
+    """None, "residual" or "attention" from ``apply``'s ``capture`` (checked before tracing).
+    Only real bools and the two strings pass: 1, 0 or numpy bools are refused, as before."""
+    if isinstance(capture, bool):
+        return "residual" if capture else None
+    if isinstance(capture, str) and capture in ("residual", "attention"):
+        return capture
+    raise ValueError(f"capture must be one of {', '.join(map(repr, CAPTURES))}, got {capture!r}")
+
+
+def apply(params: Params, tokens: jax.Array, config: ModelConfig, capture=False, gates=None):
     """Model output at every token: tokens (..., T, token_dim) -> (..., T, d). Pure.
 
     T may be shorter than ``seq_len(config)`` (a prefix of a context). With ``causal=True``
     output t depends on tokens 0..t only.
 
-    ``capture=True`` returns ``(out, residuals)``: ``residuals`` (n_layers + 1, ..., T,
-    d_model) is the residual stream after the read-in (and positions), row 0, and after each
-    block, rows 1..n_layers; ``readout(params, residuals[-1], config)`` is ``out``.
+    ``capture=True`` (or ``"residual"``) returns ``(out, residuals)``: ``residuals``
+    (n_layers + 1, ..., T, d_model) is the residual stream after the read-in (and positions),
+    row 0, and after each block, rows 1..n_layers; ``readout(params, residuals[-1], config)``
+    is ``out``.
+
+    ``capture="attention"`` returns ``(out, attention)``: ``attention`` (n_layers, ...,
+    n_heads, T, T) holds, per layer and head, the weights row t (the query position) puts on
+    column s (the key position), exactly the array the layer multiplies the values by. For
+    ``attention="softmax"`` each row is a distribution over the visible keys (0 on masked
+    ones). For the linear variants they are not a distribution: ``"linear"`` gives the scaled
+    logits q.k / sqrt(head_dim) on visible keys, ``"relu"`` their positive part and
+    ``"linear_mean"`` the logits divided by the number of visible keys (signed, unnormalised;
+    0 on masked keys). With bfloat16 precision they are the float32 weights before the
+    product casts them to bfloat16. With ``gates`` they are the gated model's: its attention
+    kind, and 0 for its inactive heads and for layers beyond its depth.
 
     ``gates`` (:class:`icalign.model.gates.Gates`, scalars) run a gated variant of ``config``:
     fewer layers or heads, linear attention, no FFN or no LayerNorm, chosen at run time.
     """
-    if not isinstance(capture, bool):
-        raise ValueError(f"capture must be True or False, got {capture!r}")
+    mode = _capture_mode(capture)
     tokens, lead, T = _check_inputs(params, tokens, config)
     B = int(np.prod(lead)) if lead else 1
     h_MxF = _dense2d(jnp.reshape(tokens, (B * T, jnp.shape(tokens)[-1])), params.read_in.w, params.read_in.b)
@@ -198,25 +234,30 @@ def apply(params: Params, tokens: jax.Array, config: ModelConfig, capture: bool 
     # (dots_with_no_batch_dims_saveable), 3.28 s saving nothing. Stacking the saved dense
     # outputs into (n_layers, tokens, features) scan buffers (zero-fill, then one write per
     # layer) cost more than recomputing the block. The gradients are bit-identical.
+    def kept(h, w):  # what the scan stacks per layer: nothing unless capturing
+        return {"residual": h, "attention": w}.get(mode)
+
     @partial(jax.checkpoint, policy=jax.checkpoint_policies.nothing_saveable, prevent_cse=False)
     def layer(h, blk):
-        h = _block(h, blk, B, T, config)
-        return h, (h if capture else None)
+        h, w = _block(h, blk, B, T, config)
+        return h, kept(h, w)
 
     @partial(jax.checkpoint, policy=jax.checkpoint_policies.nothing_saveable, prevent_cse=False)
     def gated_layer(h, blk_and_index):
-        h = _gated_block(h, *blk_and_index, B, T, config, gates)
-        return h, (h if capture else None)
+        h, w = _gated_block(h, *blk_and_index, B, T, config, gates)
+        return h, kept(h, w)
 
     h0_MxF = h_MxF
     if gates is None:
-        h_MxF, hs_LxMxF = jax.lax.scan(layer, h_MxF, params.blocks)
+        h_MxF, kept_L = jax.lax.scan(layer, h_MxF, params.blocks)
     else:
-        h_MxF, hs_LxMxF = jax.lax.scan(gated_layer, h_MxF, (params.blocks, jnp.arange(config.n_layers)))
+        h_MxF, kept_L = jax.lax.scan(gated_layer, h_MxF, (params.blocks, jnp.arange(config.n_layers)))
     out = _readout2d(params, h_MxF, gates).reshape(*lead, T, config.d)
-    if not capture:
+    if mode is None:
         return out
-    residuals = jnp.concatenate([h0_MxF[None], hs_LxMxF], axis=0)
+    if mode == "attention":  # (L, B, H, T, T) -> (L, ..., H, T, T)
+        return out, kept_L.reshape(config.n_layers, *lead, config.n_heads, T, T)
+    residuals = jnp.concatenate([h0_MxF[None], kept_L], axis=0)
     return out, residuals.reshape(config.n_layers + 1, *lead, T, config.d_model)
 
 
@@ -251,8 +292,8 @@ def resume(params: Params, h: jax.Array, config: ModelConfig, layer: int) -> jax
     lead, T = shape[:-2], shape[-2]
     B = int(np.prod(lead)) if lead else 1
     rest = jax.tree_util.tree_map(lambda a: a[int(layer):], params.blocks)
-    h_MxF, _ = jax.lax.scan(lambda x, blk: (_block(x, blk, B, T, config), None), jnp.reshape(h, (B * T, shape[-1])),
-                            rest)
+    h_MxF, _ = jax.lax.scan(lambda x, blk: (_block(x, blk, B, T, config)[0], None),
+                            jnp.reshape(h, (B * T, shape[-1])), rest)
     return _readout2d(params, h_MxF).reshape(*lead, T, config.d)
 
 
