@@ -110,3 +110,57 @@ def test_refuses_bad_input(ctx):
     for call, match in cases:
         with pytest.raises(ValueError, match=match):
             call()
+
+
+@pytest.mark.parametrize("kind, expected", [("GD", "GD"), ("minimiser", "minimiser"), ("random", "neither")])
+def test_distance_test_planted(ctx, minimiser_answers, kind, expected):
+    r = O.distance_test(_planted(kind, minimiser_answers), ctx, jax.random.PRNGKey(1), ETAS, k_cap=3,
+                        minimiser_steps=STEPS)
+    v = B.verdict("distance", r["d_gd"], r["d_min"], r["margin"])
+    assert v["verdict"] == expected, (v["reason"], r["margin"], np.mean(r["d_gd"]), np.mean(r["d_min"]))
+
+
+def test_slow_contexts_keep_the_slowest_quarter(ctx):
+    """The same draws as the module's contexts (same key and sizes); the kept quarter is where
+    capped GD gets least close to the minimiser, and the contexts are the pool's own."""
+    slow, rec = O.slow_contexts(jax.random.PRNGKey(0), CONTEXTS, D, N, ETAS, k_cap=3, minimiser_steps=STEPS)
+    assert rec["kept"] == slow.x.shape[0] == CONTEXTS // 4
+    assert rec["separation_kept"]["mean"] > 1.5 * rec["separation_pool"]["mean"]
+    pool_x = np.asarray(ctx.x)
+    picked = [int(np.flatnonzero(np.all(pool_x == x, -1))[0]) for x in np.asarray(slow.x)]
+    assert picked == sorted(picked)  # pool order: the halves stay a random split
+    with pytest.raises(ValueError, match="fraction"):
+        O.slow_contexts(jax.random.PRNGKey(0), CONTEXTS, D, N, ETAS, k_cap=3, fraction=0.01)
+
+
+def test_redraw_keeps_ranks_and_changes_values(ctx):
+    from icalign.analysis import interventions as I
+    ts = jnp.arange(2, N)
+    changed, t_new, valid = I.intervene("redraw", jax.random.PRNGKey(4), ctx, ts)
+    flat, t_flat = I.flatten(ctx, ts)
+    assert np.all(np.asarray(valid)) and np.array_equal(np.asarray(t_new), np.asarray(t_flat))
+    new, old = np.asarray(changed.rewards), np.asarray(flat.rewards)
+    for r_new, r_old, t in zip(new, old, np.asarray(t_flat)):
+        assert np.array_equal(np.argsort(r_new[:t]), np.argsort(r_old[:t]))  # same ranking of the seen
+        assert np.all(r_new[:t] != r_old[:t]) and np.all((0 < r_new[:t]) & (r_new[:t] < 1))
+        np.testing.assert_array_equal(r_new[t:], r_old[t:])  # unseen rewards untouched
+    assert "redraw" not in I.INTERVENTIONS  # the mechanism study's set is unchanged
+
+
+def test_invariances_planted(ctx):
+    """PL-GD moves under neither a rank-keeping reward redraw nor a reordering ("not resolved":
+    within the margin of both hypotheses), while a reader of reward values and a reader of
+    positions surely move ("neither"). Each reader is constant in t, so 0-step GD matches it
+    on the unchanged contexts: its approximation error, hence the margin, is ~0."""
+    key, gd = jax.random.PRNGKey(5), B.gd_learner(jnp.eye(D), ETA, 2)
+    values = lambda c: jnp.broadcast_to(jnp.einsum("bn,bnd->bd", c.rewards ** 2, c.ys)[:, None], c.ys.shape)
+    first = lambda c: jnp.broadcast_to(c.ys[:, :1], c.ys.shape)
+    for fn, reader, kw in ((O.rank_redraw, values, {}), (O.permutation, first, {"draws": 1})):
+        r = fn(gd, ctx, key, ETAS, k_max=3, minimiser_steps=STEPS, **kw)
+        v = B.verdict(r["test"], r["d_gd"], r["d_min"], r["margin"])
+        assert v["verdict"] == "not resolved" and "both" in v["reason"] and max(r["d_gd"]) < 1e-5, v
+        if fn is O.rank_redraw:  # the positive control moves GD
+            assert min(r["control"]["gd_movement"]["mean"]) > 0.01
+        r = fn(reader, ctx, key, ETAS, k_max=3, minimiser_steps=STEPS, **kw)
+        v = B.verdict(r["test"], r["d_gd"], r["d_min"], r["margin"])
+        assert v["verdict"] == "neither" and r["fit"]["approximation_error"] < 1e-4, (v, r["margin"])

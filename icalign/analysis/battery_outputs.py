@@ -28,14 +28,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from icalign.analysis import battery as BT
+from icalign.analysis import interventions as I
 from icalign.analysis import references as R
-from icalign.analysis.mechanism import _at_fit, halves
+from icalign.analysis.mechanism import _at_fit, _gd_items, _minimiser_items, halves
 from icalign.core.metrics import normalised_mse
-from icalign.core.stats import summarise
-from icalign.core.tasks import Context, check_batched_contexts
+from icalign.core.stats import summarise, t_interval
+from icalign.core.tasks import Context, check_batched_contexts, sample_contexts
 from icalign.core.validate import check_int, check_key
 
-__all__ = ["PREDICTIONS", "depth_sweep", "initial_point", "one_step_per_layer"]
+__all__ = ["PREDICTIONS", "FLOAT_FLOOR", "depth_sweep", "initial_point", "one_step_per_layer", "fresh_query",
+           "slow_contexts", "distance_test", "rank_redraw", "permutation"]
+
+#: The smallest margin an invariance test uses: float32 rounding of 1 - cos between two answers
+#: that agree exactly in exact arithmetic is ~1e-7, far below it.
+FLOAT_FLOOR = 1e-5
 
 PREDICTIONS = {
     "depth_sweep": {
@@ -49,6 +55,19 @@ PREDICTIONS = {
         "minimiser": "a fresh query x' does not move the answer at t >= 1 (the PL loss sees the answers only, so its "
                      "minimiser does not depend on x)",
         "neither": "the answer moves, but not as GD from the learner's own start predicts"},
+    "distance": {
+        "GD": "on contexts where capped GD stays far from the minimiser the answers sit on the fitted GD "
+              "trajectory, far from the minimiser",
+        "minimiser": "on those contexts the answers sit at the minimiser, beyond the reach of capped GD",
+        "neither": "the answers are far from both"},
+    "rank_redraw": {
+        "GD": "no movement: PL-GD sees the shown rewards only through their ranking, which the redraw keeps",
+        "minimiser": "no movement: the PL minimiser depends on the ranking only",
+        "neither": "a learner that reads reward values moves beyond its own approximation error"},
+    "permutation": {
+        "GD": "no spread: the PL loss, hence its gradient, is a sum over the ranking, not over the order shown",
+        "minimiser": "no spread: the PL minimiser does not depend on the order shown",
+        "neither": "a learner that reads positions spreads beyond its own approximation error"},
 }
 
 
@@ -60,22 +79,27 @@ def one_step_per_layer(depth: int) -> int:
 
 
 # ------------------------------------------------------------------------------ common ground
+def _check_settings(n: int, key, etas, min_seen) -> tuple[np.ndarray, int]:
+    """The settings every test shares; bad input fails here, naming the argument, before
+    anything is traced."""
+    check_key("key", key)
+    e = np.asarray(etas, float) if not isinstance(etas, (str, bytes)) and etas is not None else np.array([])
+    if e.ndim != 1 or e.size == 0 or not np.all(np.isfinite(e) & (e > 0)):
+        raise ValueError(f"etas must be a non-empty 1-D list of finite step sizes > 0, got {etas!r}")
+    if check_int("min_seen", min_seen, minimum=1) > n - 1:
+        raise ValueError(f"min_seen must be <= N - 1 = {n - 1} (the last t the contexts reach), got {min_seen}")
+    return e, min_seen
+
+
 def _check_common(ctx: Context, key, etas, min_seen) -> tuple[np.ndarray, int]:
-    """Bad input fails here, naming the argument, before anything is traced."""
+    """The contexts (a batch of >= 4 shared-query ones) and the shared settings."""
     check_batched_contexts(ctx)
     if ctx.xs is not None:
         raise ValueError("ctx must hold shared-query contexts (ctx.xs is None): these tests read how the answer "
                          "depends on the shared query x")
     if ctx.x.shape[0] < 4:
         raise ValueError(f"ctx must hold >= 4 contexts (two per half), got {ctx.x.shape[0]}")
-    check_key("key", key)
-    e = np.asarray(etas, float) if not isinstance(etas, (str, bytes)) and etas is not None else np.array([])
-    if e.ndim != 1 or e.size == 0 or not np.all(np.isfinite(e) & (e > 0)):
-        raise ValueError(f"etas must be a non-empty 1-D list of finite step sizes > 0, got {etas!r}")
-    n = ctx.ys.shape[1]
-    if check_int("min_seen", min_seen, minimum=1) > n - 1:
-        raise ValueError(f"min_seen must be <= N - 1 = {n - 1} (the last t the contexts reach), got {min_seen}")
-    return e, min_seen
+    return _check_settings(ctx.ys.shape[1], key, etas, min_seen)
 
 
 def _check_learner(name: str, learner) -> None:
@@ -242,3 +266,158 @@ def initial_point(learner, ctx: Context, key, etas, k_max: int, min_seen: int = 
         gap.mean(1)[half:], move.mean(1)[half:], margin,
         "half GD's mean predicted movement (fitting half)", B,
         t0_movement=summarise(_dist(y[:, :1], y_new[:, :1])[half:], "contexts"))
+
+
+# ------------------------------------------------------------------------------ 3. slow contexts
+def slow_contexts(key, pool: int, d: int, n: int, etas, k_cap: int, fraction: float = 0.25, min_seen: int = 2,
+                  minimiser_steps: int = 300) -> tuple[Context, dict]:
+    """Standard contexts where capped GD stays far from the minimiser, chosen from the
+    hypotheses alone (never a learner): draw ``pool`` contexts of the training distribution
+    (``tasks.sample_contexts``), score each by the closest any GD point gets to the minimiser
+    (min over ``etas`` and k <= ``k_cap`` of the mean over t >= ``min_seen`` of 1 - cos), and
+    keep the ``fraction`` with the largest score, in pool order (so the halves stay a random
+    split). Selecting from standard draws keeps the contexts in the training distribution, unlike
+    hand-built small-beta or wide-spread contexts (not built here).
+
+    GD starts at y0 = x (W0 = I): the learner's own start is unknown before reading it. A
+    learner that starts elsewhere may converge faster or slower; the distance test reports the
+    separation it actually meets. Returns (contexts, record of the selection)."""
+    check_int("d", d, minimum=1)
+    e_arr, min_seen = _check_settings(check_int("n", n, minimum=2), key, etas, min_seen)
+    check_int("pool", pool, minimum=4)
+    check_int("k_cap", k_cap, minimum=0)
+    check_int("minimiser_steps", minimiser_steps, minimum=1)
+    f = float(fraction) if isinstance(fraction, (int, float)) and not isinstance(fraction, bool) else np.nan
+    keep = int(np.ceil(f * pool)) if np.isfinite(f) else 0
+    if not (0 < f <= 1) or keep < 4:
+        raise ValueError(f"fraction must lie in (0, 1] and keep >= 4 of the {pool} pool contexts, got {fraction!r}")
+    ctx = sample_contexts(key, pool, d, n)
+    ts = jnp.arange(min_seen, n)
+    grid = R.gd_grid(R.init_weights(ctx, ctx.x), ctx, ts, jnp.asarray(e_arr, ctx.ys.dtype), k_cap)
+    pred_min, _ = _minimiser(ctx, min_seen, minimiser_steps)
+    sep = np.nan_to_num(_dist(grid, pred_min).mean(-1), nan=np.inf).min(axis=(0, 1))  # (pool,)
+    chosen = np.sort(np.argsort(-sep, kind="stable")[:keep])
+    record = {"rule": f"top {keep} of {pool} standard contexts by the closest capped GD (k <= {k_cap}) gets to the "
+                      "minimiser, GD from y0 = x; chosen from the hypotheses only", "pool": pool, "kept": keep,
+              "k_cap": k_cap, "etas": e_arr.tolist(), "threshold": float(sep[chosen].min()),
+              "separation_pool": t_interval(sep), "separation_kept": t_interval(sep[chosen])}
+    return jax.tree_util.tree_map(lambda a: a[chosen], ctx), record
+
+
+def _fitted_gd(y, ctx: Context, etas_j, k_max: int, min_seen: int, half: int):
+    """GD from the learner's own t = 0 answer, (eta, k <= k_max) fitted per t on the fitting
+    half (as ``mechanism._references``): predictions (B, T, D), W0 and the fitted indices."""
+    W0 = R.init_weights(ctx, y[:, 0])
+    grid = R.gd_grid(W0, ctx, jnp.arange(min_seen, ctx.ys.shape[1]), etas_j, k_max)
+    e_T, k_T, _ = R.select(y[:half, min_seen:], grid[:, :, :half])
+    return _at_fit(grid, e_T, k_T), W0, e_T, k_T
+
+
+def distance_test(learner, ctx: Context, key, etas, k_cap: int, min_seen: int = 2, minimiser_steps: int = 300) -> dict:
+    """The answers themselves against fitted GD (k <= ``k_cap``, per t on the fitting half) and
+    the minimiser, on contexts where the two differ (``slow_contexts``). ``d_gd`` / ``d_min``:
+    per test context, the mean over t >= ``min_seen`` of 1 - cos. Margin: half the hypotheses'
+    separation on the fitting half. ``key`` is checked but unused (nothing is random)."""
+    e_arr, min_seen = _check_common(ctx, key, etas, min_seen)
+    _check_learner("learner", learner)
+    check_int("k_cap", k_cap, minimum=0)
+    check_int("minimiser_steps", minimiser_steps, minimum=1)
+    B, half = ctx.x.shape[0], ctx.x.shape[0] // 2
+    y = _answers("learner", learner, ctx)
+    pred_gd, _, e_T, k_T = _fitted_gd(y, ctx, jnp.asarray(e_arr, ctx.ys.dtype), k_cap, min_seen, half)
+    pred_min, grad_left = _minimiser(ctx, min_seen, minimiser_steps)
+    dg, dm = _dist(y[:, min_seen:], pred_gd), _dist(y[:, min_seen:], pred_min)
+    margin = BT.half_separation(pred_gd[:half], pred_min[:half], lambda a, b: jnp.mean(normalised_mse(a, b), -1))
+    return _record("distance", np.arange(min_seen, ctx.ys.shape[1]),
+                   {"distance_to_gd": summarise(dg[half:], "contexts"),
+                    "distance_to_minimiser": summarise(dm[half:], "contexts")},
+                   {"eta": e_arr[np.asarray(e_T)].tolist(), "k": np.asarray(k_T).tolist(), "k_cap": k_cap,
+                    "chosen_on": "fit"},
+                   dg.mean(1)[half:], dm.mean(1)[half:], margin,
+                   "half the mean separation of fitted GD and the minimiser (fitting half)", B,
+                   minimiser_gradient_left=float(jnp.max(grad_left)))
+
+
+# ------------------------------------------------------------------------------ 4, 5. invariances
+def _invariance(test: str, learner, ctx: Context, keys, kind: str, etas, k_max: int, min_seen: int,
+                minimiser_steps: int, control: Optional[str]) -> dict:
+    """Both hypotheses predict that ``kind`` (one call per key) leaves the answer unmoved.
+    Movement per (context, t): 1 - cos(answer, answer after the change), mean over the keys.
+    The margin is what the test can resolve: the learner's own approximation error (its mean
+    distance on the fitting half to the closer of fitted GD and the minimiser: a learner only
+    approximately PL may move that much for that reason) or the references' own movement
+    (float rounding, the minimiser's convergence), whichever is larger, and at least
+    ``FLOAT_FLOOR``. d_gd = d_min = the movement, so the verdict is "not resolved" (within both:
+    the PL learners' outcome) or "neither" (surely moves beyond the margin)."""
+    B, N = ctx.ys.shape[:2]
+    half = B // 2
+    ts = jnp.arange(min_seen, N)
+    T = ts.shape[0]
+    y = _answers("learner", learner, ctx)
+    pred_gd, W0, e_T, k_T = _fitted_gd(y, ctx, jnp.asarray(etas, ctx.ys.dtype), k_max, min_seen, half)
+    pred_min, _ = _minimiser(ctx, min_seen, minimiser_steps)
+    approx = min(float(np.mean(_dist(y[:half, min_seen:], pred_gd[:half]))),
+                 float(np.mean(_dist(y[:half, min_seen:], pred_min[:half]))))
+    flat_base = {"learner": y[:, min_seen:], "gd": pred_gd, "minimiser": pred_min}
+    rows = jnp.arange(B * T)
+    eta_flat, k_flat = jnp.tile(jnp.asarray(etas, ctx.ys.dtype)[e_T], B), jnp.tile(k_T, B)
+    W0_flat = jnp.repeat(W0, T, axis=0)
+
+    def movement(kind_, key):
+        changed, t_new, _ = I.intervene(kind_, key, ctx, ts)  # redraw, reverse, permute keep t
+        after = {"learner": _answers("learner (changed contexts)", learner, changed)[rows, t_new],
+                 "gd": _gd_items(W0_flat, changed, t_new, eta_flat, k_flat, k_max, "cosine")[1],
+                 "minimiser": _minimiser_items(changed, t_new, minimiser_steps)}
+        return {h: _dist(flat_base[h], a.reshape(B, T, -1)) for h, a in after.items()}  # (B, T) each
+
+    moves = [movement(kind, k) for k in keys]
+    move = {h: np.mean([m[h] for m in moves], axis=0) for h in flat_base}
+    ref_move = max(float(np.mean(move["gd"][:half])), float(np.mean(move["minimiser"][:half])))
+    margin = max(approx, ref_move, FLOAT_FLOOR)
+    extra = {}
+    if control is not None:
+        ctl = movement(control, keys[0])
+        extra["control"] = {"kind": control, "movement": summarise(ctl["learner"][half:], "contexts"),
+                            "gd_movement": summarise(ctl["gd"][half:], "contexts")}
+    d = move["learner"].mean(1)[half:]
+    return _record(test, ts, {"movement": summarise(move["learner"][half:], "contexts"),
+                              "gd_movement": summarise(move["gd"][half:], "contexts"),
+                              "minimiser_movement": summarise(move["minimiser"][half:], "contexts")},
+                   {"eta": np.asarray(etas)[np.asarray(e_T)].tolist(), "k": np.asarray(k_T).tolist(), "k_max": k_max,
+                    "chosen_on": "fit", "approximation_error": approx, "reference_movement": ref_move}, d, d, margin,
+                   "the larger of the learner's approximation error (fitting half, closer of fitted GD and the "
+                   f"minimiser) and the references' own movement, at least {FLOAT_FLOOR:g}", B, **extra)
+
+
+def _check_invariance(learner, ctx, key, etas, k_max, min_seen, minimiser_steps):
+    e_arr, min_seen = _check_common(ctx, key, etas, min_seen)
+    _check_learner("learner", learner)
+    check_int("k_max", k_max, minimum=1)
+    check_int("minimiser_steps", minimiser_steps, minimum=1)
+    return e_arr, min_seen
+
+
+def rank_redraw(learner, ctx: Context, key, etas, k_max: int, min_seen: int = 2, minimiser_steps: int = 300) -> dict:
+    """Rank-preserving, distribution-preserving reward redraw (``interventions`` kind
+    "redraw"): any PL learner, GD or minimiser, cannot move. d_gd = d_min = the learner's
+    movement, judged against its own approximation error (``_invariance``), so
+    ``battery.verdict`` says "not resolved" (within the margin of both: a PL learner, which this
+    test cannot split into GD or minimiser) or "neither" (it surely moves beyond its
+    approximation error: it reads reward values). The movement under reversal ("reverse") is
+    reported as the positive control (``control``): every learner should move under it."""
+    e_arr, min_seen = _check_invariance(learner, ctx, key, etas, k_max, min_seen, minimiser_steps)
+    return _invariance("rank_redraw", learner, ctx, [key], "redraw", e_arr, k_max, min_seen, minimiser_steps,
+                       control="reverse")
+
+
+def permutation(learner, ctx: Context, key, etas, k_max: int, draws: int = 4, min_seen: int = 2,
+                minimiser_steps: int = 300) -> dict:
+    """The spread of the answer over ``draws`` random orders of the first t triplets (mean 1 - cos
+    to the answer in the shown order). PL-GD is exactly invariant; the fitted GD's own float
+    spread is reported (``per_t.gd_movement``). Verdict form as :func:`rank_redraw`: "not
+    resolved" for a PL learner, "neither" for one that surely reads positions."""
+    e_arr, min_seen = _check_invariance(learner, ctx, key, etas, k_max, min_seen, minimiser_steps)
+    check_int("draws", draws, minimum=1)
+    keys = [jax.random.fold_in(key, i) for i in range(draws)]
+    return _invariance("permutation", learner, ctx, keys, "permute", e_arr, k_max, min_seen, minimiser_steps,
+                       control=None)
