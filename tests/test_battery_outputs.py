@@ -106,6 +106,12 @@ def test_refuses_bad_input(ctx):
         (lambda: O.initial_point(None, ctx, key, ETAS, k_max=2), "learner"),
         (lambda: O.initial_point(gd, ctx.replace(xs=ctx.ys), key, ETAS, k_max=2), "shared-query"),
         (lambda: O.initial_point(gd, jax.tree_util.tree_map(lambda a: a[:3], ctx), key, ETAS, k_max=2), ">= 4"),
+        (lambda: O.initial_point(lambda c: c.ys * jnp.nan, ctx, key, ETAS, k_max=2), "NaN"),
+        (lambda: O.distance_test(gd, ctx, key, ETAS, k_cap=-1), "k_cap"),
+        (lambda: O.rank_redraw(gd, ctx, key, ETAS, k_max=0), "k_max"),
+        (lambda: O.permutation(gd, ctx, key, ETAS, k_max=2, draws=0), "draws"),
+        (lambda: O.slow_contexts(key, 2, D, N, ETAS, k_cap=3), "pool"),
+        (lambda: O.slow_contexts(key, 8, D, N, "0.1", k_cap=3), "etas"),
     ]
     for call, match in cases:
         with pytest.raises(ValueError, match=match):

@@ -3,6 +3,14 @@
 interventions on the context, say about "runs k-step GD on the PL loss" (GD) against "computes
 the loss minimiser".
 
+* :func:`depth_sweep` (issue item 1): learners of several depths against one GD trajectory;
+* :func:`initial_point` (2): a fresh query x moves GD's answer (its start and step) and not the
+  minimiser's;
+* :func:`slow_contexts` and :func:`distance_test` (3): the answers themselves, on contexts where
+  capped GD stays far from the minimiser;
+* :func:`rank_redraw` (4) and :func:`permutation` (5): invariances every PL learner has; they
+  tell a PL learner from a reader of reward values or positions, not GD from the minimiser.
+
 Every test here
 
 * states its predictions before running (``PREDICTIONS``: fixed sentences, not computed);
@@ -74,7 +82,7 @@ PREDICTIONS = {
 def one_step_per_layer(depth: int) -> int:
     """The default step-count cap: one GD step per layer, as in von Oswald et al.'s linear
     construction. The theory's own construction is slower: it needs N - 1 blocks (2(N - 1)
-    one-head layers) per PL-GD step (docs/theory.md 3.6, 3.7); pass its cap for that reading."""
+    one-head layers) per PL-GD step (docs/theory.md 3.2, 3.7); pass its cap for that reading."""
     return depth
 
 
