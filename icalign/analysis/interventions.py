@@ -18,7 +18,11 @@ learner here is invariant to them: they show how strongly each one weighs extra 
 * ``duplicate``: each of the first t triplets twice in a row, asked at t' = 2t;
 * ``distractors``: three random responses (Gaussian at the candidates' scale) with reward 0,
   below every shown one, appended after the first t; asked at t' = t + 3;
-* ``scale``: every shown response times 2.
+* ``scale``: every shown response times 2;
+* ``redraw`` (in ``KINDS``, not in ``INTERVENTIONS``, so the mechanism study is unchanged): the
+  first t shown rewards replaced by t fresh U(0, 1) draws, sorted and handed out by the original
+  rewards' ranks. Ranking and reward distribution are kept (ties have probability 0); only the
+  values change, so any PL learner is invariant and a reader of values is not.
 
 Items with t' > N - 1 (duplicates and distractors at large t) are marked invalid.
 """
@@ -33,10 +37,11 @@ import jax.numpy as jnp
 from icalign.core.tasks import Context
 from icalign.core.validate import check_choice
 
-__all__ = ["INTERVENTIONS", "MONOTONE", "N_DISTRACTORS", "intervene", "flatten"]
+__all__ = ["INTERVENTIONS", "KINDS", "MONOTONE", "N_DISTRACTORS", "intervene", "flatten"]
 
 MONOTONE = ("affine", "square", "sigmoid")
 INTERVENTIONS = MONOTONE + ("reverse", "permute", "duplicate", "distractors", "scale")
+KINDS = INTERVENTIONS + ("redraw",)  #: every kind :func:`intervene` accepts
 N_DISTRACTORS = 3
 
 _MAPS = {
@@ -59,6 +64,13 @@ def _one(kind: str, key, c: Context, t):
     j = jnp.arange(n)
     if kind in _MAPS:
         return c.replace(rewards=_MAPS[kind](c.rewards)), t
+    if kind == "redraw":
+        # n draws with the unseen ones pushed past 1: the first t sorted values are the order
+        # statistics of t fresh U(0, 1) draws; rank_j is r_j's rank among the first t
+        seen = j < t
+        fresh = jnp.sort(jnp.where(seen, jax.random.uniform(key, (n,), c.rewards.dtype), 2.0))
+        rank = jnp.argsort(jnp.argsort(jnp.where(seen, c.rewards, jnp.inf), stable=True), stable=True)
+        return c.replace(rewards=jnp.where(seen, fresh[rank], c.rewards)), t
     if kind == "permute":
         # a random order of positions 0..t-1; later positions stay where they are
         u = jnp.where(j < t, jax.random.uniform(key, (n,)), 2.0 + j)
@@ -93,7 +105,7 @@ def _intervene(kind, key, ctx_flat: Context, t_flat):
 def intervene(kind: str, key, ctx: Context, ts):
     """The changed contexts of every (context, t) pair: (contexts (B*T,), t' (B*T,),
     valid (B*T,)), items in the order of :func:`flatten`."""
-    check_choice("intervention", kind, INTERVENTIONS)
+    check_choice("intervention", kind, KINDS)
     ts = jnp.asarray(ts)
     flat, t_flat = flatten(ctx, ts)
     changed, t_new = _intervene(kind, key, flat, t_flat)
