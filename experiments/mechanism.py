@@ -8,12 +8,19 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from functools import partial
+from typing import Optional
 
 import jax
 import numpy as np
 
 from icalign import model as M
 from icalign import training as T
+from icalign.analysis import attention as AT
+from icalign.analysis import battery as BT
+from icalign.analysis import battery_internal as BI
+from icalign.analysis import battery_outputs as BO
+from icalign.analysis import claims as CL
 from icalign.analysis.health import WINDOW, reference_nmse, run_gate
 from icalign.analysis.mechanism import halves, shared_study, triplet_study
 from icalign.analysis.mechanism_claims import claims
@@ -99,7 +106,8 @@ FULL = Config(k_max=64, intervention_contexts=128, seeds=5, depths=(1, 2, 4, 8, 
 
 
 def figures(res: dict) -> dict:
-    names = ("distances", "layers", "probes", "invariance") + (("triplets",) if "triplet" in res else ())
+    names = (("battery",) if res.get("battery") else ()) + ("distances", "layers", "probes", "invariance") + (
+        ("triplets",) if "triplet" in res else ())
     return {k: getattr(V, k)(res) for k in names}
 
 
@@ -152,6 +160,79 @@ def trained_models(cfg: Config, run_root, progress: bool = True) -> dict:
     return out
 
 
+def _learner(trained, i: int):
+    return BT.transformer_learner(trained.params_of(i), trained.model_config)
+
+
+def _stacked_claim(text: str, per: list, high: str, low: str, health, metric: str) -> dict:
+    """The engine's claim that ``high`` is above ``low`` over seeds, from each seed's
+    per-context values (``per[s][high]``, ``per[s][low]`` on the same contexts): seeds x
+    contexts blocks; both arms are the trained model's (its health withholds the claim)."""
+    get = lambda k: np.asarray([p[k] for p in per], float)
+    return CL.claim(text, CL.cells(high, get(high), health=health), CL.cells(low, get(low), health=health),
+                    metric=metric)
+
+
+def battery(cfg: Config, family: dict, ctx, key, depths: Optional[dict] = None) -> dict:
+    """The mechanism battery (docs/theory.md 7.1) on one trained model family (``family``: its
+    TrainResult, every seed studied on ``ctx``): each test's verdict over the seeds
+    (:func:`icalign.analysis.battery.combine`) and, beside them, the attention and null-model
+    probe checks, which are claims, not GD-or-minimiser verdicts. ``depths`` ({depth:
+    TrainResult}, the same seeds) adds the depth sweep."""
+    trained, health = family["trained"], family["health"]
+    S, m, B = len(trained.runs), trained.model_config, ctx.x.shape[0]
+    half, ts = B // 2, np.arange(BI.MIN_SEEN, m.n)
+    k = lambda i: jax.random.fold_in(key, i)  # one key per test, the same for every seed
+    slow, slow_info = BO.slow_contexts(k(0), 4 * B, m.d, m.n, cfg.etas, m.n_layers, minimiser_steps=cfg.minimiser_steps)
+    if "corrupt" in family:  # a noisy-critic model is judged on contexts shown as it was trained
+        slow = family["corrupt"](slow)
+    per = {name: [] for name in ("depth sweep", "initial point", "slow contexts", "rank redraw", "permutation",
+                                 "causal patching")}
+    extra = {"attention": [], "selectivity": []}
+    for i in range(S):
+        learner = _learner(trained, i)
+        y0 = learner(ctx)[:, 0]
+        if depths:
+            per["depth sweep"].append(BO.depth_sweep({L: _learner(t, i) for L, t in depths.items()}, ctx, k(1),
+                                                     cfg.etas, minimiser_steps=cfg.minimiser_steps))
+        per["initial point"].append(BO.initial_point(learner, ctx, k(2), cfg.etas, cfg.k_max))
+        per["slow contexts"].append(BO.distance_test(learner, slow, k(3), cfg.etas, m.n_layers,
+                                                     minimiser_steps=cfg.minimiser_steps))
+        per["rank redraw"].append(BO.rank_redraw(learner, ctx, k(4), cfg.etas, cfg.k_max,
+                                                 minimiser_steps=cfg.minimiser_steps))
+        per["permutation"].append(BO.permutation(learner, ctx, k(5), cfg.etas, cfg.k_max,
+                                                 minimiser_steps=cfg.minimiser_steps))
+        params = trained.params_of(i)
+        per["causal patching"].append(BI.patch_gradient(k(6), params, m, ctx, y0, ts, half, None, health=health))
+        null = M.init(jax.random.fold_in(k(7), i), m)  # the null model: a random init of the same architecture
+        extra["selectivity"].append(BI.probe_selectivity(k(8), params, null, m, ctx, y0, ts, half, health=health))
+        extra["attention"].append(AT.best_candidate_attention(params, m, ctx))
+    # the depth sweep reads every depth's models: a failed one withholds its verdict
+    sick = [h for h in (family.get("depth_health") or {}).values() if CL.withheld(h)]
+    verdicts = {name: BT.combine(name, rows, health=sick[0] if name == "depth sweep" and sick else health)
+                for name, rows in per.items() if rows}
+    att = [{"best": a["lift"], "uniform": [0.0] * len(a["lift"])} for a in extra["attention"]]
+    checks = {"attention": {
+        "heads": [a["fit"] for a in extra["attention"]],
+        "claim": _stacked_claim("the head chosen on the fitting half attends to the best shown candidate more than "
+                                "uniformly (lift = mass on the best - uniform mass, t >= 2)", att, "best", "uniform",
+                                health, "attention mass"),
+        "per_seed": [{k_: a[k_] for k_ in ("fit", "per_t", "heads", "predictions")} for a in extra["attention"]]}}
+    quantities = list(extra["selectivity"][0]["quantities"])
+    checks["selectivity"] = {}
+    for q in quantities:
+        rows = [sel["quantities"][q] for sel in extra["selectivity"]]
+        if not all("cells" in r for r in rows):
+            checks["selectivity"][q] = {"claim": rows[0]["claim"], "counts": False}
+            continue
+        c = _stacked_claim(f"{q}: the trained model's probe beats the null model's (a random init)",
+                           [r["cells"] for r in rows], "null", "trained", health, "share of 1 - R^2 per context")
+        checks["selectivity"][q] = {"claim": c, "counts": c["verdict"] == "supported",
+                                    "layers": [r["layer"]["layer"] for r in rows],
+                                    "r2": [r["r2"] for r in rows], "r2_null": [r["r2_null"] for r in rows]}
+    return {"verdicts": verdicts, "checks": checks, "slow_contexts": slow_info}
+
+
 def _corrupted(key, ctx, corruption: str, p: float):
     """The contexts with their shown rewards corrupted at level ``p`` (a noisy critic)."""
     from icalign.analysis.evaluate import corrupted_rewards
@@ -162,7 +243,7 @@ def _corrupted(key, ctx, corruption: str, p: float):
 def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = True, run_root=None) -> dict:
     path = result_path(out, "mechanism", force)
     t0 = time.perf_counter()
-    k_ctx, k_study, k_ctx3, k_study3, k_noise = keys.eval_keys(cfg.seed, 5)
+    k_ctx, k_study, k_ctx3, k_study3, k_noise, k_bat = keys.eval_keys(cfg.seed, 6)
     res = {"experiment": NAME, "name": None if out is None else out.name, **config_record(cfg),
            "model_config": cfg.model.to_dict(), "seed": cfg.seed, "hardware": hardware()}
     m, d, n = cfg.model, cfg.model.d, cfg.model.n
@@ -178,6 +259,13 @@ def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = 
     res["shared"] = {**_record(trained, t1 - t0, ctx),
                      **_studied(trained, range(len(seeds)), lambda p: study(p, ctx))}
     res["seconds"] = {"shared": time.perf_counter() - t0}
+    t2 = time.perf_counter()
+    depth_health = {str(L): (res["shared"]["health"] if t is trained else run_gate(t, ctx))
+                    for L, t in models["depths"].items()}
+    res["depths"] = {L: {"health": h, "protocol": models["depths"][int(L)].selection} for L, h in depth_health.items()}
+    res["battery"] = {"clean-trained": battery(cfg, {"trained": trained, "health": res["shared"]["health"],
+                                                     "depth_health": depth_health}, ctx, k_bat, models["depths"])}
+    res["seconds"]["battery"] = time.perf_counter() - t2
     if cfg.train_noise:
         t2, levels = time.perf_counter(), list(cfg.train_noise)
         noisy = models["noisy"]
@@ -190,6 +278,9 @@ def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = 
             res["noisy"][f"{p:g}"] = {**_record(one, time.perf_counter() - t2, c_p), "level": p,
                                       "corruption": cfg.train.corruption,
                                       **_studied(one, range(len(seeds)), lambda q: study(q, c_p))}
+            corrupt = partial(_corrupted, jax.random.fold_in(k_noise, 100 + j), corruption=cfg.train.corruption, p=p)
+            res["battery"][f"noisy-trained (p = {p:g})"] = battery(
+                cfg, {"trained": one, "health": res["noisy"][f"{p:g}"]["health"], "corrupt": corrupt}, c_p, k_bat)
         res["seconds"]["noisy"] = time.perf_counter() - t2
     if cfg.triplets:
         t2 = time.perf_counter()
