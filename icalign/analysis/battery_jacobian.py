@@ -105,18 +105,17 @@ def _check_learner(learner, ctx: Context) -> None:
 # --------------------------------------------------------------------------------- Jacobians
 def learner_jacobian(learner: Callable, ctx: Context):
     """The learner's raw answers (B, N, D) and J (B, N_out, D, N_in, D) = d unit(answer_t) / d y_j
-    for every t and j, by forward mode: one linearisation of the learner, then one tangent per
-    (j, coordinate), the same in every context. That gives each context's own Jacobian because
-    a learner answers each context from that context alone (contexts do not interact)."""
-    y, lin = jax.linearize(lambda ys: learner(ctx.replace(ys=ys)), ctx.ys)
+    for every t and j, by forward mode: one tangent per (j, coordinate), the same in every
+    context, all N D of them at once (vmapped: a jitted learner's differentiated program is then
+    compiled once and reused). That gives each context's own Jacobian because a learner answers
+    each context from that context alone (contexts do not interact). Memory grows with
+    N D B forward passes: keep the contexts modest."""
     N, D = ctx.ys.shape[1:]
-    basis = jnp.eye(N * D, dtype=ctx.ys.dtype).reshape(N * D, 1, N, D)
-
-    def column(v):  # d unit(y) = (I - u u^T) dy / |y|, as the jvp of unit
-        return jax.jvp(unit, (y,), (lin(jnp.broadcast_to(v, ctx.ys.shape)),))[1]
-
-    cols = jax.lax.map(column, basis)  # (N_in * D, B, N_out, D): one tangent at a time keeps memory flat
-    return y, jnp.moveaxis(cols.reshape(N, D, *y.shape), (0, 1), (3, 4))
+    basis = jnp.broadcast_to(jnp.eye(N * D, dtype=ctx.ys.dtype).reshape(N * D, 1, N, D), (N * D,) + ctx.ys.shape)
+    answers = lambda ys: learner(ctx.replace(ys=ys))
+    y, dy = jax.vmap(lambda v: jax.jvp(answers, (ctx.ys,), (v,)), out_axes=(None, 0))(basis)
+    du = jax.vmap(lambda d: jax.jvp(unit, (y,), (d,))[1])(dy)  # d unit(y) = (I - u u^T) dy / |y|
+    return y, jnp.moveaxis(du.reshape(N, D, *y.shape), (0, 1), (3, 4))
 
 
 @partial(jax.jit, static_argnames=("k_max", "reward"))
