@@ -58,11 +58,14 @@ MARGIN_RULE = "half the mean distance between fitted GD's and the minimiser's Ja
 
 
 # -------------------------------------------------------------------------------- validation
-def check_etas(etas) -> np.ndarray:
-    """A non-empty 1-D grid of finite step sizes (or dampings) > 0."""
-    e = np.asarray(etas, float) if not isinstance(etas, str) else np.asarray([np.nan])
+def check_etas(etas, name: str = "etas") -> np.ndarray:
+    """A non-empty 1-D grid of finite step sizes (or dampings) > 0, refused by ``name``."""
+    try:
+        e = np.asarray(etas, float)
+    except (TypeError, ValueError):
+        e = np.asarray([np.nan])
     if e.ndim != 1 or e.size == 0 or not np.all(np.isfinite(e) & (e > 0)):
-        raise ValueError(f"etas must be a non-empty 1-D list of finite step sizes > 0, got {etas!r}")
+        raise ValueError(f"{name} must be a non-empty 1-D list of finite numbers > 0, got {etas!r}")
     return e
 
 
