@@ -1,6 +1,8 @@
 """The battery's Jacobian test (icalign.analysis.battery_jacobian): the implicit-function
 Jacobian of the minimiser against an independent computation, planted learners, bad input."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -67,6 +69,8 @@ def test_planted_learners_get_their_verdict(ctx, learners, planted):
     r = BJ.jacobian_test(learners[planted], ctx, jax.random.PRNGKey(1), ETAS, K_MAX, ts=TS, minimiser_steps=STEPS)
     assert len(r["d_gd"]) == len(r["d_min"]) == C // 2 and r["t"] == TS
     assert set(r["predictions"]) == {"GD", "minimiser", "neither"} and 0 < r["margin"] < 0.5
+    json.dumps(r)  # the lead stores it as is
+    assert r["minimiser"]["not_strict"] == 0
     v = B.verdict(r["test"], r["d_gd"], r["d_min"], r["margin"], margin_rule=r["margin_rule"])
     assert v["verdict"] == planted, (v["reason"], r["margin"], np.mean(r["d_gd"]), np.mean(r["d_min"]), r["fit"])
     if planted == "GD":

@@ -42,7 +42,8 @@ from icalign.core.tasks import Context, check_batched_contexts
 from icalign.core.validate import check_int, check_int_values, check_key
 
 __all__ = ["TEST", "PREDICTIONS", "learner_jacobian", "gd_jacobian", "implicit_jacobian", "jacobian_distance",
-           "jacobian_test", "check_etas", "default_ts"]
+           "jacobian_test", "check_etas", "default_ts",
+           "check_shared_contexts", "check_learner"]
 
 TEST = "jacobian"
 PREDICTIONS = {
@@ -74,7 +75,7 @@ def default_ts(n: int, min_seen: int, count: int = 4) -> np.ndarray:
     return np.unique(np.round(np.linspace(min_seen, n - 1, count)).astype(int))
 
 
-def _check_shared(ctx: Context, min_seen: int, ts) -> np.ndarray:
+def check_shared_contexts(ctx: Context, min_seen: int, ts) -> np.ndarray:
     """Shared-query batched contexts, >= 4 of them (two per half), and the asked t: integers in
     [min_seen, N - 1], distinct. Returns the t as numpy."""
     check_batched_contexts(ctx)
@@ -95,7 +96,7 @@ def _check_shared(ctx: Context, min_seen: int, ts) -> np.ndarray:
     return t
 
 
-def _check_learner(learner, ctx: Context) -> None:
+def check_learner(learner, ctx: Context) -> None:
     """The learner is callable and answers (B, N, D) (checked by abstract evaluation: nothing
     is compiled)."""
     if not callable(learner):
@@ -227,11 +228,11 @@ def jacobian_test(learner: Callable, ctx: Context, key, etas, k_max: int, min_se
     margin_rule) plus the minimiser's convergence record; d_gd / d_min are the test half's
     per-context distances, the mean over the asked t."""
     check_key("key", key)
-    ts = _check_shared(ctx, min_seen, ts)
+    ts = check_shared_contexts(ctx, min_seen, ts)
     etas = check_etas(etas)
     check_int("k_max", k_max, minimum=1)
     check_int("minimiser_steps", minimiser_steps, minimum=1)
-    _check_learner(learner, ctx)
+    check_learner(learner, ctx)
     B, half = ctx.x.shape[0], ctx.x.shape[0] // 2
     tj = jnp.asarray(ts)
 
@@ -258,4 +259,5 @@ def jacobian_test(learner: Callable, ctx: Context, key, etas, k_max: int, min_se
             "minimiser": {"gradient_left_max": float(jnp.max(grad_left)),
                           "curvature_min": float(jnp.min(curv)),
                           "not_strict": int(jnp.sum(curv <= 0)),
+                          "not_strict_test_contexts": np.flatnonzero(np.any(np.asarray(curv[test]) <= 0, 1)).tolist(),
                           "note": "the implicit Jacobian is defined only at strict minima (curvature > 0)"}}

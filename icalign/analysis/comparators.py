@@ -41,7 +41,7 @@ import numpy as np
 
 from icalign.analysis import battery as BT
 from icalign.analysis import references as R
-from icalign.analysis.battery_jacobian import _check_learner, _check_shared, check_etas
+from icalign.analysis.battery_jacobian import check_learner, check_shared_contexts, check_etas
 from icalign.analysis.mechanism import halves
 from icalign.core.losses import plackett_luce, smooth_norm
 from icalign.core.metrics import normalised_mse, prefix_mask
@@ -152,13 +152,13 @@ def comparator_test(learner: Callable, ctx: Context, key, etas, dampings, k_max:
     the fitted values and step counts per t and ``profile``: the best fitting-half distance
     (over values) at each step count 0..k_max, mean over t."""
     check_key("key", key)
-    ts = _check_shared(ctx, min_seen, np.arange(min_seen, ctx.ys.shape[1]))
+    ts = check_shared_contexts(ctx, min_seen, np.arange(min_seen, ctx.ys.shape[1]))
     grids_of = {"gd": check_etas(etas), "newton": check_etas(dampings, "dampings"), "precond": check_etas(etas)}
     check_int("k_max", k_max, minimum=1)
     check_int("minimiser_steps", minimiser_steps, minimum=1)
     if not (np.isfinite(precond_damping) and precond_damping > 0):
         raise ValueError(f"precond_damping must be a finite number > 0, got {precond_damping!r}")
-    _check_learner(learner, ctx)
+    check_learner(learner, ctx)
     B, half, tj = ctx.x.shape[0], ctx.x.shape[0] // 2, jnp.asarray(ts)
 
     y_all = learner(ctx)
