@@ -131,9 +131,10 @@ def test_pl_loss_gradient_is_gd_closed_form(ctx):
 
 
 def test_newton_in_weights_is_newton_in_the_prediction(ctx):
-    """For shared queries the W-space damped Newton step is, at x, the prediction-space step
-    y - |x|^2 (|x|^2 H_y + lambda I)^{-1} g_y (H_W = H_y kron x x^T, g_W = g_y kron x): computed
-    here from the Hessian of the cosine-PL loss of the prediction, not of W."""
+    """For shared queries and a W0 of rank one along x, the W-space saddle-free tangent Newton
+    step is, at x, the prediction-space step y - |x|^2 (|x|^2 |P_y H_y P_y| + lambda I)^{-1} g_y
+    (H_W = H_y kron x x^T, g_W = g_y kron x, W stays y x^T / |x|^2): computed here from the
+    Hessian of the cosine-PL loss of the prediction, not of W."""
     few = jax.tree_util.tree_map(lambda a: a[:4], ctx)
     W0 = R.init_weights(few, few.ys[:, 0] + 0.3 * few.x)
     lams = jnp.asarray([0.1, 1.0])
@@ -144,7 +145,10 @@ def test_newton_in_weights_is_newton_in_the_prediction(ctx):
 
     def newton_y(y, x, ys, rewards, t, lam):  # one Newton step of the loss of the prediction itself
         f = lambda v: LOSSES["cosine_pl"](v, ys, rewards, prefix_mask(t, N))
-        return y - (x @ x) * jnp.linalg.solve((x @ x) * jax.hessian(f)(y) + lam * jnp.eye(D), jax.grad(f)(y))
+        P = jnp.eye(D) - jnp.outer(y, y) / (y @ y)
+        ev, V = jnp.linalg.eigh(P @ jax.hessian(f)(y) @ P)
+        H_abs = V @ jnp.diag(jnp.abs(ev)) @ V.T
+        return y - (x @ x) * jnp.linalg.solve((x @ x) * H_abs + lam * jnp.eye(D), jax.grad(f)(y))
 
     # every (damping, context, t) item; the step is applied twice with one compiled function
     lead = (len(lams), 4, len(TS))
