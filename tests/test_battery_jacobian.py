@@ -185,5 +185,14 @@ def test_comparators_fit_planted_gd(ctx, learners):
     assert all(len(v) == C // 2 for v in r["distances"].values())
     assert len(r["fit"]["newton"]["profile"]) == K_MAX + 1
     assert B.verdict(r["test"], r["d_gd"], r["d_min"], r["margin"])["verdict"] == "GD"
-    with pytest.raises(ValueError, match="dampings"):
-        CP.comparator_test(learners["GD"], ctx, jax.random.PRNGKey(1), ETAS, [0.0], K_MAX)
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(dampings=[0.0]), "dampings"), (dict(etas="big"), "etas"), (dict(k_max=0), "k_max"),
+    (dict(min_seen="two"), "min_seen"), (dict(min_seen=5), "min_seen"), (dict(precond_damping=0.0), "precond_damping"),
+    (dict(precond_damping=None), "precond_damping"), (dict(learner=lambda c: c.x), "learner"), (dict(ctx=None), "ctx")])
+def test_comparators_refuse_bad_input_by_name(ctx, change, match):
+    args = dict(learner=lambda c: c.ys, ctx=ctx, key=jax.random.PRNGKey(0), etas=ETAS, dampings=[1.0], k_max=K_MAX)
+    args.update(change)
+    with pytest.raises(ValueError, match=match):
+        CP.comparator_test(**args)

@@ -1,4 +1,4 @@
-"""The mechanism battery's Jacobian test (issue 23; docs/theory.md section 7): how the learner's
+"""The mechanism battery's Jacobian test (docs/theory.md section 7): how the learner's
 answer direction moves when the shown candidates move, against how k-step GD's and the loss
 minimiser's would move.
 

@@ -1,4 +1,4 @@
-"""Higher-order comparators for the mechanism battery (issue 23; docs/theory.md section 7): is
+"""Higher-order comparators for the mechanism battery (docs/theory.md section 7): is
 the learner closer to a few steps of a second-order method than to (many more steps of) GD?
 Fu et al. 2024 found that transformers trained on in-context linear regression match a few
 iterations of Newton's method (Iterative Newton), where GD needs exponentially more steps.
@@ -169,11 +169,14 @@ def comparator_test(learner: Callable, ctx: Context, key, etas, dampings, k_max:
     the fitted values and step counts per t and ``profile``: the best fitting-half distance
     (over values) at each step count 0..k_max, mean over t."""
     check_key("key", key)
-    ts = check_shared_contexts(ctx, min_seen, np.arange(min_seen, ctx.ys.shape[1]))
+    check_int("min_seen", min_seen, minimum=2)
+    n = ctx.ys.shape[1] if isinstance(ctx, Context) and np.ndim(ctx.ys) == 3 else min_seen + 1
+    ts = check_shared_contexts(ctx, min_seen, np.arange(min_seen, max(n, min_seen + 1)))
     grids_of = {"gd": check_etas(etas), "newton": check_etas(dampings, "dampings"), "precond": check_etas(etas)}
     check_int("k_max", k_max, minimum=1)
     check_int("minimiser_steps", minimiser_steps, minimum=1)
-    if not (np.isfinite(precond_damping) and precond_damping > 0):
+    if isinstance(precond_damping, bool) or not isinstance(precond_damping, (int, float)) or not (
+            np.isfinite(precond_damping) and precond_damping > 0):
         raise ValueError(f"precond_damping must be a finite number > 0, got {precond_damping!r}")
     check_learner(learner, ctx)
     B, half, tj = ctx.x.shape[0], ctx.x.shape[0] // 2, jnp.asarray(ts)
