@@ -1,5 +1,6 @@
-"""The battery's Jacobian test (icalign.analysis.battery_jacobian): the implicit-function
-Jacobian of the minimiser against an independent computation, planted learners, bad input."""
+"""The battery's Jacobian test (icalign.analysis.battery_jacobian) and higher-order comparators
+(icalign.analysis.comparators): the implicit-function Jacobian of the minimiser and the Newton
+steps against independent computations, planted learners, bad input."""
 
 import json
 
@@ -10,9 +11,12 @@ import pytest
 
 from icalign.analysis import battery as B
 from icalign.analysis import battery_jacobian as BJ
+from icalign.analysis import comparators as CP
+from icalign.analysis import references as R
 from icalign.core.losses import LOSSES
 from icalign.core.metrics import prefix_mask, unit
 from icalign.core.tasks import sample_contexts
+from icalign.theory import gd
 
 D, N, C = 3, 5, 32  # 16 contexts fit, 16 are judged
 TS = [2, 3, 4]
@@ -101,10 +105,7 @@ def test_needs_shared_queries_and_two_halves(ctx):
         BJ.jacobian_test(lambda c: c.ys, three, jax.random.PRNGKey(0), ETAS, K_MAX)
 
 
-# ------------------------------------------------------------- higher-order comparators (comparators.py)
-from icalign.analysis import comparators as CP  # noqa: E402
-from icalign.analysis import references as R  # noqa: E402
-from icalign.theory import gd  # noqa: E402
+# ------------------------------------------------------------------------- higher-order comparators
 
 
 def test_undamped_newton_solves_a_convex_quadratic_in_one_step():

@@ -222,9 +222,10 @@ def jacobian_test(learner: Callable, ctx: Context, key, etas, k_max: int, min_se
     """The Jacobian test (module docstring) on one learner and a batch of shared-query contexts
     (first half fits GD's (eta, k) per t, second half is judged). ``etas``: GD's step-size grid;
     ``k_max``: its largest step count; ``ts``: the asked t (default a few in [min_seen, N - 1]).
-    ``key`` is taken for the battery's common signature; this test draws nothing.
+    ``key`` is taken for the battery's common signature; this test draws nothing. The learner
+    must be JAX code (it is differentiated in forward mode) that answers each context alone.
 
-    Returns the battery's dict (CONTRACT: test, predictions, t, per_t, fit, d_gd, d_min, margin,
+    Returns the battery's dict (test, predictions, t, per_t, fit, d_gd, d_min, margin,
     margin_rule) plus the minimiser's convergence record; d_gd / d_min are the test half's
     per-context distances, the mean over the asked t."""
     check_key("key", key)

@@ -57,8 +57,8 @@ from icalign.core.tasks import Context, triplet_queries
 from icalign.core.validate import check_int, check_key
 from icalign.theory import gd
 
-__all__ = ["pl_loss", "curvature", "damped_newton_step", "newton_path", "precond_path", "newton_grid", "precond_grid", "comparator_test", "METHODS",
-           "PREDICTIONS"]
+__all__ = ["pl_loss", "curvature", "damped_newton_step", "newton_path", "precond_path", "newton_grid", "precond_grid",
+           "comparator_test", "METHODS", "PREDICTIONS"]
 
 METHODS = ("gd", "newton", "precond")
 TEST = "comparators"
