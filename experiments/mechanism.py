@@ -19,6 +19,8 @@ from icalign import training as T
 from icalign.analysis import attention as AT
 from icalign.analysis import battery as BT
 from icalign.analysis import battery_internal as BI
+from icalign.analysis import battery_jacobian as BJ
+from icalign.analysis import comparators as CMP
 from icalign.analysis import battery_outputs as BO
 from icalign.analysis import claims as CL
 from icalign.analysis.health import WINDOW, reference_nmse, run_gate
@@ -52,6 +54,9 @@ class Config:
     minimiser_steps: int = 300
     intervention_contexts: int = 64
     implicit_queries: int = 20
+    battery_contexts: int = 256  # the battery's contexts: the first of the study's (every test's cost grows with them)
+    jacobian_contexts: int = 64  # the battery's Jacobian and Newton tests (their cost grows with the contexts)
+    dampings: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)  # damped Newton's grid (the comparators' test)
 
     def __post_init__(self):
         check_seed(self.seed + check_int("Config.seeds", self.seeds, minimum=1) - 1)
@@ -65,14 +70,22 @@ class Config:
             if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 < p <= 1.0:
                 raise ValueError(f"Config.train_noise must hold corruption levels in (0, 1] (the clean model is "
                                  f"always trained), got {list(self.train_noise)}")
-        for name, low in (("k_max", 1), ("minimiser_steps", 1), ("intervention_contexts", 2),
+        for name, low in (("k_max", 1), ("minimiser_steps", 1), ("intervention_contexts", 2), ("jacobian_contexts", 4),
+                          ("battery_contexts", 4),
                           ("implicit_queries", self.model.d + 1)):  # an affine fit in d dimensions
             check_int(f"Config.{name}", getattr(self, name), minimum=low)
         if self.intervention_contexts > self.eval.contexts // 2:
             raise ValueError(f"Config.intervention_contexts must be <= eval.contexts // 2 = {self.eval.contexts // 2} "
                              f"(they are held-out contexts), got {self.intervention_contexts}")
-        if not self.etas or not all(isinstance(e, (int, float)) and math.isfinite(e) and e > 0 for e in self.etas):
-            raise ValueError(f"Config.etas must be a non-empty list of finite numbers > 0, got {self.etas!r}")
+        for name in ("etas", "dampings"):
+            v = getattr(self, name)
+            if not v or not all(isinstance(e, (int, float)) and not isinstance(e, bool) and math.isfinite(e) and e > 0
+                                for e in v):
+                raise ValueError(f"Config.{name} must be a non-empty list of finite numbers > 0, got {v!r}")
+        if not self.jacobian_contexts <= self.battery_contexts <= self.eval.contexts:
+            raise ValueError(f"Config.jacobian_contexts <= battery_contexts <= eval.contexts must hold (the battery reads "
+                             f"the first of the study's contexts), got {self.jacobian_contexts}, {self.battery_contexts} "
+                             f"and {self.eval.contexts}")
         for name, tc in (("train", self.train), ("triplet_train", self.triplet_train)):  # the references are its
             if tc.loss != "cosine_pl":  # minimiser and GD: studying another loss needs them rebuilt for it
                 raise ValueError(f"Config.{name}.loss must be 'cosine_pl' (the published loss), got {tc.loss!r}")
@@ -101,7 +114,8 @@ QUICK = Config(model=M.ModelConfig(n_layers=4, n_heads=2, d_model=32, token_layo
                train=T.TrainConfig(batch=64, steps=1500, chunk=50, checkpoint_every=250, **_GRID),
                triplet_train=T.TrainConfig(batch=64, steps=2000, chunk=50, checkpoint_every=250,
                                            queries="per_triplet", query_corr=0.7, **_GRID),
-               eval=EvalConfig(contexts=256), k_max=64, seeds=5, depths=(1, 2, 4), train_noise=(0.5,))
+               eval=EvalConfig(contexts=256), k_max=64, seeds=5, depths=(1, 2, 4), train_noise=(0.5,),
+               battery_contexts=128)  # 2-core CPU time: each test on 128 contexts, Jacobians on 64
 FULL = Config(k_max=64, intervention_contexts=128, seeds=5, depths=(1, 2, 4, 8, 20), train_noise=(0.5,))
 
 
@@ -180,28 +194,32 @@ def battery(cfg: Config, family: dict, ctx, key, depths: Optional[dict] = None) 
     probe checks, which are claims, not GD-or-minimiser verdicts. ``depths`` ({depth:
     TrainResult}, the same seeds) adds the depth sweep."""
     trained, health = family["trained"], family["health"]
+    ctx = jax.tree_util.tree_map(lambda a: a[:cfg.battery_contexts], ctx)
     S, m, B = len(trained.runs), trained.model_config, ctx.x.shape[0]
     half, ts = B // 2, np.arange(BI.MIN_SEEN, m.n)
     k = lambda i: jax.random.fold_in(key, i)  # one key per test, the same for every seed
     slow, slow_info = BO.slow_contexts(k(0), 4 * B, m.d, m.n, cfg.etas, m.n_layers, minimiser_steps=cfg.minimiser_steps)
     if "corrupt" in family:  # a noisy-critic model is judged on contexts shown as it was trained
         slow = family["corrupt"](slow)
-    per = {name: [] for name in ("depth sweep", "initial point", "slow contexts", "rank redraw", "permutation",
-                                 "causal patching")}
+    per = {name: [] for name in ("depth sweep", "initial point", "slow contexts", "Jacobian", "higher-order comparators",
+                                 "rank redraw", "permutation", "causal patching")}
     extra = {"attention": [], "selectivity": []}
+    cap = m.n_layers  # GD's step count is bounded by what the depth can hold: one step per layer
+    sub = jax.tree_util.tree_map(lambda a: a[:cfg.jacobian_contexts], ctx)  # the costly tests' contexts
     for i in range(S):
         learner = _learner(trained, i)
         y0 = learner(ctx)[:, 0]
         if depths:
             per["depth sweep"].append(BO.depth_sweep({L: _learner(t, i) for L, t in depths.items()}, ctx, k(1),
                                                      cfg.etas, minimiser_steps=cfg.minimiser_steps))
-        per["initial point"].append(BO.initial_point(learner, ctx, k(2), cfg.etas, cfg.k_max))
-        per["slow contexts"].append(BO.distance_test(learner, slow, k(3), cfg.etas, m.n_layers,
+        per["initial point"].append(BO.initial_point(learner, ctx, k(2), cfg.etas, cap))
+        per["slow contexts"].append(BO.distance_test(learner, slow, k(3), cfg.etas, cap,
                                                      minimiser_steps=cfg.minimiser_steps))
-        per["rank redraw"].append(BO.rank_redraw(learner, ctx, k(4), cfg.etas, cfg.k_max,
-                                                 minimiser_steps=cfg.minimiser_steps))
-        per["permutation"].append(BO.permutation(learner, ctx, k(5), cfg.etas, cfg.k_max,
-                                                 minimiser_steps=cfg.minimiser_steps))
+        per["Jacobian"].append(BJ.jacobian_test(learner, sub, k(9), cfg.etas, cap, minimiser_steps=cfg.minimiser_steps))
+        per["higher-order comparators"].append(CMP.comparator_test(learner, sub, k(10), cfg.etas, cfg.dampings, cap,
+                                                                   minimiser_steps=cfg.minimiser_steps))
+        per["rank redraw"].append(BO.rank_redraw(learner, ctx, k(4), cfg.etas, cap, minimiser_steps=cfg.minimiser_steps))
+        per["permutation"].append(BO.permutation(learner, ctx, k(5), cfg.etas, cap, minimiser_steps=cfg.minimiser_steps))
         params = trained.params_of(i)
         per["causal patching"].append(BI.patch_gradient(k(6), params, m, ctx, y0, ts, half, None, health=health))
         null = M.init(jax.random.fold_in(k(7), i), m)  # the null model: a random init of the same architecture
@@ -218,6 +236,10 @@ def battery(cfg: Config, family: dict, ctx, key, depths: Optional[dict] = None) 
                                 "uniformly (lift = mass on the best - uniform mass, t >= 2)", att, "best", "uniform",
                                 health, "attention mass"),
         "per_seed": [{k_: a[k_] for k_ in ("fit", "per_t", "heads", "predictions")} for a in extra["attention"]]}}
+    dist = [r["distances"] for r in per["higher-order comparators"]]
+    checks["newton"] = {"prediction": CMP.NEWTON_PREDICTION, "claim": _stacked_claim(
+        f"the answers are closer to damped Newton than to GD (each fitted per t, at most {cap} steps)", dist, "gd",
+        "newton", health, "1 - cos")}
     quantities = list(extra["selectivity"][0]["quantities"])
     checks["selectivity"] = {}
     for q in quantities:
@@ -275,9 +297,10 @@ def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = 
             c_p = _corrupted(jax.random.fold_in(k_noise, j), ctx, cfg.train.corruption, p)
             one = dataclasses.replace(noisy, params=jax.tree_util.tree_map(lambda a: a[np.asarray(rows)], noisy.params),
                                       losses=np.asarray(noisy.losses)[rows], runs=[noisy.runs[i] for i in rows])
+            # the battery (below) is its study: the reference distances of the clean model's study
+            # are what the battery's tests replace
             res["noisy"][f"{p:g}"] = {**_record(one, time.perf_counter() - t2, c_p), "level": p,
-                                      "corruption": cfg.train.corruption,
-                                      **_studied(one, range(len(seeds)), lambda q: study(q, c_p))}
+                                      "corruption": cfg.train.corruption, "seeds": list(seeds)}
             corrupt = partial(_corrupted, jax.random.fold_in(k_noise, 100 + j), corruption=cfg.train.corruption, p=p)
             res["battery"][f"noisy-trained (p = {p:g})"] = battery(
                 cfg, {"trained": one, "health": res["noisy"][f"{p:g}"]["health"], "corrupt": corrupt}, c_p, k_bat)
@@ -296,10 +319,8 @@ def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = 
     res = publish(path, res, figures=figures)
     for name, st in _models(res):
         h = st["health"]
-        print(f"  {name} model(s), training health: {h['status']}" + (f" ({h['reason']})" if h["reason"] else "")
-              + f"; error at t = {st['t'][-1]} (seed {st['seeds'][0]}): transformer "
-              + f"{st['nmse']['transformer']['mean'][-1]:.3f}, "
-              + ", ".join(f"{p} {v[-1]:.3f}" for p, v in st["trivial_nmse"].items()))
+        print(f"  {name} model(s), training health: {h['status']}" + (f" ({h['reason']})" if h["reason"] else ""))
+    print(V.battery_table(res))
     for c in res["claims"]:
         print(f"  {c['claim']}: {c['verdict']} ({c['values']}; {c['sample']})")
     return res

@@ -71,6 +71,7 @@ def test_every_experiment_runs_in_memory_and_writes_nothing(name, tmp_path, monk
         assert res["shared"]["t"] == [1, 2, 3, 4] and res["triplet"]["weights"] and res["claims"]
         # base (depth 2), depth 1, the noisy-trained models, per-triplet; two seeds each, on the same contexts
         assert [len(t.runs) for t in kept] == [2, 2, 2, 2] and res["noisy"]["0.5"]["seeds"] == [0, 1]
+        assert set(res["battery"]["clean-trained"]["checks"]) == {"attention", "selectivity", "newton"}
         for study in ("shared", "triplet"):  # the halves, the fitting half's choices, each model's health
             assert res[study]["halves"]["fit"] == [0, 4] and res[study]["selection"]["closest"]["2"]["chosen_on"] == "fit"
             assert len(res[study]["per_seed"]) == 2 and res[study]["seeds"] == [0, 1]

@@ -31,7 +31,7 @@ TINY_CONFIGS = {
     "mechanism": mechanism.Config(
         model=dataclasses.replace(TINY, n_layers=2, n=5), train=TINY_TRAIN, eval=EvalConfig(contexts=8),
         triplet_train=dataclasses.replace(TINY_TRAIN, queries="per_triplet", query_corr=0.7), etas=(0.01, 0.1),
-        k_max=2, minimiser_steps=4, intervention_contexts=2, implicit_queries=6, seeds=2, depths=(1, 2),
+        k_max=2, minimiser_steps=4, intervention_contexts=2, implicit_queries=6, seeds=2, depths=(1, 2), jacobian_contexts=8, battery_contexts=8,
         train_noise=(0.5,)),
     "precision": precision.Config(model=TINY, train=TINY_TRAIN, contexts=8, seeds=2),
 }

@@ -112,8 +112,6 @@ def claims(res: dict) -> list[dict]:
     reversed rewards."""
     sh = res["shared"]
     out = _distance_claims(sh, "shared queries")
-    for p, st in (res.get("noisy") or {}).items():
-        out += _distance_claims(st, f"trained and shown rewards at {st.get('corruption', 'replace')} p = {p}")
     if "triplet" in res:
         out += _distance_claims(res["triplet"], "per-triplet queries")
     out += _layer_claim(sh)

@@ -338,7 +338,9 @@ def battery_markdown(res: dict) -> str:
     for fam, bat in res["battery"].items():
         chk = bat["checks"]
         sel = [[q, brief(v["claim"])] for q, v in chk["selectivity"].items()]
-        out.append(f"{fam}: attention, {chk['attention']['claim']['claim']}: {brief(chk['attention']['claim'])}. "
+        out.append(f"{fam}: {chk['newton']['claim']['claim']}: {brief(chk['newton']['claim'])} "
+                   f"(Fu et al.'s prediction: {chk['newton']['prediction']}). "
+                   f"Attention, {chk['attention']['claim']['claim']}: {brief(chk['attention']['claim'])}. "
                    "Probe selectivity (the trained model's held-out R^2 above a random init's, at each seed's layer "
                    "chosen on the fitting half):\n\n" + table(["probe target", "verdict (null - trained share of 1 - R^2)"], sel))
     return "\n\n".join(out)
@@ -382,7 +384,7 @@ def battery(res: dict):
         ax.set_yticks(range(len(tests)), tests, fontsize=8)
         ax.invert_yaxis()
         ax.set_xlabel("distance / the test's margin (dashed: the margin)")
-        ax.set_title(f"{fam} ({bat[fam]['verdicts'][tests[0]]['seeds']} seeds)", fontsize=9)
+        ax.set_title(f"{fam} ({next(iter(bat[fam]['verdicts'].values()))['seeds']} seeds)", fontsize=9)
         ax.legend(fontsize=7, loc="lower left")
     fig.suptitle(_title(res) + "; verdicts at right", fontsize=9)
     fig.subplots_adjust(wspace=0.6)
