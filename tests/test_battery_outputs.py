@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from icalign.analysis import battery as B
+from icalign.analysis import battery_invariance as INV
 from icalign.analysis import battery_outputs as O
 from icalign.core.tasks import sample_contexts
 
@@ -108,8 +109,8 @@ def test_refuses_bad_input(ctx):
         (lambda: O.initial_point(gd, jax.tree_util.tree_map(lambda a: a[:3], ctx), key, ETAS, k_max=2), ">= 4"),
         (lambda: O.initial_point(lambda c: c.ys * jnp.nan, ctx, key, ETAS, k_max=2), "NaN"),
         (lambda: O.distance_test(gd, ctx, key, ETAS, k_cap=-1), "k_cap"),
-        (lambda: O.rank_redraw(gd, ctx, key, ETAS, k_max=0), "k_max"),
-        (lambda: O.permutation(gd, ctx, key, ETAS, k_max=2, draws=0), "draws"),
+        (lambda: INV.rank_redraw(gd, ctx, key, ETAS, k_max=0), "k_max"),
+        (lambda: INV.permutation(gd, ctx, key, ETAS, k_max=2, draws=0), "draws"),
         (lambda: O.slow_contexts(key, 2, D, N, ETAS, k_cap=3), "pool"),
         (lambda: O.slow_contexts(key, 8, D, N, "0.1", k_cap=3), "etas"),
     ]
@@ -161,11 +162,11 @@ def test_invariances_planted(ctx):
     key, gd = jax.random.PRNGKey(5), B.gd_learner(jnp.eye(D), ETA, 2)
     values = lambda c: jnp.broadcast_to(jnp.einsum("bn,bnd->bd", c.rewards ** 2, c.ys)[:, None], c.ys.shape)
     first = lambda c: jnp.broadcast_to(c.ys[:, :1], c.ys.shape)
-    for fn, reader, kw in ((O.rank_redraw, values, {}), (O.permutation, first, {"draws": 1})):
+    for fn, reader, kw in ((INV.rank_redraw, values, {}), (INV.permutation, first, {"draws": 1})):
         r = fn(gd, ctx, key, ETAS, k_max=3, minimiser_steps=STEPS, **kw)
         v = B.verdict(r["test"], r["d_gd"], r["d_min"], r["margin"])
         assert v["verdict"] == "not resolved" and "both" in v["reason"] and max(r["d_gd"]) < 1e-5, v
-        if fn is O.rank_redraw:  # the positive control moves GD
+        if fn is INV.rank_redraw:  # the positive control moves GD
             assert min(r["control"]["gd_movement"]["mean"]) > 0.01
         r = fn(reader, ctx, key, ETAS, k_max=3, minimiser_steps=STEPS, **kw)
         v = B.verdict(r["test"], r["d_gd"], r["d_min"], r["margin"])

@@ -80,7 +80,7 @@ def test_variants_must_share_contexts_and_seeds(no_training):
             icalign.compare([A, C.override(A, [change])])
     with pytest.raises(ValueError, match="eval.gd_steps, which a comparison does not use"):
         icalign.compare({"a": A, "b": C.override(A, ["eval.gd_steps=5"])})
-    with pytest.raises(ValueError, match=r"cannot be compared; choose one of \['ablations', 'reward-noise', 'tf-vs-gd'\]"):
+    with pytest.raises(ValueError, match=r"cannot be compared; choose one of \['ablations', 'mechanism', 'reward-noise', 'tf-vs-gd'\]"):
         icalign.compare([A, A], "verify")
     with pytest.raises(ValueError, match="not a reward-noise config .*; pass experiment='tf-vs-gd'"):
         icalign.compare([A, A], "reward-noise")
@@ -128,7 +128,7 @@ def test_bad_flags_exit_2_before_training(monkeypatch, capsys, no_training, tmp_
             (["tf-vs-gd", "--variant", "a", "--variant", "a:model.n_layers=1"], "the name 'a' is used twice"),
             (["tf-vs-gd", "--variant", "a", "--variant", "b:model.nope=1"], "--variant b: unknown config key"),
             (["tf-vs-gd", "--variant", ":x=1", "--variant", "b"], "--variant ':x=1': write NAME"),
-            (["nope", "--variant", "a", "--variant", "b"], "EXPERIMENT must be one of ['ablations', 'reward-noise'"),
+            (["nope", "--variant", "a", "--variant", "b"], "EXPERIMENT must be one of ['ablations', 'mechanism', 'reward-noise'"),
             (["tf-vs-gd", "--variant", "a", "--variant", "b:eval.contexts=16", *sets], "differ in eval.contexts"),
             (["--results", str(tmp_path / "missing.json"), str(tmp_path / "x.json")], "missing.json")):
         rc, err = _entry(monkeypatch, capsys, *argv)
@@ -192,7 +192,7 @@ def test_help(capsys):
         cli.main(["compare", "--help"])
     text = capsys.readouterr().out
     assert e.value.code == 0 and "usage: icalign compare" in text and "--results FILE.json" in text
-    assert "one of ['ablations', 'reward-noise', 'tf-vs-gd']" in " ".join(text.split())
+    assert "one of ['ablations', 'mechanism', 'reward-noise', 'tf-vs-gd']" in " ".join(text.split())
 
 
 def test_saved_results_refuse_what_they_cannot_pair(compared, tmp_path):

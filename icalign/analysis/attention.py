@@ -1,5 +1,5 @@
 """Where a head looks: does it attend to the best shown candidate, as the construction's head A
-does? (issue 23, item 11; docs/theory.md sections 3.2 and 7)
+does? (docs/theory.md sections 3.2 and 7.1)
 
 In the hand-built construction (``icalign.theory.construct``, ``icalign.theory.blocks``) every
 block has a *selection* head, head A: its logit on a candidate is ``B r_j`` over the alive

@@ -1,5 +1,5 @@
-"""The mechanism battery's tests of the model's internals (docs/theory.md section 7; issue 23
-items 5 and 7): is a probe's success the trained model's, and does the model *use* the
+"""The mechanism battery's tests of the model's internals (docs/theory.md section 7.1: causal
+patching and the null model): is a probe's success the trained model's, and does the model *use* the
 gradient a probe reads?
 
 * :func:`probe_selectivity` (Hewitt and Liang 2019): every probe of

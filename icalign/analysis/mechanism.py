@@ -91,8 +91,7 @@ def choose_layer(err_LxB, layer_names, half: int) -> dict:
     and the output: layer 0 reads only the tokens and layer L's read-out is the output."""
     fit = {str(n): float(np.mean(np.asarray(e, np.float64)[:half])) for n, e in zip(layer_names, err_LxB)}
     inner = [str(n) for n in layer_names[1:-2]]
-    return {"chosen_on": "fit", "layer": min(inner, key=fit.get) if inner else None, "fit_mean": fit,
-            "candidates": inner}
+    return {"chosen_on": "fit", "layer": min(inner, key=fit.get) if inner else None, "fit_mean": fit, "candidates": inner}
 
 
 def _at_fit(grid, e_T, k_T):

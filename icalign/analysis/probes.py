@@ -16,7 +16,7 @@ the cosine-PL gradient (the trained model's loss), the plain mean of the candida
 control that needs no ranking) and the answer y* itself. The last, "PL-weighted mean minus
 plain mean", is the PL-weighted mean residualised on that control: the plain mean needs no
 ranking and any learner computes it, so a probe that reads the PL mean only through the plain
-mean scores about 0 on this one (issue 23 item 12).
+mean scores about 0 on this one.
 """
 
 from __future__ import annotations

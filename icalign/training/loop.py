@@ -15,9 +15,7 @@ Mechanics:
 * Chunks always start at multiples of ``chunk`` counted from step 0, so a resumed run
   executes exactly the same compiled calls on exactly the same (bitwise restored) state as
   an uninterrupted one: its final params are bit-identical.
-* With ``shard=True`` the run axis is split over the visible devices
-  (:mod:`icalign.core.sharding`), with no communication; on one device nothing changes.
-"""
+* With ``shard=True`` the run axis is split over the visible devices (:mod:`icalign.core.sharding`)."""
 
 from __future__ import annotations
 
@@ -220,12 +218,9 @@ def fit(objective: Objective, runs_R: RunSpec, runs: list, *, steps: int, chunk:
     Raises NonFiniteLossError naming the first step whose loss is NaN or inf, or the chunk
     after which a run's parameters are. ``initial`` (params with a leading run axis) replaces
     ``objective.init`` (e.g. each variant's own init, embedded in a gated group's shapes).
-    ``tolerate_diverged`` (a learning-rate grid, where a too-large rate is expected to
-    diverge): a run whose loss or params become non-finite is marked diverged (a warning,
-    ``meta["diverged"]``, its losses NaN from then on) and the others go on; the error is
-    raised only when every run has diverged. Runs are independent under vmap, so a NaN run
-    cannot touch the others' numbers.
-    """
+    ``tolerate_diverged`` (a learning-rate grid): a run turning non-finite is marked diverged
+    (warning, ``meta["diverged"]``, NaN losses) and the others go on, untouched under vmap;
+    the error is raised only when every run has diverged."""
     R = len(runs)
     checkpoint_every = checkpoint_every or steps
     state = init_states(runs_R, objective) if initial is None else states_from(initial, runs_R, objective)
@@ -271,9 +266,8 @@ def _stop_at(stop, e: int, steps: int, checkpoint_every: int, history) -> Option
     over the runs that have not diverged."""
     if stop is None or e >= steps or e % checkpoint_every:
         return None
-    losses = np.concatenate(history, axis=1)
-    alive = losses[np.all(np.isfinite(losses), axis=1)]
-    return stop(alive) or None if len(alive) else None
+    alive = [h for h in np.concatenate(history, axis=1) if np.all(np.isfinite(h))]
+    return stop(np.asarray(alive)) or None if alive else None
 
 
 def _fit(objective, runs_R, runs, state, start, losses, mesh, steps, chunk, checkpoint_every, run_dir, meta, progress,
@@ -307,8 +301,7 @@ def _fit(objective, runs_R, runs, state, start, losses, mesh, steps, chunk, chec
                 warnings.warn(f"{problem}: that run is marked diverged and the others go on", stacklevel=3)
                 meta = {**(meta or {}), "diverged": [*((meta or {}).get("diverged") or []), problem]}
                 problem = ""
-            if dead.any():
-                chunk_losses = np.where(dead[:, None], np.nan, chunk_losses)
+            chunk_losses = np.where(dead[:, None], np.nan, chunk_losses)
             if problem:
                 kept = (f"; the last checkpoint (step {last_ck}) is kept in {run_dir}"
                         if run_dir is not None and last_ck is not None else "")
