@@ -105,7 +105,7 @@ def run(cfg: Config = QUICK, out=None, *, force: bool = False, progress: bool = 
     res["seconds"] = {"shared": time.perf_counter() - t0}
     t2 = time.perf_counter()
     res["depths"], clean = RUNS.clean(cfg, trained, models["depths"], ctx, res["shared"]["health"], k_bat)
-    res["battery"] = {"clean-trained": clean}
+    res["battery"] = {"clean-trained": clean, "random-init (null)": RUNS.null(cfg, trained, ctx, k_bat)}
     res["seconds"]["battery"] = time.perf_counter() - t2
     if cfg.train_noise:
         t2 = time.perf_counter()

@@ -79,11 +79,12 @@ def test_every_experiment_runs_in_memory_and_writes_nothing(name, tmp_path, monk
             assert [len(v) for v in res[study]["trivial_nmse"].values()] == [4, 4]  # both trivial predictors, per t
         assert all(c["verdict"] == "not trained" and "test-half contexts" in c["sample"] for c in res["claims"])
         # the battery, on the clean- and the noisy-trained models; 4 training steps: no verdict counts
-        assert list(res["battery"]) == ["clean-trained", "noisy-trained (p = 0.5)"]
+        assert list(res["battery"]) == ["clean-trained", "random-init (null)", "noisy-trained (p = 0.5)"]
         clean = res["battery"]["clean-trained"]["verdicts"]
         assert "depth sweep" in clean and "depth sweep" not in res["battery"]["noisy-trained (p = 0.5)"]["verdicts"]
-        assert all(v["verdict"] == "not trained" and v["seeds"] == 2 and set(v["predictions"]) == {"GD", "minimiser",
-                   "neither"} for fam in res["battery"].values() for v in fam["verdicts"].values())
+        for name, fam in res["battery"].items():  # the null models were never trained: no gate withholds theirs
+            assert all((v["verdict"] == "not trained") == (name != "random-init (null)") and v["seeds"] == 2
+                       and set(v["predictions"]) == {"GD", "minimiser", "neither"} for v in fam["verdicts"].values())
         checks = res["battery"]["clean-trained"]["checks"]
         assert checks["attention"]["claim"]["verdict"] == "not trained" and len(checks["selectivity"]) == 7
         assert set(res["figures"]) == {"battery", "distances", "layers", "probes", "invariance", "triplets"}

@@ -27,7 +27,7 @@ from icalign.analysis.health import WINDOW, reference_nmse, run_gate
 from icalign.analysis.mechanism import halves
 from icalign.core.validate import check_int, check_seed
 
-__all__ = ["check_config", "record", "studied", "battery", "clean", "noisy", "corrupted"]
+__all__ = ["check_config", "record", "studied", "battery", "clean", "noisy", "null", "corrupted"]
 
 
 def check_config(cfg) -> None:
@@ -213,4 +213,15 @@ def noisy(cfg, trained, ctx, key, key_battery) -> tuple[dict, dict]:
         bats[f"noisy-trained (p = {p:g})"] = battery(cfg, {"trained": one, "health": records[f"{p:g}"]["health"],
                                                             "corrupt": shown}, c_p, key_battery)
     return records, bats
+
+
+def null(cfg, trained, ctx, key) -> dict:
+    """The battery on the null models: a random initialisation of the same architecture per
+    seed (the init ``trained`` would start from under another key), never trained. What the
+    battery says of them is what it says of a model that has learnt nothing: the control its
+    verdicts on trained models are read against. No health gate applies (nothing was trained)."""
+    keys_ = [jax.random.fold_in(jax.random.PRNGKey(r["seed"]), 7919) for r in trained.runs]
+    params = jax.tree_util.tree_map(lambda *a: jax.numpy.stack(a), *[M.init(k, trained.model_config) for k in keys_])
+    untrained = dataclasses.replace(trained, params=params, losses=np.zeros((len(keys_), 0)), selection=None)
+    return battery(cfg, {"trained": untrained, "health": None}, ctx, key)
 
