@@ -87,8 +87,9 @@ def figure(res: dict, title: str = ""):
                                     dict(color="C1", marker="s", label="to the minimiser's prediction"))):
                 c, m = v[key], v["margin"]
                 lo, mid, hi = (max(x / m, 1e-3) for x in (c["low"], c["effect"], c["high"]))
+                first = style["label"] not in ax.get_legend_handles_labels()[1]
                 ax.errorbar([mid], [row + dy], xerr=[[mid - lo], [hi - mid]], fmt=style["marker"], color=style["color"],
-                            ms=5, capsize=2, label=style["label"] if row == 0 else None)
+                            ms=5, capsize=2, label=style["label"] if first else None)
             ax.text(1.02, row, v["verdict"], transform=ax.get_yaxis_transform(), fontsize=8, va="center")
         ax.axvline(1.0, color="0.4", lw=1, ls="--")
         ax.set_xscale("log")
