@@ -87,17 +87,19 @@ def figure(res: dict, title: str = ""):
                                     dict(color="C1", marker="s", label="to the minimiser's prediction"))):
                 c, m = v[key], v["margin"]
                 lo, mid, hi = (max(x / m, 1e-3) for x in (c["low"], c["effect"], c["high"]))
-                first = style["label"] not in ax.get_legend_handles_labels()[1]
+                first = col == 0 and style["label"] not in ax.get_legend_handles_labels()[1]
                 ax.errorbar([mid], [row + dy], xerr=[[mid - lo], [hi - mid]], fmt=style["marker"], color=style["color"],
                             ms=5, capsize=2, label=style["label"] if first else None)
             ax.text(1.02, row, v["verdict"], transform=ax.get_yaxis_transform(), fontsize=8, va="center")
         ax.axvline(1.0, color="0.4", lw=1, ls="--")
         ax.set_xscale("log")
-        ax.set_yticks(range(len(tests)), tests, fontsize=8)
-        ax.invert_yaxis()
+        ax.set_xlim(1e-3, 3e1)  # one scale for every panel (values below 1e-3 of the margin sit at its edge)
+        ax.set_yticks(range(len(tests)), tests if col == 0 else [""] * len(tests), fontsize=8)
+        ax.set_ylim(len(tests) - 0.5, -0.5)
         ax.set_xlabel("distance / the test's margin (dashed: the margin)")
         ax.set_title(f"{fam} ({next(iter(bat[fam]['verdicts'].values()))['seeds']} seeds)", fontsize=9)
-        ax.legend(fontsize=7, loc="lower left")
-    fig.suptitle((title + "; " if title else "") + "verdicts at right", fontsize=9)
-    fig.subplots_adjust(wspace=0.6)
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=8,
+               bbox_to_anchor=(0.5, -0.04))
+    fig.suptitle((title + "; " if title else "") + "verdicts at the right of each panel", fontsize=9)
+    fig.subplots_adjust(wspace=0.45, bottom=0.16)
     return fig
