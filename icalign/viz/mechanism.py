@@ -22,10 +22,17 @@ REF_STYLE = {
 DIST_LABEL = "distance to the transformer  1 - cos"
 
 
-def _title(res: dict) -> str:
-    m = res["model_config"]
+def _title(res: dict, pooled: bool = False) -> str:
+    m, seeds = res["model_config"], res["shared"].get("seeds") or [res["seed"]]
+    shown = "" if len(seeds) < 2 else f"; all {len(seeds)} seeds" if pooled else f"; seed {seeds[0]} of {len(seeds)} shown"
     return (f"{res.get('name') or 'in memory'}: {m['n_layers']} layers, {m['n_heads']} heads, width {m['d_model']}, "
-            f"{m['token_layout']} tokens; {hardware_note(res)}")
+            f"{m['token_layout']} tokens{shown}; {hardware_note(res)}")
+
+
+def _health(study: dict) -> str:
+    """" (training health: failed)" for a model that is not "converged", so a figure never shows it bare."""
+    h = study.get("health") or {}
+    return f" (training health: {h['status']})" if h.get("status") not in (None, "converged") else ""
 
 
 def _curves(ax, study: dict, key: str, ylabel: str, names) -> None:
@@ -48,7 +55,7 @@ def distances(res: dict):
     refs = list(res["shared"]["distance"])
     for row, (task, study) in enumerate(studies):
         _curves(axes[row, 0], study, "distance", DIST_LABEL, refs)
-        axes[row, 0].set_title(f"{task}: distance of the transformer to each reference", fontsize=9)
+        axes[row, 0].set_title(f"{task}{_health(study)}: the transformer's distance to each reference", fontsize=8)
         _curves(axes[row, 1], study, "nmse", NMSE_LABEL, ["transformer"] + refs)
         axes[row, 1].set_title(f"{task}: error of every learner (band: 95% interval)", fontsize=9)
         axes[row, 1].legend(fontsize=7)
@@ -176,7 +183,7 @@ def triplets(res: dict):
     ax.set_ylim(-0.5, 1.05)
     integer_ticks(ax)
     ax.legend(fontsize=7, loc="lower right")
-    ax.set_title(_title(res), fontsize=8)
+    ax.set_title(_title(res) + _health(res["triplet"]), fontsize=8)
     return fig
 
 
@@ -301,4 +308,4 @@ def verdict(res: dict) -> str:
 
 def battery(res: dict):
     """The battery figure (:func:`icalign.viz.battery.figure`) under this result's title."""
-    return VB.figure(res, _title(res))
+    return VB.figure(res, _title(res, pooled=True))
